@@ -1,0 +1,507 @@
+//! Who is calling.
+//!
+//! Access tokens are EdDSA (Ed25519) JWTs issued by the users service. Every holder of a
+//! resource verifies them itself (seed 001: the resource service checks the token), with the
+//! users service's public keys (JWKS) fetched over gRPC, cached by `kid`, and refetched at most
+//! once a minute when a token names a key we do not know. The algorithm is pinned to EdDSA, so
+//! `alg: none` and HS256-signed-with-the-public-key tokens are refused before any signature
+//! check; issuer, audience, expiry and not-before are all required, with 30 s of leeway.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+
+pub const ISSUER: &str = "bookstore";
+pub const AUDIENCE: &str = "bookstore";
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Staff,
+    Admin,
+    /// A service account calling with its own credentials (client-credentials grant).
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Staff => "staff",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "customer" => Some(Role::Customer),
+            "staff" => Some(Role::Staff),
+            "admin" => Some(Role::Admin),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+}
+
+/// The claims of a bookstore access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    pub roles: Vec<Role>,
+}
+
+/// The verified caller, available to handlers in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user's id, or the service account's client id.
+    pub subject: String,
+    pub roles: Vec<Role>,
+    /// The token's `jti`.
+    pub token_id: String,
+}
+
+impl Identity {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn has_any(&self, roles: &[Role]) -> bool {
+        roles.iter().any(|r| self.has(*r))
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has(Role::Admin)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid access token: {0}")]
+    Invalid(&'static str),
+    #[error("access token expired")]
+    Expired,
+    #[error("the signing keys could not be fetched")]
+    KeysUnavailable,
+}
+
+/// Fetches the current JWKS.
+pub type JwksSource =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<JwkSet>> + Send>> + Send + Sync>;
+
+/// Keys older than this are refetched on the next verification, so a key the issuer stopped
+/// publishing (rotated out, or withdrawn after a compromise) stops verifying within minutes.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// After a failed fetch, the next try waits at least this long (not the full `min_refresh`).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Cache {
+    keys: HashMap<String, DecodingKey>,
+    /// When the keys in hand were fetched.
+    fetched_at: Option<Instant>,
+}
+
+/// Verifies access tokens against a cached JWKS.
+pub struct Verifier {
+    source: JwksSource,
+    cache: RwLock<Cache>,
+    /// The earliest moment another fetch may start; held across a fetch, so one runs at a time.
+    next_fetch: tokio::sync::Mutex<Option<Instant>>,
+    min_refresh: Duration,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// `min_refresh` is the least time between two fetches prompted by unknown key ids (one
+    /// minute in production; tests shorten it).
+    pub fn new(source: JwksSource, min_refresh: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        Self {
+            source,
+            cache: RwLock::new(Cache::default()),
+            next_fetch: tokio::sync::Mutex::new(None),
+            min_refresh,
+            validation,
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed"))?;
+        // Pinned: whatever the token claims, only EdDSA is accepted.
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid("algorithm not allowed"));
+        }
+        let kid = header.kid.ok_or(AuthError::Invalid("no key id"))?;
+        let key = match self.key(&kid) {
+            Some(key) if !self.stale() => key,
+            cached => {
+                let refreshed = self.refresh().await;
+                match (self.key(&kid), refreshed) {
+                    (Some(key), _) => key,
+                    // Unknown, and the keys could not be fetched: the caller should retry, not
+                    // be told its token is bad.
+                    (None, Err(err)) if cached.is_none() => return Err(err),
+                    (None, _) => return Err(AuthError::Invalid("unknown key id")),
+                }
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::Invalid("not yet valid"),
+                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer"),
+                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience"),
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+                ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing claim"),
+                _ => AuthError::Invalid("rejected"),
+            }
+        })?;
+        let claims = data.claims;
+        Ok(Identity { subject: claims.sub, roles: claims.roles, token_id: claims.jti })
+    }
+
+    fn key(&self, kid: &str) -> Option<DecodingKey> {
+        self.cache.read().ok()?.keys.get(kid).cloned()
+    }
+
+    fn stale(&self) -> bool {
+        self.cache.read().map_or(true, |c| c.fetched_at.is_none_or(|at| at.elapsed() > JWKS_MAX_AGE))
+    }
+
+    /// Refetches the JWKS unless a fetch happened less than `min_refresh` ago (5 s after a
+    /// failed one), so a stream of tokens with made-up key ids cannot turn into a stream of
+    /// fetches. A failed fetch keeps the keys in hand.
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let mut next_fetch = self.next_fetch.lock().await;
+        if next_fetch.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        match (self.source)().await {
+            Ok(set) => {
+                let mut keys = HashMap::new();
+                for jwk in &set.keys {
+                    let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) else {
+                        continue;
+                    };
+                    keys.insert(kid, key);
+                }
+                if let Ok(mut cache) = self.cache.write() {
+                    *cache = Cache { keys, fetched_at: Some(Instant::now()) };
+                }
+                *next_fetch = Some(Instant::now() + self.min_refresh);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "fetching the JWKS failed");
+                *next_fetch = Some(Instant::now() + self.min_refresh.min(RETRY_AFTER_FAILURE));
+                Err(AuthError::KeysUnavailable)
+            }
+        }
+    }
+}
+
+/// Fetches a fresh service token and how long it lives.
+pub type TokenSource =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<(String, Duration)>> + Send>> + Send + Sync>;
+
+/// A service's own credentials for calling other services (seed 001's recommendation flow):
+/// a service token, fetched when first needed and again a minute before it expires.
+pub struct ServiceToken {
+    source: TokenSource,
+    cached: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl ServiceToken {
+    pub fn new(source: TokenSource) -> Self {
+        Self { source, cached: tokio::sync::Mutex::new(None) }
+    }
+
+    pub async fn get(&self) -> anyhow::Result<String> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, renew_at)) = cached.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let (token, ttl) = (self.source)().await?;
+        let renew_at =
+            Instant::now() + ttl.saturating_sub(Duration::from_secs(60)).max(Duration::from_secs(1));
+        *cached = Some((token.clone(), renew_at));
+        Ok(token)
+    }
+
+    /// Puts the service's token on an outgoing request.
+    pub async fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), tonic::Status> {
+        let token = self.get().await.map_err(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "no service token");
+            tonic::Status::unavailable("cannot obtain a service token")
+        })?;
+        let value = format!("Bearer {token}").parse().map_err(|_| tonic::Status::internal("bad token"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(())
+    }
+}
+
+/// The JWK (RFC 8037) of an Ed25519 public key.
+pub fn ed25519_jwk(kid: &str, public_key: &[u8; 32]) -> jsonwebtoken::jwk::Jwk {
+    use base64::Engine;
+    use jsonwebtoken::jwk::{
+        AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, KeyAlgorithm, OctetKeyPairParameters,
+        OctetKeyPairType, PublicKeyUse,
+    };
+    Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Signature),
+            key_algorithm: Some(KeyAlgorithm::EdDSA),
+            key_id: Some(kid.to_owned()),
+            ..Default::default()
+        },
+        algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+            key_type: OctetKeyPairType::OctetKeyPair,
+            curve: EllipticCurve::Ed25519,
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key),
+        }),
+    }
+}
+
+/// Reads `authorization: Bearer <token>`.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// gRPC-side middleware: a request with a valid token carries its [`Identity`] in its
+/// extensions; one with an invalid token is answered UNAUTHENTICATED at once; one without a
+/// token goes on anonymous, and each method decides whether that is enough.
+pub async fn authenticate_grpc(
+    State(verifier): State<Arc<Verifier>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = bearer(request.headers()) {
+        match verifier.verify(token).await {
+            Ok(identity) => {
+                request.extensions_mut().insert(identity);
+            }
+            Err(err) => {
+                let status = match err {
+                    AuthError::KeysUnavailable => tonic::Status::unavailable(err.to_string()),
+                    _ => tonic::Status::unauthenticated(err.to_string()),
+                };
+                return status.into_http::<axum::body::Body>().map(axum::body::Body::new);
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// The caller of a gRPC method, if it presented a valid token.
+pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Identity> {
+    request.extensions().get::<Identity>()
+}
+
+/// The caller, who must hold one of `roles`: UNAUTHENTICATED without a token, PERMISSION_DENIED
+/// with the wrong role.
+pub fn require<'a, T>(request: &'a tonic::Request<T>, roles: &[Role]) -> Result<&'a Identity, tonic::Status> {
+    let identity = caller(request).ok_or_else(|| tonic::Status::unauthenticated("sign in first"))?;
+    if identity.has_any(roles) {
+        Ok(identity)
+    } else {
+        Err(tonic::Status::permission_denied("your role does not allow this"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Token rejections of RFC 8725 (JWT best current practices), each against a verifier that
+    //! accepts the same token with honest claims.
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    use super::*;
+    use crate::testing::TestIssuer;
+
+    fn b64_json(value: &serde_json::Value) -> String {
+        B64.encode(serde_json::to_vec(value).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_honest_token_verifies_with_its_subject_and_roles() {
+        let issuer = TestIssuer::new();
+        let identity = issuer.verifier().verify(&issuer.token("u1", &[Role::Staff])).await.unwrap();
+        assert_eq!(identity.subject, "u1");
+        assert_eq!(identity.roles, vec![Role::Staff]);
+        assert!(identity.has_any(&[Role::Admin, Role::Staff]) && !identity.is_admin());
+    }
+
+    #[tokio::test]
+    async fn alg_none_is_refused() {
+        let issuer = TestIssuer::new();
+        let header = b64_json(&serde_json::json!({"alg": "none", "typ": "JWT", "kid": issuer.kid}));
+        let payload = B64.encode(serde_json::to_vec(&issuer.claims("u1", &[Role::Admin])).unwrap());
+        let token = format!("{header}.{payload}.");
+        assert!(matches!(issuer.verifier().verify(&token).await, Err(AuthError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn hs256_signed_with_the_public_key_is_refused() {
+        use hmac_sign::sign;
+        let issuer = TestIssuer::new();
+        let header = b64_json(&serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": issuer.kid}));
+        let payload = B64.encode(serde_json::to_vec(&issuer.claims("u1", &[Role::Admin])).unwrap());
+        let signing_input = format!("{header}.{payload}");
+        let signature = sign(&issuer.public_key_bytes(), signing_input.as_bytes());
+        let token = format!("{signing_input}.{}", B64.encode(signature));
+        assert!(matches!(
+            issuer.verifier().verify(&token).await,
+            Err(AuthError::Invalid("algorithm not allowed"))
+        ));
+    }
+
+    /// HS256 by hand (HMAC-SHA256 through jsonwebtoken's own HMAC signer), as an attacker would
+    /// forge it.
+    mod hmac_sign {
+        pub fn sign(key: &[u8], message: &[u8]) -> Vec<u8> {
+            let token = jsonwebtoken::crypto::sign(
+                message,
+                &jsonwebtoken::EncodingKey::from_secret(key),
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .unwrap();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).unwrap()
+        }
+        use base64::Engine;
+    }
+
+    #[tokio::test]
+    async fn expired_and_not_yet_valid_tokens_are_refused_beyond_the_leeway() {
+        let issuer = TestIssuer::new();
+        let verifier = issuer.verifier();
+        let mut expired = issuer.claims("u1", &[Role::Customer]);
+        expired.exp -= 600 + LEEWAY_SECS + 5;
+        expired.iat -= 1200;
+        expired.nbf -= 1200;
+        assert!(matches!(verifier.verify(&issuer.sign(&expired)).await, Err(AuthError::Expired)));
+
+        let mut early = issuer.claims("u1", &[Role::Customer]);
+        early.nbf += LEEWAY_SECS + 120;
+        assert!(matches!(
+            verifier.verify(&issuer.sign(&early)).await,
+            Err(AuthError::Invalid("not yet valid"))
+        ));
+
+        let mut within_leeway = issuer.claims("u1", &[Role::Customer]);
+        within_leeway.nbf += 10;
+        assert!(verifier.verify(&issuer.sign(&within_leeway)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_issuer_or_audience_is_refused() {
+        let issuer = TestIssuer::new();
+        let verifier = issuer.verifier();
+        let mut claims = issuer.claims("u1", &[Role::Customer]);
+        claims.iss = "someone-else".into();
+        assert!(matches!(
+            verifier.verify(&issuer.sign(&claims)).await,
+            Err(AuthError::Invalid("wrong issuer"))
+        ));
+        let mut claims = issuer.claims("u1", &[Role::Customer]);
+        claims.aud = "another-api".into();
+        assert!(matches!(
+            verifier.verify(&issuer.sign(&claims)).await,
+            Err(AuthError::Invalid("wrong audience"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_id_is_refused() {
+        let trusted = TestIssuer::new();
+        let stranger = TestIssuer::new();
+        let result = trusted.verifier().verify(&stranger.token("u1", &[Role::Admin])).await;
+        assert!(matches!(result, Err(AuthError::Invalid("unknown key id"))));
+    }
+
+    #[tokio::test]
+    async fn a_tampered_payload_or_signature_is_refused() {
+        let issuer = TestIssuer::new();
+        let verifier = issuer.verifier();
+        let token = issuer.token("u1", &[Role::Customer]);
+        let parts: Vec<&str> = token.split('.').collect();
+
+        let escalated = B64.encode(serde_json::to_vec(&issuer.claims("u1", &[Role::Admin])).unwrap());
+        let forged = format!("{}.{}.{}", parts[0], escalated, parts[2]);
+        assert!(matches!(verifier.verify(&forged).await, Err(AuthError::Invalid("bad signature"))));
+
+        let mut signature = B64.decode(parts[2]).unwrap();
+        signature[0] ^= 1;
+        let forged = format!("{}.{}.{}", parts[0], parts[1], B64.encode(signature));
+        assert!(matches!(verifier.verify(&forged).await, Err(AuthError::Invalid(_))));
+
+        assert!(verifier.verify("not.a.token").await.is_err());
+        assert!(verifier.verify("").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_key_ids_refetch_the_jwks_at_most_once_per_interval() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let issuer = TestIssuer::new();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let source: JwksSource = Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(JwkSet { keys: vec![] }) })
+        });
+        let verifier = Verifier::new(source, Duration::from_secs(60));
+        for _ in 0..20 {
+            assert!(verifier.verify(&issuer.token("u1", &[Role::Customer])).await.is_err());
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "a flood of unknown kids is one fetch");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_issuer_is_unavailable_not_a_bad_token() {
+        let issuer = TestIssuer::new();
+        let source: JwksSource = Arc::new(|| Box::pin(async { anyhow::bail!("connection refused") }));
+        let verifier = Verifier::new(source, Duration::from_secs(60));
+        let result = verifier.verify(&issuer.token("u1", &[Role::Customer])).await;
+        assert!(matches!(result, Err(AuthError::KeysUnavailable)), "{result:?}");
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(http::header::AUTHORIZATION, "Bearer abc.def.ghi".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("abc.def.ghi"));
+        headers.insert(http::header::AUTHORIZATION, "Basic dXNlcg==".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+}

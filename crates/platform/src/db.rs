@@ -1,0 +1,204 @@
+//! One code path over PostgreSQL and SQLite.
+//!
+//! Services write portable SQL (`$1` placeholders, integer times, text ids) against sqlx's `Any`
+//! driver, so the same store code runs on the embedded SQLite file of `bookstore up` and on the
+//! PostgreSQL of a real deployment. Where the two must differ (full-text search, DDL), a service
+//! asks [`Database::backend`] and keeps both versions side by side; migrations live in one folder
+//! per backend.
+//!
+//! sqlx was chosen over sea-orm because the hot paths are a handful of hand-tuned queries, and
+//! sqlx keeps them visible as SQL; sea-orm would add a layer of entities that buys nothing here.
+
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+/// Which server a [`Database`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    /// Tells the backend from a database URL; anything but `postgres://`, `postgresql://` and
+    /// `sqlite:` is refused, so a typo fails at start instead of at the first query.
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            bail!("unsupported database URL (expected postgres://... or sqlite:...)")
+        }
+    }
+}
+
+/// A service's migrations, one folder per backend (`migrations/postgres`, `migrations/sqlite`).
+pub struct Migrations {
+    pub postgres: Migrator,
+    pub sqlite: Migrator,
+}
+
+/// Pool sizing; the defaults suit one service instance on a small machine.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { max_connections: 16, min_connections: 1, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A connection pool and the backend behind it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Database {
+    /// Connects to `url`. For SQLite the file is created if missing, with its parent folder, and
+    /// put in WAL mode so readers never wait for the writer.
+    pub async fn connect(url: &str, config: &PoolConfig) -> anyhow::Result<Self> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+
+        let backend = Backend::from_url(url)?;
+        let mut url = url.to_owned();
+        let mut max = config.max_connections;
+        if backend == Backend::Sqlite {
+            create_sqlite_parent(&url)?;
+            if !url.contains("mode=") && !url.contains(":memory:") {
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+            // SQLite has one writer at a time; more connections only queue on its lock.
+            max = max.min(8);
+        }
+        let options = AnyConnectOptions::from_str(&url).context("parsing the database URL")?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .min_connections(config.min_connections.min(max))
+            .acquire_timeout(config.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .with_context(|| format!("connecting to the {backend:?} database"))?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies the migrations for this backend that are not applied yet.
+    pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
+        let migrator = match self.backend {
+            Backend::Postgres => &migrations.postgres,
+            Backend::Sqlite => &migrations.sqlite,
+        };
+        migrator.run(&self.pool).await.context("applying migrations")?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock at `BEGIN` (IMMEDIATE),
+    /// so two such transactions queue on the busy timeout instead of one failing with
+    /// "database is locked" when both try to upgrade a read lock; PostgreSQL locks rows as it goes.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        }
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.context("database ping")?;
+        Ok(())
+    }
+
+    /// Publishes the pool's size and idle connections as gauges; called on every scrape.
+    pub fn record_pool_gauges(&self, service: &'static str) {
+        metrics::gauge!("db_pool_connections", "service" => service).set(f64::from(self.pool.size()));
+        metrics::gauge!("db_pool_idle_connections", "service" => service).set(self.pool.num_idle() as f64);
+        metrics::gauge!("db_pool_max_connections", "service" => service)
+            .set(f64::from(self.pool.options().get_max_connections()));
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn create_sqlite_parent(url: &str) -> anyhow::Result<()> {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(":memory:") {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the data folder {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Maps a unique-constraint violation to `Some(constraint name)` on either backend, so a store
+/// can turn it into a precise client error. SQLite does not name the constraint, only the
+/// columns (`UNIQUE constraint failed: books.isbn`), so that text is returned instead.
+pub fn unique_violation(err: &sqlx::Error) -> Option<String> {
+    let db = err.as_database_error()?;
+    if !db.is_unique_violation() {
+        return None;
+    }
+    Some(db.constraint().map_or_else(|| db.message().to_owned(), str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_told_from_the_url_scheme() {
+        assert_eq!(Backend::from_url("postgres://u@h/db").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::from_url("postgresql://u@h/db").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::from_url("sqlite://data/books.db").unwrap(), Backend::Sqlite);
+        assert!(Backend::from_url("mysql://h/db").is_err());
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_and_its_folder_are_created_on_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/books.db");
+        let db =
+            Database::connect(&format!("sqlite://{}", path.display()), &PoolConfig::default()).await.unwrap();
+        db.ping().await.unwrap();
+        assert!(path.exists());
+    }
+}

@@ -1,0 +1,138 @@
+//! The one place inter-service gRPC clients are built.
+//!
+//! Every channel gets a connect timeout and a per-call timeout, and every call carries the
+//! caller's deadline (`grpc-timeout`), so a request that the edge has given up on is not still
+//! working three services deep. Discovery, balancing and circuit breaking will join here as tower
+//! layers on the same [`Channel`].
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tonic::transport::{Channel, Endpoint};
+
+/// Timeouts of one client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConfig {
+    pub connect_timeout: Duration,
+    /// The longest any single call may take, whatever deadline the caller has.
+    pub call_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(2), call_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A lazily connected channel to `url` (`http://host:port`): the first call connects, a broken
+/// connection is re-established on the next call, and the service can start before its
+/// dependencies do.
+pub fn channel(url: &str, config: &ClientConfig) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid service URL {url:?}"))?
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.call_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// A protobuf timestamp from Unix milliseconds.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// The moment by which a request must be answered, carried from the edge inwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    pub fn after(timeout: Duration) -> Self {
+        Self(Instant::now() + timeout)
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// Wraps `message` in a request whose `grpc-timeout` is what is left of this deadline, so the
+    /// callee stops when the caller would.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.remaining());
+        request
+    }
+}
+
+/// The deadline a caller sent with `request` (its `grpc-timeout`), to pass on to the calls this
+/// request makes; `fallback` when it sent none.
+pub fn deadline_of<T>(request: &tonic::Request<T>, fallback: Duration) -> Deadline {
+    let timeout = request.metadata().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
+    Deadline::after(timeout.unwrap_or(fallback))
+}
+
+/// Server side of deadlines: an axum middleware that reads the caller's `grpc-timeout` and
+/// answers DEADLINE_EXCEEDED when it passes, dropping the handler's future (and with it any
+/// query in flight). tonic's own server does this too; ours is shared with the HTTP endpoints,
+/// so it lives here.
+pub async fn enforce_grpc_deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let timeout = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
+    match timeout {
+        None => next.run(request).await,
+        Some(timeout) => match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                let status = tonic::Status::deadline_exceeded("the caller's deadline passed");
+                status.into_http::<axum::body::Body>().map(axum::body::Body::new)
+            }
+        },
+    }
+}
+
+/// Parses the gRPC wire format of a timeout: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(amount * 3600),
+        b"M" => Duration::from_secs(amount * 60),
+        b"S" => Duration::from_secs(amount),
+        b"m" => Duration::from_millis(amount),
+        b"u" => Duration::from_micros(amount),
+        b"n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_reject_garbage() {
+        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout(b"S"), None);
+        assert_eq!(parse_grpc_timeout(b"123456789S"), None);
+        assert_eq!(parse_grpc_timeout(b"12X"), None);
+        assert_eq!(parse_grpc_timeout(b""), None);
+    }
+
+    #[test]
+    fn deadline_request_carries_the_remaining_time() {
+        let deadline = Deadline::after(Duration::from_secs(3));
+        let request = deadline.request(());
+        let header = request.metadata().get("grpc-timeout").expect("grpc-timeout is set");
+        let sent = parse_grpc_timeout(header.as_bytes()).unwrap();
+        assert!(sent <= Duration::from_secs(3) && sent > Duration::from_secs(2), "{sent:?}");
+    }
+}

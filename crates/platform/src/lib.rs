@@ -1,0 +1,23 @@
+//! The platform kit: everything a bookstore service needs that is not its own business.
+//!
+//! - [`telemetry`]: structured JSON logs, the Prometheus registry, request metrics.
+//! - [`db`]: one code path over PostgreSQL and SQLite (sqlx `Any`), migrations per backend,
+//!   pool gauges.
+//! - [`server`]: the lifecycle every service shares: one listener that speaks gRPC and HTTP/1,
+//!   `/healthz`, `/readyz`, `/metrics`, gRPC health, graceful shutdown that drains in-flight work.
+//! - [`events`]: the event bus (an embedded durable log; RabbitMQ to come), the outbox relay,
+//!   and the inbox that makes redelivery harmless.
+//! - [`grpc`]: the one place where inter-service gRPC clients are built: a timeout on every call
+//!   and the caller's deadline passed on.
+//! - [`auth`]: who is calling: access-token verification against the users service's JWKS,
+//!   roles, and the middleware that puts the caller's [`auth::Identity`] on each request.
+//! - [`testing`]: fresh databases for tests, on either backend.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod db;
+pub mod events;
+pub mod grpc;
+pub mod server;
+pub mod telemetry;
+pub mod testing;

@@ -1,0 +1,195 @@
+//! The lifecycle every service shares.
+//!
+//! A service is an axum [`Router`]: its gRPC services (tonic routes turned into axum routes) or
+//! its REST API, plus the operational endpoints from [`ops_router`]. [`serve`] runs it on one
+//! listener that speaks HTTP/1 and HTTP/2 (h2c, which gRPC uses), and on shutdown stops
+//! accepting, fails `/readyz` so load balancers stop sending, and waits for in-flight requests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry;
+
+/// A readiness check: `Ok` when the service can do useful work (its database answers, its
+/// dependencies are reachable).
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+
+/// Work done before each `/metrics` scrape, e.g. sampling pool gauges.
+pub type ScrapeHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Wires `/healthz`, `/readyz` and `/metrics` for one service.
+#[derive(Clone)]
+pub struct Ops {
+    pub service: &'static str,
+    pub shutdown: CancellationToken,
+    pub readiness: Vec<ReadinessCheck>,
+    pub on_scrape: Vec<ScrapeHook>,
+}
+
+impl Ops {
+    pub fn new(service: &'static str, shutdown: CancellationToken) -> Self {
+        Self { service, shutdown, readiness: Vec::new(), on_scrape: Vec::new() }
+    }
+
+    pub fn ready_when<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.readiness.push(Arc::new(move || Box::pin(check())));
+        self
+    }
+
+    pub fn on_scrape(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_scrape.push(Arc::new(hook));
+        self
+    }
+}
+
+/// `/healthz` (the process is alive), `/readyz` (it can serve; 503 while shutting down) and
+/// `/metrics` (Prometheus text).
+pub fn ops_router(ops: Ops) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(ops))
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    if ops.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned());
+    }
+    for check in &ops.readiness {
+        if let Err(err) = check().await {
+            tracing::warn!(service = ops.service, error = %format!("{err:#}"), "not ready");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {err:#}"));
+        }
+    }
+    (StatusCode::OK, "ready".to_owned())
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    for hook in &ops.on_scrape {
+        hook();
+    }
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::metrics_handle().render())
+}
+
+/// Everything a gRPC service shares, around its own `routes`: token verification (callers'
+/// identities reach handlers), the caller's deadline enforced, the standard gRPC health service
+/// reporting `health_name` SERVING, `/healthz`, `/readyz` (ready when `db` answers), `/metrics`
+/// (with `db`'s pool gauges), and request metrics. Each service's `router` is this call.
+pub async fn grpc_service_router(
+    service: &'static str,
+    health_name: &str,
+    routes: tonic::service::Routes,
+    verifier: Arc<crate::auth::Verifier>,
+    db: crate::db::Database,
+    shutdown: CancellationToken,
+) -> Router {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status(health_name, tonic_health::ServingStatus::Serving).await;
+    let grpc = routes
+        .add_service(health_service)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(verifier, crate::auth::authenticate_grpc))
+        .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline));
+    let ping_db = db.clone();
+    let ops = Ops::new(service, shutdown)
+        .ready_when(move || {
+            let db = ping_db.clone();
+            async move { db.ping().await }
+        })
+        .on_scrape(move || db.record_pool_gauges(service));
+    with_request_metrics(grpc.merge(ops_router(ops)), service)
+}
+
+/// Runs `task` every `period` until `shutdown` (the services' sweepers).
+pub fn every<F, Fut>(period: std::time::Duration, shutdown: CancellationToken, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => task().await,
+                () = shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
+/// Adds the request metrics layer for `service` to a router.
+pub fn with_request_metrics(router: Router, service: &'static str) -> Router {
+    // Install the registry now: what is recorded before it exists is lost.
+    telemetry::metrics_handle();
+    router.layer(axum::middleware::from_fn_with_state(service, telemetry::track_requests))
+}
+
+/// A running server: its address, and a handle to wait until it has drained.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+pub fn serve(
+    service: &'static str,
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        // Small request/response pairs; Nagle's delay would dominate their latency.
+        let _ = tcp.set_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        tracing::info!(service, %addr, "listening");
+        // Handlers may ask for the peer's address (login throttling does).
+        let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result =
+            axum::serve(listener, make_service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        tracing::info!(service, %addr, "drained and stopped");
+        result
+    });
+    Ok(Running { addr, task })
+}
+
+/// Resolves on SIGTERM or Ctrl-C, then cancels `token`.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        () = token.cancelled() => return,
+    }
+    token.cancel();
+}

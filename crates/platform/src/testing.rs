@@ -1,0 +1,211 @@
+//! Fresh databases for tests, on either backend.
+//!
+//! SQLite always works (a file in a temporary folder). PostgreSQL needs
+//! `BOOKSTORE_TEST_POSTGRES_URL` (a server URL whose user may create databases); each test gets
+//! a database of its own, dropped when the test ends. Without the variable a PostgreSQL test
+//! says loudly that it did not run, and under CI (`CI` set) it fails instead: CI must never pass
+//! by skipping the real server.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{Connection, Executor};
+
+use crate::db::{Backend, Database, Migrations, PoolConfig};
+
+pub const POSTGRES_URL_VAR: &str = "BOOKSTORE_TEST_POSTGRES_URL";
+
+/// A database that lives as long as the test holding it.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres_drop: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// A fresh, empty database of `backend`, or `None` (after saying so) when PostgreSQL is not
+    /// configured outside CI.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self::sqlite()),
+            Backend::Postgres => {
+                let admin_url = postgres_url_or_skip()?;
+                Some(Self::postgres(&admin_url).await.expect("creating a PostgreSQL test database"))
+            }
+        }
+    }
+
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("creating a temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        Self { url, _dir: Some(dir), postgres_drop: None }
+    }
+
+    async fn postgres(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("bookstore_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .with_context(|| format!("connecting to {POSTGRES_URL_VAR}"))?;
+        admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await?;
+        admin.close().await?;
+        let mut url = url::Url::parse(admin_url).context("parsing the PostgreSQL URL")?;
+        url.set_path(&name);
+        Ok(Self { url: url.to_string(), _dir: None, postgres_drop: Some((admin_url.to_owned(), name)) })
+    }
+
+    /// Connects and applies `migrations`.
+    pub async fn connect(&self, migrations: &Migrations) -> Database {
+        let db = Database::connect(&self.url, &PoolConfig::default())
+            .await
+            .expect("connecting to the test database");
+        db.migrate(migrations).await.expect("migrating the test database");
+        db
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres_drop.take() else { return };
+        // Drop runs outside async; a short-lived thread with its own runtime does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await else { return };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    admin.execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str()),
+                )
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub const AMQP_URL_VAR: &str = "BOOKSTORE_TEST_AMQP_URL";
+
+/// The RabbitMQ URL for tests; `None` with a loud note when unset outside CI; a panic when
+/// unset under CI.
+pub fn amqp_url_or_skip() -> Option<String> {
+    match std::env::var(AMQP_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{AMQP_URL_VAR} is not set, and CI must run the RabbitMQ tests")
+        }
+        _ => {
+            eprintln!("SKIPPED (RabbitMQ): {AMQP_URL_VAR} is not set; this test did not run");
+            None
+        }
+    }
+}
+
+/// The PostgreSQL server URL for tests; `None` with a loud note when unset outside CI; a panic
+/// when unset under CI.
+pub fn postgres_url_or_skip() -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{POSTGRES_URL_VAR} is not set, and CI must run the PostgreSQL tests")
+        }
+        _ => {
+            eprintln!("SKIPPED (PostgreSQL): {POSTGRES_URL_VAR} is not set; this test ran on SQLite only");
+            None
+        }
+    }
+}
+
+/// Generates one test per backend from one async test body `fn(Backend)`:
+///
+/// ```ignore
+/// backend_tests!(store_round_trips_a_book);
+/// async fn store_round_trips_a_book(backend: Backend) { ... }
+/// ```
+/// expands to `mod store_round_trips_a_book { #[tokio::test] async fn sqlite() ... postgres() }`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::db::Backend::Sqlite).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::db::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+/// A token issuer for tests of services that verify tokens but do not issue them: an Ed25519
+/// key of its own, a [`crate::auth::Verifier`] that trusts it, and tokens with any claims.
+pub struct TestIssuer {
+    pub kid: String,
+    key: jsonwebtoken::EncodingKey,
+    jwks: jsonwebtoken::jwk::JwkSet,
+    signing: ed25519_dalek::SigningKey,
+}
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestIssuer {
+    pub fn new() -> Self {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = signing.to_pkcs8_der().expect("encoding a test key");
+        let key = jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes());
+        let kid = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let jwk = crate::auth::ed25519_jwk(&kid, &signing.verifying_key().to_bytes());
+        Self { kid, key, jwks: jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }, signing }
+    }
+
+    /// A verifier that trusts this issuer only.
+    pub fn verifier(&self) -> std::sync::Arc<crate::auth::Verifier> {
+        let jwks = self.jwks.clone();
+        let source: crate::auth::JwksSource = std::sync::Arc::new(move || {
+            let jwks = jwks.clone();
+            Box::pin(async move { Ok(jwks) })
+        });
+        std::sync::Arc::new(crate::auth::Verifier::new(source, Duration::ZERO))
+    }
+
+    /// Claims that pass every check, valid for ten minutes.
+    pub fn claims(&self, subject: &str, roles: &[crate::auth::Role]) -> crate::auth::Claims {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        crate::auth::Claims {
+            iss: crate::auth::ISSUER.into(),
+            aud: crate::auth::AUDIENCE.into(),
+            sub: subject.into(),
+            exp: now + 600,
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            roles: roles.to_vec(),
+        }
+    }
+
+    /// Signs `claims` as they are, however wrong.
+    pub fn sign(&self, claims: &crate::auth::Claims) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).expect("signing a test token")
+    }
+
+    /// A valid token for `subject` with `roles`.
+    pub fn token(&self, subject: &str, roles: &[crate::auth::Role]) -> String {
+        self.sign(&self.claims(subject, roles))
+    }
+
+    /// The raw public key, as an attacker would find it in the JWKS.
+    pub fn public_key_bytes(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+}
