@@ -1,0 +1,480 @@
+//! The catalog's types and rules. No I/O here: every value that gets past `parse` is valid, so
+//! the store and the gRPC adapter never check again.
+
+use std::fmt;
+
+/// Why a value was refused, naming the field so the client knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
+    InvalidField { field, reason: reason.into() }
+}
+
+/// An ISBN-13 with a valid check digit, kept as its 13 digits. Hyphens and spaces in the input
+/// are ignored (`978-0-441-17271-9` and `9780441172719` are the same book).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Isbn(String);
+
+impl Isbn {
+    pub fn parse(input: &str) -> Result<Self, InvalidField> {
+        let digits: String = input.chars().filter(|c| !matches!(c, '-' | ' ')).collect();
+        if digits.len() != 13 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("isbn", "must be an ISBN-13: 13 digits, hyphens allowed"));
+        }
+        if !(digits.starts_with("978") || digits.starts_with("979")) {
+            return Err(invalid("isbn", "an ISBN-13 starts with 978 or 979"));
+        }
+        let bytes = digits.as_bytes();
+        if check_digit(&bytes[..12]) != bytes[12] - b'0' {
+            return Err(invalid("isbn", "check digit does not match"));
+        }
+        Ok(Self(digits))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The ISBN-13 check digit of the first twelve digits (weights 1, 3, 1, 3, ...).
+pub fn check_digit(first_twelve: &[u8]) -> u8 {
+    let sum: u32 = first_twelve
+        .iter()
+        .enumerate()
+        .map(|(i, b)| u32::from(b - b'0') * if i % 2 == 0 { 1 } else { 3 })
+        .sum();
+    ((10 - sum % 10) % 10) as u8
+}
+
+impl fmt::Display for Isbn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An ISO 4217 currency code: three letters, stored upper-case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn parse(input: &str) -> Result<Self, InvalidField> {
+        if input.len() == 3 && input.bytes().all(|b| b.is_ascii_alphabetic()) {
+            Ok(Self(input.to_ascii_uppercase()))
+        } else {
+            Err(invalid("price.currency", "must be a three-letter ISO 4217 code such as USD"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Money as integer minor units (cents) of a currency; never a float.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Money {
+    pub amount_minor: i64,
+    pub currency: Currency,
+}
+
+/// The most a single price may be, in minor units (one million whole units).
+pub const MAX_PRICE_MINOR: i64 = 100_000_000;
+
+impl Money {
+    pub fn parse(amount_minor: i64, currency: &str) -> Result<Self, InvalidField> {
+        if !(0..=MAX_PRICE_MINOR).contains(&amount_minor) {
+            return Err(invalid(
+                "price.amount_minor",
+                format!("must be between 0 and {MAX_PRICE_MINOR} (minor units, e.g. cents)"),
+            ));
+        }
+        Ok(Self { amount_minor, currency: Currency::parse(currency)? })
+    }
+}
+
+/// Trimmed text with a length in characters between `min` and `max`, without control
+/// characters other than newlines and tabs.
+fn bounded_text(field: &'static str, input: &str, min: usize, max: usize) -> Result<String, InvalidField> {
+    let text = input.trim();
+    let len = text.chars().count();
+    if len < min {
+        return Err(invalid(
+            field,
+            if min == 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters")
+            },
+        ));
+    }
+    if len > max {
+        return Err(invalid(field, format!("must be at most {max} characters")));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(text.to_owned())
+}
+
+macro_rules! text_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $min:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const MAX_CHARS: usize = $max;
+
+            pub fn parse(input: &str) -> Result<Self, InvalidField> {
+                bounded_text($field, input, $min, $max).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_type!(
+    /// A book's title, 1 to 300 characters.
+    Title, "title", 1, 300
+);
+text_type!(
+    /// A book's author or authors, 1 to 200 characters.
+    Author, "author", 1, 200
+);
+text_type!(
+    /// A book's description, up to 5,000 characters.
+    Description, "description", 0, 5000
+);
+
+impl Title {
+    /// The sort key: lower-cased, so "dune" and "Dune" sort together on every backend.
+    pub fn sort_key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+impl Author {
+    /// The key an author filter matches on, case-insensitively.
+    pub fn key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+/// Units on the shelf; never negative.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+
+pub fn parse_stock(stock: i64) -> Result<i64, InvalidField> {
+    if (0..=MAX_STOCK).contains(&stock) {
+        Ok(stock)
+    } else {
+        Err(invalid("stock", format!("must be between 0 and {MAX_STOCK}")))
+    }
+}
+
+/// A change of stock: not zero, and not beyond what stock can hold.
+pub fn parse_stock_delta(delta: i64) -> Result<i64, InvalidField> {
+    if delta == 0 {
+        Err(invalid("delta", "must not be zero"))
+    } else if delta.unsigned_abs() > MAX_STOCK as u64 {
+        Err(invalid("delta", format!("must be between -{MAX_STOCK} and {MAX_STOCK}")))
+    } else {
+        Ok(delta)
+    }
+}
+
+/// Which slice of a listing to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    page: u32,
+    limit: u32,
+}
+
+impl PageRequest {
+    pub const DEFAULT_LIMIT: u32 = 20;
+    pub const MAX_LIMIT: u32 = 100;
+    /// Deep pages cost a scan each; past this, clients should narrow the query.
+    pub const MAX_PAGE: u32 = 10_000;
+
+    /// `0` means "the default" for both, as proto3 cannot tell unset from zero.
+    pub fn parse(page: i32, limit: i32) -> Result<Self, InvalidField> {
+        let page = match page {
+            0 => 1,
+            p if p < 0 => return Err(invalid("page", "must be 1 or more")),
+            p => p as u32,
+        };
+        if page > Self::MAX_PAGE {
+            return Err(invalid("page", format!("must be at most {}", Self::MAX_PAGE)));
+        }
+        let limit = match limit {
+            0 => Self::DEFAULT_LIMIT,
+            l if l < 0 || l as u32 > Self::MAX_LIMIT => {
+                return Err(invalid("limit", format!("must be between 1 and {}", Self::MAX_LIMIT)));
+            }
+            l => l as u32,
+        };
+        Ok(Self { page, limit })
+    }
+
+    pub fn page(&self) -> u32 {
+        self.page
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    pub fn offset(&self) -> i64 {
+        i64::from(self.page - 1) * i64::from(self.limit)
+    }
+}
+
+/// A full-text query: the words of the input (letters and digits), at most 16 of them.
+/// Both backends get the same words and match books that contain all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    words: Vec<String>,
+}
+
+impl SearchQuery {
+    pub const MAX_CHARS: usize = 200;
+    pub const MAX_WORDS: usize = 16;
+
+    pub fn parse(input: &str) -> Result<Self, InvalidField> {
+        if input.chars().count() > Self::MAX_CHARS {
+            return Err(invalid("q", format!("must be at most {} characters", Self::MAX_CHARS)));
+        }
+        let words: Vec<String> = input
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        if words.is_empty() {
+            return Err(invalid("q", "must contain at least one word"));
+        }
+        if words.len() > Self::MAX_WORDS {
+            return Err(invalid("q", format!("must have at most {} words", Self::MAX_WORDS)));
+        }
+        Ok(Self { words })
+    }
+
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
+    /// The query for SQLite's FTS5: each word quoted (so no word is read as an operator),
+    /// all required.
+    pub fn fts5(&self) -> String {
+        self.words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The query text for PostgreSQL's `plainto_tsquery`, which also requires every word.
+    pub fn plain(&self) -> String {
+        self.words.join(" ")
+    }
+}
+
+/// A book as a client asks to add it.
+#[derive(Debug, Clone)]
+pub struct NewBook {
+    pub isbn: Isbn,
+    pub title: Title,
+    pub author: Author,
+    pub description: Description,
+    pub price: Money,
+    pub stock: i64,
+}
+
+/// The fields of a book a client asks to change; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct BookPatch {
+    pub isbn: Option<Isbn>,
+    pub title: Option<Title>,
+    pub author: Option<Author>,
+    pub description: Option<Description>,
+    pub price: Option<Money>,
+}
+
+impl BookPatch {
+    pub fn is_empty(&self) -> bool {
+        self.isbn.is_none()
+            && self.title.is_none()
+            && self.author.is_none()
+            && self.description.is_none()
+            && self.price.is_none()
+    }
+}
+
+/// A book in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Book {
+    pub id: String,
+    pub isbn: String,
+    pub title: String,
+    pub author: String,
+    pub description: String,
+    pub price_minor: i64,
+    pub currency: String,
+    pub stock: i64,
+    /// Units held for unconfirmed orders.
+    pub reserved: i64,
+    /// Units sold.
+    pub sold: i64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_real_isbn_13_parses_with_or_without_hyphens() {
+        assert_eq!(Isbn::parse("9780441172719").unwrap().as_str(), "9780441172719");
+        assert_eq!(Isbn::parse("978-0-441-17271-9").unwrap().as_str(), "9780441172719");
+        assert_eq!(Isbn::parse(" 979-8-6024-0569-5 ").unwrap_err().reason, "check digit does not match");
+    }
+
+    #[test]
+    fn an_isbn_with_a_wrong_check_digit_is_refused() {
+        let err = Isbn::parse("9780441172718").unwrap_err();
+        assert_eq!(err.field, "isbn");
+        assert_eq!(err.reason, "check digit does not match");
+    }
+
+    #[test]
+    fn isbn_10_and_non_digits_are_refused() {
+        assert!(Isbn::parse("0441172717").is_err());
+        assert!(Isbn::parse("97804411727X9").is_err());
+        assert!(Isbn::parse("1234567890128").is_err(), "prefix must be 978 or 979");
+        assert!(Isbn::parse("").is_err());
+    }
+
+    #[test]
+    fn money_is_integer_minor_units_within_bounds() {
+        let m = Money::parse(1999, "usd").unwrap();
+        assert_eq!((m.amount_minor, m.currency.as_str()), (1999, "USD"));
+        assert!(Money::parse(-1, "USD").is_err());
+        assert!(Money::parse(MAX_PRICE_MINOR + 1, "USD").is_err());
+        assert!(Money::parse(100, "US").is_err());
+        assert!(Money::parse(100, "U$D").is_err());
+    }
+
+    #[test]
+    fn text_is_trimmed_and_bounded() {
+        assert_eq!(Title::parse("  Dune ").unwrap().as_str(), "Dune");
+        assert_eq!(Title::parse("   ").unwrap_err().reason, "must not be empty");
+        assert!(Title::parse(&"x".repeat(301)).is_err());
+        assert!(Title::parse(&"é".repeat(300)).is_ok(), "length counts characters, not bytes");
+        assert!(Author::parse("a\u{0}b").is_err());
+        assert!(Description::parse("").is_ok());
+        assert!(Description::parse("line one\nline two").is_ok());
+    }
+
+    #[test]
+    fn paging_defaults_and_bounds() {
+        let p = PageRequest::parse(0, 0).unwrap();
+        assert_eq!((p.page(), p.limit(), p.offset()), (1, 20, 0));
+        let p = PageRequest::parse(3, 10).unwrap();
+        assert_eq!(p.offset(), 20);
+        assert_eq!(PageRequest::parse(-1, 10).unwrap_err().field, "page");
+        assert_eq!(PageRequest::parse(1, 101).unwrap_err().field, "limit");
+        assert_eq!(PageRequest::parse(1, -5).unwrap_err().field, "limit");
+        assert_eq!(PageRequest::parse(10_001, 10).unwrap_err().field, "page");
+    }
+
+    #[test]
+    fn search_queries_keep_words_only_and_quote_them_for_fts5() {
+        let q = SearchQuery::parse("Rust: \"programming\" OR -language*").unwrap();
+        assert_eq!(q.words(), ["rust", "programming", "or", "language"]);
+        assert_eq!(q.fts5(), r#""rust" "programming" "or" "language""#);
+        assert!(SearchQuery::parse(" !!! ").is_err());
+        assert!(SearchQuery::parse(&"a ".repeat(17)).is_err());
+    }
+
+    #[test]
+    fn stock_deltas_must_change_something() {
+        assert!(parse_stock_delta(0).is_err());
+        assert_eq!(parse_stock_delta(-3).unwrap(), -3);
+        assert!(parse_stock_delta(i64::MIN).is_err());
+        assert!(parse_stock(-1).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn every_twelve_digits_with_their_check_digit_parse(body in "97[89][0-9]{9}") {
+            let check = check_digit(body.as_bytes());
+            let isbn = format!("{body}{check}");
+            let parsed = Isbn::parse(&isbn).unwrap();
+            prop_assert_eq!(parsed.as_str(), isbn.as_str());
+        }
+
+        #[test]
+        fn any_other_last_digit_is_refused(body in "97[89][0-9]{9}", wrong in 1u8..10) {
+            let check = (check_digit(body.as_bytes()) + wrong) % 10;
+            let isbn = format!("{body}{check}");
+            prop_assert!(Isbn::parse(&isbn).is_err());
+        }
+
+        #[test]
+        fn isbn_parse_never_panics(input in "\\PC{0,40}") {
+            let _ = Isbn::parse(&input);
+        }
+
+        #[test]
+        fn page_offsets_never_overflow_and_stay_in_bounds(page in any::<i32>(), limit in any::<i32>()) {
+            if let Ok(p) = PageRequest::parse(page, limit) {
+                prop_assert!(p.limit() >= 1 && p.limit() <= PageRequest::MAX_LIMIT);
+                prop_assert!(p.page() >= 1 && p.page() <= PageRequest::MAX_PAGE);
+                prop_assert_eq!(p.offset(), i64::from(p.page() - 1) * i64::from(p.limit()));
+            }
+        }
+
+        #[test]
+        fn fts5_queries_have_only_quoted_alphanumeric_words(input in "\\PC{0,100}") {
+            if let Ok(q) = SearchQuery::parse(&input) {
+                for token in q.fts5().split(' ') {
+                    prop_assert!(token.starts_with('"') && token.ends_with('"') && token.len() > 2);
+                    prop_assert!(token[1..token.len() - 1].chars().all(char::is_alphanumeric));
+                }
+            }
+        }
+    }
+}
+
+/// One line of a reservation request: a book and how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveLine {
+    pub book_id: String,
+    pub quantity: i64,
+}
+
+/// The most lines one order may have, and units per line.
+pub const MAX_ORDER_LINES: usize = 100;
+pub const MAX_LINE_QUANTITY: i64 = 1000;
+
+/// Validates an order's lines: 1..=100 of them, each 1..=1000 units, no book twice.
+pub fn parse_reserve_lines(lines: Vec<ReserveLine>) -> Result<Vec<ReserveLine>, InvalidField> {
+    if lines.is_empty() || lines.len() > MAX_ORDER_LINES {
+        return Err(invalid("lines", format!("must have 1 to {MAX_ORDER_LINES} lines")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for line in &lines {
+        if !(1..=MAX_LINE_QUANTITY).contains(&line.quantity) {
+            return Err(invalid("lines.quantity", format!("must be between 1 and {MAX_LINE_QUANTITY}")));
+        }
+        if !seen.insert(line.book_id.as_str()) {
+            return Err(invalid("lines.book_id", format!("{} appears twice", line.book_id)));
+        }
+    }
+    Ok(lines)
+}
