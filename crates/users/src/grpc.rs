@@ -1,0 +1,414 @@
+//! The tonic adapter and the account rules that need the caller: who may see, change and delete
+//! which account, and the token flows.
+
+use std::sync::Arc;
+
+use bookstore_api::users::v1 as pb;
+use bookstore_api::users::v1::user_service_server::UserService;
+use bookstore_platform::auth::{Identity, Role, require};
+use bookstore_platform::grpc::timestamp;
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+
+use crate::crypto::sha256_hex;
+use crate::domain::{
+    Address, Email, FullName, InvalidField, Password, User, Username, parse_person_roles, roles_from_text,
+};
+use crate::store::{StoreError, UserRow, now_ms};
+use crate::tokens::{access_token, random_secret};
+use crate::{Users, UsersConfig};
+
+fn invalid(err: InvalidField) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+fn internal(err: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %err, "users service failed");
+    Status::internal("internal error")
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::DuplicateUsername | StoreError::DuplicateEmail => {
+                Status::already_exists(err.to_string())
+            }
+            StoreError::Unexpected(e) => internal(format!("{e:#}")),
+        }
+    }
+}
+
+fn to_proto(user: User) -> pb::User {
+    pb::User {
+        id: user.id,
+        username: user.username,
+        email: user.email,
+        full_name: user.full_name,
+        address: user.address,
+        roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        create_time: Some(timestamp(user.created_at)),
+        update_time: Some(timestamp(user.updated_at)),
+    }
+}
+
+fn unauthenticated_login() -> Status {
+    Status::unauthenticated("wrong username or password")
+}
+
+fn throttled(wait: std::time::Duration) -> Status {
+    let secs = wait.as_secs().max(1);
+    let mut status = Status::resource_exhausted(format!("too many failed logins; try again in {secs} s"));
+    status.metadata_mut().insert("retry-after", secs.to_string().parse().expect("digits are valid metadata"));
+    status
+}
+
+/// The gRPC face of the users service.
+#[derive(Clone)]
+pub struct UsersGrpc {
+    users: Arc<Users>,
+}
+
+impl UsersGrpc {
+    pub fn new(users: Arc<Users>) -> Self {
+        Self { users }
+    }
+
+    fn config(&self) -> &UsersConfig {
+        &self.users.config
+    }
+
+    /// The account `id` as `who` may see it: their own, or any for an admin. Anything else is
+    /// NOT_FOUND, exactly as if it did not exist, so ids cannot be probed.
+    async fn visible_row(&self, who: &Identity, id: &str) -> Result<UserRow, Status> {
+        if who.subject != id && !who.is_admin() {
+            return Err(Status::not_found(format!("no user with id {id}")));
+        }
+        self.users
+            .store
+            .get_user(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no user with id {id}")))
+    }
+
+    /// An access token for `user_id`, and a refresh token: a new session, or (when `refresh` is
+    /// given) the next token of the session whose token was spent.
+    async fn tokens(
+        &self,
+        user_id: &str,
+        roles: &[Role],
+        refresh: Option<&str>,
+    ) -> Result<pb::TokenResponse, Status> {
+        let config = self.config();
+        let access =
+            access_token(&self.users.keyring, user_id, roles, config.access_ttl).map_err(internal)?;
+        let refresh_token = match refresh {
+            Some(token) => token.to_owned(),
+            None => {
+                let token = random_secret();
+                let expires_at = now_ms() + config.refresh_ttl.as_millis() as i64;
+                self.users
+                    .store
+                    .start_session(user_id, &sha256_hex(&token), expires_at)
+                    .await
+                    .map_err(internal)?;
+                token
+            }
+        };
+        Ok(pb::TokenResponse {
+            access_token: access,
+            token_type: "Bearer".into(),
+            expires_in: config.access_ttl.as_secs() as i64,
+            refresh_token,
+            refresh_expires_in: config.refresh_ttl.as_secs() as i64,
+        })
+    }
+
+    /// Refuses a change that would leave the shop without an admin.
+    async fn keep_an_admin(&self, row: &UserRow, new_roles: Option<&[Role]>) -> Result<(), Status> {
+        let is_admin = roles_from_text(&row.roles).contains(&Role::Admin);
+        let stays_admin = new_roles.is_some_and(|r| r.contains(&Role::Admin));
+        if is_admin && !stays_admin && self.users.store.count_with_role("admin").await.map_err(internal)? <= 1
+        {
+            return Err(Status::failed_precondition("this is the last admin account"));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UsersGrpc {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let req = request.into_inner();
+        let username = Username::parse(&req.username).map_err(invalid)?;
+        let email = Email::parse(&req.email).map_err(invalid)?;
+        let full_name = FullName::parse(&req.full_name).map_err(invalid)?;
+        let address = Address::parse(&req.address).map_err(invalid)?;
+        let local = email.as_str().split('@').next().unwrap_or_default();
+        let password =
+            Password::parse(&req.password, &[username.as_str(), email.as_str(), local, full_name.as_str()])
+                .map_err(invalid)?;
+        let user =
+            self.users.create(&username, &email, &full_name, &address, &password, &[Role::Customer]).await?;
+        tracing::info!(id = %user.id, "user registered");
+        Ok(Response::new(to_proto(user)))
+    }
+
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+        let who = require(&request, &[Role::Customer, Role::Staff, Role::Admin])?.clone();
+        let row = self.visible_row(&who, &request.get_ref().id).await?;
+        Ok(Response::new(to_proto(self.users.decrypt(&row).map_err(internal)?)))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let who = require(&request, &[Role::Customer, Role::Staff, Role::Admin])?.clone();
+        let req = request.into_inner();
+        let row = self.visible_row(&who, &req.id).await?;
+        let current = self.users.decrypt(&row).map_err(internal)?;
+
+        let email = req.email.as_deref().map(Email::parse).transpose().map_err(invalid)?;
+        let full_name = req.full_name.as_deref().map(FullName::parse).transpose().map_err(invalid)?;
+        let address = req.address.as_deref().map(Address::parse).transpose().map_err(invalid)?;
+        let roles = if req.set_roles {
+            if !who.is_admin() {
+                return Err(Status::permission_denied("only an admin changes roles"));
+            }
+            let roles = parse_person_roles(&req.roles).map_err(invalid)?;
+            self.keep_an_admin(&row, Some(&roles)).await?;
+            Some(roles)
+        } else {
+            None
+        };
+        let password_hash = match &req.new_password {
+            None => None,
+            Some(new) => {
+                // The owner proves it is them; an admin resetting someone else's does not.
+                let own = who.subject == row.id;
+                if own {
+                    let current_password =
+                        Password::unchecked(req.current_password.as_deref().unwrap_or_default());
+                    if !self
+                        .users
+                        .hasher
+                        .verify(&current_password, Some(&row.password_hash))
+                        .await
+                        .map_err(internal)?
+                    {
+                        return Err(Status::permission_denied("current_password is wrong"));
+                    }
+                }
+                let email_text = email.as_ref().map_or(current.email.as_str(), |e| e.as_str()).to_owned();
+                let password = Password::parse(new, &[row.username.as_str(), email_text.as_str()])
+                    .map_err(|e| invalid(InvalidField { field: "new_password", reason: e.reason }))?;
+                Some(self.users.hasher.hash(&password).await.map_err(internal)?)
+            }
+        };
+
+        let updated = User {
+            email: email.map_or(current.email, |e| e.as_str().to_owned()),
+            full_name: full_name.map_or(current.full_name, |n| n.as_str().to_owned()),
+            address: address.map_or(current.address, |a| a.as_str().to_owned()),
+            roles: roles.unwrap_or(current.roles),
+            updated_at: now_ms(),
+            ..current
+        };
+        let credentials_changed = password_hash.is_some() || req.set_roles;
+        let mut new_row = self.users.encrypt(&updated, password_hash.unwrap_or(row.password_hash.clone()));
+        new_row.created_at = row.created_at;
+        new_row.version = row.version;
+        if !self.users.store.update_user(&new_row).await? {
+            return Err(Status::aborted(
+                "the account was changed by another request; read it again and retry",
+            ));
+        }
+        if credentials_changed {
+            // A new password or new roles end every session: a thief's refresh token dies, and
+            // the next sign-in carries the new roles.
+            self.users.store.revoke_sessions_of(&row.id).await.map_err(internal)?;
+        }
+        Ok(Response::new(to_proto(updated)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let who = require(&request, &[Role::Customer, Role::Staff, Role::Admin])?.clone();
+        let row = self.visible_row(&who, &request.get_ref().id).await?;
+        self.keep_an_admin(&row, None).await?;
+        self.users.store.delete_user(&row.id).await.map_err(internal)?;
+        tracing::info!(id = %row.id, by = %who.subject, "user deleted");
+        Ok(Response::new(pb::DeleteUserResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        require(&request, &[Role::Admin])?;
+        let req = request.into_inner();
+        let page = if req.page == 0 { 1 } else { req.page };
+        let limit = if req.limit == 0 { 20 } else { req.limit };
+        if page < 1 || !(1..=100).contains(&limit) {
+            return Err(Status::invalid_argument("page must be 1 or more, limit between 1 and 100"));
+        }
+        let offset = i64::from(page - 1) * i64::from(limit);
+        let (rows, total) = self.users.store.list_users(i64::from(limit), offset).await.map_err(internal)?;
+        let users = rows
+            .iter()
+            .map(|r| self.users.decrypt(r).map(to_proto))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListUsersResponse { users, total, page, limit }))
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::TokenResponse>, Status> {
+        let req = request.into_inner();
+        let account = req.username.trim().to_lowercase();
+        let address =
+            if req.client_address.is_empty() { "unknown".to_owned() } else { req.client_address.clone() };
+        self.users.throttle.attempt(&account, &address).map_err(throttled)?;
+
+        // A username, or the email it was registered with (found through the blind index).
+        let row = if account.contains('@') {
+            match Email::parse(&account) {
+                Ok(email) => self
+                    .users
+                    .store
+                    .find_by_email_index(&self.users.keyring.blind_index.email(&email.normalized()))
+                    .await
+                    .map_err(internal)?,
+                Err(_) => None,
+            }
+        } else {
+            self.users.store.find_by_username(&account).await.map_err(internal)?
+        };
+        let password = Password::unchecked(&req.password);
+        let ok = self
+            .users
+            .hasher
+            .verify(&password, row.as_ref().map(|r| r.password_hash.as_str()))
+            .await
+            .map_err(internal)?;
+        let Some(row) = row.filter(|_| ok) else {
+            // The identifier may be an email (or a password typed in the wrong box): log its
+            // keyed hash, never the text.
+            let account_hash = &self.users.keyring.blind_index.email(&account)[..16];
+            tracing::info!(account_hash, address, "failed login");
+            return Err(unauthenticated_login());
+        };
+        self.users.throttle.succeeded(&account, &address);
+        let roles = roles_from_text(&row.roles);
+        Ok(Response::new(self.tokens(&row.id, &roles, None).await?))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::TokenResponse>, Status> {
+        use crate::store::Refresh;
+        let token = request.into_inner().refresh_token;
+        let next = random_secret();
+        let expires_at = now_ms() + self.config().refresh_ttl.as_millis() as i64;
+        let outcome = self
+            .users
+            .store
+            .rotate_refresh(&sha256_hex(&token), &sha256_hex(&next), expires_at)
+            .await
+            .map_err(internal)?;
+        let user_id = match outcome {
+            Refresh::Rotated { user_id, .. } => user_id,
+            Refresh::Reused { user_id, family } => {
+                // A token used twice was stolen, or its owner's copy was: the whole chain ends.
+                tracing::warn!(user = %user_id, family = %family, "refresh token reuse; session revoked");
+                return Err(Status::unauthenticated(
+                    "refresh token already used; the session was ended, sign in again",
+                ));
+            }
+            Refresh::Revoked => return Err(Status::unauthenticated("the session was ended; sign in again")),
+            Refresh::Expired => return Err(Status::unauthenticated("refresh token expired; sign in again")),
+            Refresh::Unknown => return Err(Status::unauthenticated("unknown refresh token")),
+        };
+        let row = self
+            .users
+            .store
+            .get_user(&user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::unauthenticated("account no longer exists"))?;
+        let roles = roles_from_text(&row.roles);
+        Ok(Response::new(self.tokens(&row.id, &roles, Some(&next)).await?))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let hash = sha256_hex(&request.into_inner().refresh_token);
+        // Unknown tokens log out just as quietly: the answer says nothing about which exist.
+        if let Some(family) = self.users.store.family_of(&hash).await.map_err(internal)? {
+            self.users.store.revoke_family(&family).await.map_err(internal)?;
+        }
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let jwks_json = serde_json::to_string(&self.users.keyring.jwks()).map_err(internal)?;
+        Ok(Response::new(pb::GetJwksResponse { jwks_json }))
+    }
+
+    async fn create_service_account(
+        &self,
+        request: Request<pb::CreateServiceAccountRequest>,
+    ) -> Result<Response<pb::ServiceAccountCredentials>, Status> {
+        require(&request, &[Role::Admin])?;
+        let name = FullName::parse(&request.get_ref().name)
+            .map_err(|e| invalid(InvalidField { field: "name", reason: e.reason }))?;
+        let client_id = format!("svc-{}", uuid::Uuid::now_v7().simple());
+        let secret = random_secret();
+        self.users
+            .store
+            .insert_service_account(&client_id, name.as_str(), &sha256_hex(&secret))
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(pb::ServiceAccountCredentials {
+            client_id,
+            client_secret: secret,
+            name: name.as_str().to_owned(),
+        }))
+    }
+
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::TokenResponse>, Status> {
+        let req = request.into_inner();
+        let stored = self.users.store.service_account_secret(&req.client_id).await.map_err(internal)?;
+        // Secrets are 256 random bits, so a SHA-256 is as good as a slow hash; compare in
+        // constant time all the same.
+        let presented = sha256_hex(&req.client_secret);
+        let ok = stored.is_some_and(|s| bool::from(s.as_bytes().ct_eq(presented.as_bytes())));
+        if !ok {
+            return Err(Status::unauthenticated("wrong client id or secret"));
+        }
+        let ttl = self.config().access_ttl;
+        let access =
+            access_token(&self.users.keyring, &req.client_id, &[Role::Service], ttl).map_err(internal)?;
+        Ok(Response::new(pb::TokenResponse {
+            access_token: access,
+            token_type: "Bearer".into(),
+            expires_in: ttl.as_secs() as i64,
+            refresh_token: String::new(),
+            refresh_expires_in: 0,
+        }))
+    }
+}

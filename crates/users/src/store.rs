@@ -1,0 +1,497 @@
+//! All of the users service's SQL. Rows hold ciphertext; [`crate::keys::Keyring`] turns them
+//! into [`crate::domain::User`]s.
+
+use anyhow::Context;
+use bookstore_platform::db::{Database, unique_violation};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("that username is taken")]
+    DuplicateUsername,
+    #[error("an account with that email exists")]
+    DuplicateEmail,
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// A user as stored: personal data encrypted.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub email_bidx: String,
+    pub email_ct: Vec<u8>,
+    pub full_name_ct: Vec<u8>,
+    pub address_ct: Vec<u8>,
+    pub dek_id: String,
+    pub password_hash: String,
+    pub roles: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Bumped by every update; an update applies only to the version it read.
+    pub version: i64,
+}
+
+macro_rules! user_columns {
+    () => {
+        "id, username, email_bidx, email_ct, full_name_ct, address_ct, dek_id, password_hash, roles, \
+         created_at, updated_at, version"
+    };
+}
+
+fn user_from_row(row: &AnyRow) -> Result<UserRow, sqlx::Error> {
+    Ok(UserRow {
+        id: row.try_get(0)?,
+        username: row.try_get(1)?,
+        email_bidx: row.try_get(2)?,
+        email_ct: row.try_get(3)?,
+        full_name_ct: row.try_get(4)?,
+        address_ct: row.try_get(5)?,
+        dek_id: row.try_get(6)?,
+        password_hash: row.try_get(7)?,
+        roles: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        updated_at: row.try_get(10)?,
+        version: row.try_get(11)?,
+    })
+}
+
+/// A key wrapped by the master key.
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    pub id: String,
+    pub purpose: String,
+    pub wrapped: Vec<u8>,
+    pub master_key_id: String,
+    pub public_jwk: Option<String>,
+    pub created_at: i64,
+    pub active_from: i64,
+    pub retired_at: Option<i64>,
+}
+
+/// A refresh token's record.
+#[derive(Debug, Clone)]
+pub struct RefreshRow {
+    pub family_id: String,
+    pub user_id: String,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Debug, Clone)]
+pub struct UserStore {
+    db: Database,
+}
+
+fn map_user_conflict(err: sqlx::Error, doing: &'static str) -> StoreError {
+    match unique_violation(&err) {
+        Some(c) if c.contains("username") => StoreError::DuplicateUsername,
+        Some(c) if c.contains("email_bidx") => StoreError::DuplicateEmail,
+        _ => StoreError::Unexpected(anyhow::Error::new(err).context(doing)),
+    }
+}
+
+impl UserStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub async fn insert_user(&self, u: &UserRow) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO users (",
+            user_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(&u.id)
+        .bind(&u.username)
+        .bind(&u.email_bidx)
+        .bind(&u.email_ct)
+        .bind(&u.full_name_ct)
+        .bind(&u.address_ct)
+        .bind(&u.dek_id)
+        .bind(&u.password_hash)
+        .bind(&u.roles)
+        .bind(u.created_at)
+        .bind(u.updated_at)
+        .bind(u.version)
+        .execute(self.db.pool())
+        .await
+        .map_err(|e| map_user_conflict(e, "inserting a user"))?;
+        Ok(())
+    }
+
+    /// Replaces every mutable column of the row (the caller read it, changed it, re-encrypted),
+    /// if nobody changed it since: `false` when the row is gone or its version moved on, so a
+    /// slow request can never write back what a faster one changed (a demotion, a password).
+    pub async fn update_user(&self, u: &UserRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE users SET email_bidx = $2, email_ct = $3, full_name_ct = $4, address_ct = $5, \
+             dek_id = $6, password_hash = $7, roles = $8, updated_at = $9, version = version + 1 \
+             WHERE id = $1 AND version = $10",
+        )
+        .bind(&u.id)
+        .bind(&u.email_bidx)
+        .bind(&u.email_ct)
+        .bind(&u.full_name_ct)
+        .bind(&u.address_ct)
+        .bind(&u.dek_id)
+        .bind(&u.password_hash)
+        .bind(&u.roles)
+        .bind(u.updated_at)
+        .bind(u.version)
+        .execute(self.db.pool())
+        .await
+        .map_err(|e| map_user_conflict(e, "updating a user"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn get_user(&self, id: &str) -> anyhow::Result<Option<UserRow>> {
+        self.user_where(
+            concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"),
+            id,
+            "fetching a user",
+        )
+        .await
+    }
+
+    pub async fn find_by_username(&self, username: &str) -> anyhow::Result<Option<UserRow>> {
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1");
+        self.user_where(sql, username, "finding a user by username").await
+    }
+
+    pub async fn find_by_email_index(&self, email_bidx: &str) -> anyhow::Result<Option<UserRow>> {
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email_bidx = $1");
+        self.user_where(sql, email_bidx, "finding a user by email").await
+    }
+
+    /// The one user `sql` (with one parameter) selects, if any.
+    async fn user_where(
+        &self,
+        sql: &'static str,
+        value: &str,
+        doing: &'static str,
+    ) -> anyhow::Result<Option<UserRow>> {
+        let row = sqlx::query(sql).bind(value).fetch_optional(self.db.pool()).await.context(doing)?;
+        row.as_ref().map(user_from_row).transpose().context("decoding a user")
+    }
+
+    pub async fn list_users(&self, limit: i64, offset: i64) -> anyhow::Result<(Vec<UserRow>, i64)> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY username LIMIT $1 OFFSET $2"
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.db.pool())
+        .await
+        .context("listing users")?;
+        let total = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
+            .fetch_one(self.db.pool())
+            .await
+            .context("counting users")?;
+        let users = rows.iter().map(user_from_row).collect::<Result<_, _>>().context("decoding users")?;
+        Ok((users, total))
+    }
+
+    /// Deletes the account and its refresh tokens together.
+    pub async fn delete_user(&self, id: &str) -> anyhow::Result<bool> {
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM refresh_families WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await.context("deleting a user")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn count_with_role(&self, role: &str) -> anyhow::Result<i64> {
+        // Roles are a short comma-separated list; the commas make `admin` not match `sysadmin`.
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users WHERE ',' || roles || ',' LIKE $1")
+            .bind(format!("%,{role},%"))
+            .fetch_one(self.db.pool())
+            .await
+            .context("counting users by role")
+    }
+
+    // --- keys -------------------------------------------------------------------------------
+
+    pub async fn keys(&self, purpose: &str) -> anyhow::Result<Vec<KeyRow>> {
+        let rows = sqlx::query(
+            "SELECT id, purpose, wrapped, master_key_id, public_jwk, created_at, active_from, retired_at \
+             FROM crypto_keys WHERE purpose = $1 ORDER BY active_from, created_at, id",
+        )
+        .bind(purpose)
+        .fetch_all(self.db.pool())
+        .await
+        .context("loading keys")?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRow {
+                    id: r.try_get(0)?,
+                    purpose: r.try_get(1)?,
+                    wrapped: r.try_get(2)?,
+                    master_key_id: r.try_get(3)?,
+                    public_jwk: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                    active_from: r.try_get(6)?,
+                    retired_at: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding keys")
+    }
+
+    pub async fn insert_key(&self, k: &KeyRow) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO crypto_keys (id, purpose, wrapped, master_key_id, public_jwk, created_at, active_from, \
+             retired_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&k.id)
+        .bind(&k.purpose)
+        .bind(&k.wrapped)
+        .bind(&k.master_key_id)
+        .bind(&k.public_jwk)
+        .bind(k.created_at)
+        .bind(k.active_from)
+        .bind(k.retired_at)
+        .execute(self.db.pool())
+        .await
+        .context("storing a key")?;
+        Ok(())
+    }
+
+    /// Replaces every key's wrapping in one transaction (master-key rotation): all or none.
+    pub async fn rewrap_keys(
+        &self,
+        rewrapped: &[(String, Vec<u8>)],
+        master_key_id: &str,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.db.pool().begin().await.context("starting a transaction")?;
+        for (id, wrapped) in rewrapped {
+            sqlx::query("UPDATE crypto_keys SET wrapped = $2, master_key_id = $3 WHERE id = $1")
+                .bind(id)
+                .bind(wrapped)
+                .bind(master_key_id)
+                .execute(&mut *tx)
+                .await
+                .context("re-wrapping a key")?;
+        }
+        tx.commit().await.context("committing re-wrapped keys")?;
+        Ok(())
+    }
+
+    pub async fn all_keys(&self) -> anyhow::Result<Vec<KeyRow>> {
+        let mut all = Vec::new();
+        for purpose in
+            [crate::keys::PURPOSE_DATA, crate::keys::PURPOSE_BLIND_INDEX, crate::keys::PURPOSE_SIGNING]
+        {
+            all.extend(self.keys(purpose).await?);
+        }
+        Ok(all)
+    }
+
+    // --- refresh tokens -------------------------------------------------------------------
+
+    /// Starts a session: a new family and its first refresh token, together.
+    pub async fn start_session(
+        &self,
+        user_id: &str,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> anyhow::Result<String> {
+        let family = uuid::Uuid::now_v7().to_string();
+        let now = now_ms();
+        let mut tx = self.db.begin_write().await.context("starting a session")?;
+        sqlx::query("INSERT INTO refresh_families (id, user_id, created_at) VALUES ($1, $2, $3)")
+            .bind(&family)
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .context("storing a session")?;
+        insert_token(&mut tx, token_hash, &family, user_id, expires_at).await?;
+        tx.commit().await.context("committing a session")?;
+        Ok(family)
+    }
+
+    /// Spends `token_hash` for `new_hash` in one transaction that first locks the token's
+    /// family, so it serialises with revocation: after a revocation commits, no refresh of that
+    /// family succeeds, and none that started before leaves a live token behind. A token spent
+    /// twice revokes its family.
+    pub async fn rotate_refresh(
+        &self,
+        token_hash: &str,
+        new_hash: &str,
+        new_expires_at: i64,
+    ) -> anyhow::Result<Refresh> {
+        let mut tx = self.db.begin_write().await.context("starting a refresh")?;
+        let Some(row) = sqlx::query(
+            "SELECT family_id, user_id, expires_at, used_at FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("finding a refresh token")?
+        else {
+            return Ok(Refresh::Unknown);
+        };
+        let family: String = row.try_get(0)?;
+        let user_id: String = row.try_get(1)?;
+        let expires_at: i64 = row.try_get(2)?;
+        let used_at: Option<i64> = row.try_get(3)?;
+        let live = sqlx::query(
+            "UPDATE refresh_families SET revoked_at = revoked_at WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(&family)
+        .execute(&mut *tx)
+        .await
+        .context("locking a session")?;
+        if live.rows_affected() == 0 {
+            return Ok(Refresh::Revoked);
+        }
+        let claimed = if used_at.is_none() {
+            sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL")
+                .bind(token_hash)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .context("spending a refresh token")?
+                .rows_affected()
+                == 1
+        } else {
+            false
+        };
+        if !claimed {
+            revoke_family_in(&mut tx, &family).await?;
+            tx.commit().await.context("revoking a reused session")?;
+            return Ok(Refresh::Reused { user_id, family });
+        }
+        if expires_at < now_ms() {
+            return Ok(Refresh::Expired);
+        }
+        insert_token(&mut tx, new_hash, &family, &user_id, new_expires_at).await?;
+        tx.commit().await.context("committing a refresh")?;
+        Ok(Refresh::Rotated { user_id, family })
+    }
+
+    /// The family of a refresh token, if it exists.
+    pub async fn family_of(&self, token_hash: &str) -> anyhow::Result<Option<String>> {
+        sqlx::query_scalar::<_, String>("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(self.db.pool())
+            .await
+            .context("finding a refresh token")
+    }
+
+    pub async fn revoke_family(&self, family_id: &str) -> anyhow::Result<u64> {
+        let mut tx = self.db.begin_write().await.context("starting a revocation")?;
+        let n = revoke_family_in(&mut tx, family_id).await?;
+        tx.commit().await.context("committing a revocation")?;
+        Ok(n)
+    }
+
+    /// Ends every session of a user (password or role change).
+    pub async fn revoke_sessions_of(&self, user_id: &str) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await
+        .context("ending a user's sessions")?;
+        Ok(done.rows_affected())
+    }
+
+    // --- service accounts -------------------------------------------------------------------
+
+    pub async fn insert_service_account(
+        &self,
+        client_id: &str,
+        name: &str,
+        secret_hash: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO service_accounts (client_id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(client_id)
+        .bind(name)
+        .bind(secret_hash)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await
+        .context("storing a service account")?;
+        Ok(())
+    }
+
+    pub async fn service_account_secret(&self, client_id: &str) -> anyhow::Result<Option<String>> {
+        sqlx::query_scalar::<_, String>("SELECT secret_hash FROM service_accounts WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(self.db.pool())
+            .await
+            .context("finding a service account")
+    }
+}
+
+/// How a refresh went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    Rotated {
+        user_id: String,
+        family: String,
+    },
+    /// The token was spent before: the session is now revoked.
+    Reused {
+        user_id: String,
+        family: String,
+    },
+    Revoked,
+    Expired,
+    Unknown,
+}
+
+async fn insert_token(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    token_hash: &str,
+    family: &str,
+    user_id: &str,
+    expires_at: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(token_hash)
+    .bind(family)
+    .bind(user_id)
+    .bind(expires_at)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await
+    .context("storing a refresh token")?;
+    Ok(())
+}
+
+async fn revoke_family_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    family: &str,
+) -> anyhow::Result<u64> {
+    let done =
+        sqlx::query("UPDATE refresh_families SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(family)
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await
+            .context("revoking a session")?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,155 @@
+//! Integration tests of the users service's storage and keys, on each backend.
+
+use bookstore_platform::backend_tests;
+use bookstore_platform::db::Backend;
+use bookstore_platform::testing::TestDatabase;
+use bookstore_users::crypto::MasterKey;
+use bookstore_users::domain::{Address, Email, FullName, Password, Username};
+use bookstore_users::{MIGRATIONS, Users, UsersConfig};
+
+backend_tests!(
+    rotating_the_master_key_keeps_every_account_readable,
+    a_wrong_master_key_stops_the_start_with_a_clear_message,
+    the_first_admin_is_created_once,
+    racing_refreshes_of_one_token_leave_no_live_session,
+    an_update_based_on_a_stale_read_is_refused,
+);
+
+async fn users_with(db: &TestDatabase, master: &str) -> anyhow::Result<Users> {
+    let pool = db.connect(&MIGRATIONS).await;
+    Users::new(
+        pool,
+        MasterKey::from_base64(master).unwrap(),
+        UsersConfig { hash_concurrency: 2, ..Default::default() },
+    )
+    .await
+}
+
+async fn add_ada(users: &Users) -> String {
+    users
+        .create(
+            &Username::parse("ada").unwrap(),
+            &Email::parse("ada@example.com").unwrap(),
+            &FullName::parse("Ada Lovelace").unwrap(),
+            &Address::parse("12 St James's Square").unwrap(),
+            &Password::parse("analytical engine punch cards", &[]).unwrap(),
+            &[bookstore_platform::auth::Role::Customer],
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+async fn rotating_the_master_key_keeps_every_account_readable(backend: Backend) {
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let (old, new) = (MasterKey::generate_base64(), MasterKey::generate_base64());
+    let users = users_with(&db, &old).await.unwrap();
+    let id = add_ada(&users).await;
+    let kid_before = users.keyring.current_signing_key().unwrap().kid;
+
+    let count = bookstore_users::keys::rotate_master_key(
+        &users.store,
+        &MasterKey::from_base64(&old).unwrap(),
+        &MasterKey::from_base64(&new).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count, 3, "data key, blind-index key, one signing key");
+
+    let reopened = users_with(&db, &new).await.unwrap();
+    let row = reopened.store.get_user(&id).await.unwrap().unwrap();
+    let ada = reopened.decrypt(&row).unwrap();
+    assert_eq!((ada.email.as_str(), ada.full_name.as_str()), ("ada@example.com", "Ada Lovelace"));
+    assert_eq!(
+        reopened.keyring.current_signing_key().unwrap().kid,
+        kid_before,
+        "same signing key, re-wrapped"
+    );
+    let found = reopened
+        .store
+        .find_by_email_index(&reopened.keyring.blind_index.email("ada@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(found.map(|r| r.id), Some(id), "the blind index still finds her");
+
+    let err = users_with(&db, &old).await.err().expect("the old key no longer opens the keyring");
+    assert!(format!("{err:#}").contains("master key"), "{err:#}");
+}
+
+async fn a_wrong_master_key_stops_the_start_with_a_clear_message(backend: Backend) {
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    users_with(&db, &MasterKey::generate_base64()).await.unwrap();
+    let err = users_with(&db, &MasterKey::generate_base64()).await.err().unwrap();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("was wrapped by master key") && message.contains("configured master key"),
+        "{message}"
+    );
+}
+
+async fn the_first_admin_is_created_once(backend: Backend) {
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let users = users_with(&db, &MasterKey::generate_base64()).await.unwrap();
+    let generated = users.ensure_admin(None).await.unwrap().expect("a generated password");
+    assert!(generated.len() >= 40);
+    assert_eq!(users.ensure_admin(None).await.unwrap(), None, "an admin exists now");
+    assert_eq!(users.store.count_with_role("admin").await.unwrap(), 1);
+    let admin = users.store.find_by_username("admin").await.unwrap().unwrap();
+    let ok = users.hasher.verify(&Password::unchecked(&generated), Some(&admin.password_hash)).await.unwrap();
+    assert!(ok, "the generated password signs in");
+
+    let weak = TestDatabase::new(backend).await.unwrap();
+    let users = users_with(&weak, &MasterKey::generate_base64()).await.unwrap();
+    let err = users.ensure_admin(Some("admin")).await.unwrap_err();
+    assert!(err.to_string().contains("BOOKSTORE_ADMIN_PASSWORD"), "{err}");
+}
+
+async fn racing_refreshes_of_one_token_leave_no_live_session(backend: Backend) {
+    use bookstore_users::store::Refresh;
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let users = users_with(&db, &MasterKey::generate_base64()).await.unwrap();
+    let id = add_ada(&users).await;
+    let far = bookstore_users::store::now_ms() + 3_600_000;
+    users.store.start_session(&id, "t0", far).await.unwrap();
+
+    // The owner and a thief spend the same token at once.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = users.store.clone();
+            tokio::spawn(async move { store.rotate_refresh("t0", &format!("t1-{i}"), far).await.unwrap() })
+        })
+        .collect();
+    let mut rotated = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Refresh::Rotated { .. } => rotated.push(i),
+            Refresh::Reused { .. } | Refresh::Revoked => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(rotated.len() <= 1, "at most one winner: {rotated:?}");
+    // Whoever won, the reuse ended the session: the winner's new token is dead too.
+    for i in rotated {
+        let next = users.store.rotate_refresh(&format!("t1-{i}"), "t2", far).await.unwrap();
+        assert_eq!(next, Refresh::Revoked);
+    }
+}
+
+async fn an_update_based_on_a_stale_read_is_refused(backend: Backend) {
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let users = users_with(&db, &MasterKey::generate_base64()).await.unwrap();
+    let id = add_ada(&users).await;
+    let read_by_a = users.store.get_user(&id).await.unwrap().unwrap();
+    let read_by_b = read_by_a.clone();
+
+    let mut demoted = read_by_a;
+    demoted.roles = "staff".into();
+    assert!(users.store.update_user(&demoted).await.unwrap(), "the first writer wins");
+    let mut stale = read_by_b;
+    stale.address_ct = stale.address_ct.clone();
+    assert!(
+        !users.store.update_user(&stale).await.unwrap(),
+        "the second, based on the old version, is refused"
+    );
+    assert_eq!(users.store.get_user(&id).await.unwrap().unwrap().roles, "staff");
+}
