@@ -1,0 +1,193 @@
+//! Orders' types and rules; no I/O.
+
+/// Where an order is in its life. PLACED means its stock is reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Placed,
+    Fulfilling,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Placed => "PLACED",
+            Status::Fulfilling => "FULFILLING",
+            Status::Shipped => "SHIPPED",
+            Status::Delivered => "DELIVERED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PLACED" => Some(Status::Placed),
+            "FULFILLING" => Some(Status::Fulfilling),
+            "SHIPPED" => Some(Status::Shipped),
+            "DELIVERED" => Some(Status::Delivered),
+            "CANCELLED" => Some(Status::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// The moves an order may make: forward one step at a time, or cancelled while PLACED.
+    pub fn can_become(self, next: Status) -> bool {
+        matches!(
+            (self, next),
+            (Status::Placed, Status::Fulfilling)
+                | (Status::Fulfilling, Status::Shipped)
+                | (Status::Shipped, Status::Delivered)
+                | (Status::Placed, Status::Cancelled)
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// A basket line as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasketLine {
+    pub book_id: String,
+    pub quantity: i64,
+}
+
+pub const MAX_LINES: usize = 100;
+pub const MAX_QUANTITY: i64 = 1000;
+
+/// 1 to 100 lines, 1 to 1000 units each, each book once.
+pub fn parse_basket(lines: Vec<BasketLine>) -> Result<Vec<BasketLine>, InvalidField> {
+    let bad = |field, reason: String| InvalidField { field, reason };
+    if lines.is_empty() || lines.len() > MAX_LINES {
+        return Err(bad("lines", format!("must have 1 to {MAX_LINES} lines")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for l in &lines {
+        if l.book_id.is_empty() || l.book_id.len() > 64 {
+            return Err(bad("lines.book_id", "must be 1 to 64 characters".into()));
+        }
+        if !(1..=MAX_QUANTITY).contains(&l.quantity) {
+            return Err(bad("lines.quantity", format!("must be between 1 and {MAX_QUANTITY}")));
+        }
+        if !seen.insert(l.book_id.as_str()) {
+            return Err(bad("lines.book_id", format!("{} appears twice", l.book_id)));
+        }
+    }
+    Ok(lines)
+}
+
+/// A fingerprint of a basket, order-insensitive, to tell a retry from a different request
+/// under the same idempotency key.
+pub fn basket_hash(lines: &[BasketLine]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<_> = lines.iter().map(|l| format!("{}\u{1f}{}", l.book_id, l.quantity)).collect();
+    sorted.sort();
+    hex::encode(Sha256::digest(sorted.join("\u{1e}").as_bytes()))
+}
+
+/// An idempotency key: 1 to 255 visible ASCII characters.
+pub fn parse_idempotency_key(key: &str) -> Result<&str, InvalidField> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InvalidField {
+            field: "idempotency_key",
+            reason: "must be 1 to 255 visible ASCII characters".into(),
+        });
+    }
+    Ok(key)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub book_id: String,
+    pub quantity: i64,
+    pub unit_price_minor: i64,
+    pub currency: String,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: String,
+    pub user_id: String,
+    pub status: Status,
+    pub lines: Vec<Line>,
+    pub total_minor: i64,
+    pub currency: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The total of `lines`, which must share one currency.
+pub fn total(lines: &[Line]) -> Result<(i64, String), InvalidField> {
+    let currency = lines.first().map(|l| l.currency.clone()).unwrap_or_default();
+    if lines.iter().any(|l| l.currency != currency) {
+        return Err(InvalidField {
+            field: "lines",
+            reason: "books in one order must share a currency".into(),
+        });
+    }
+    let total = lines
+        .iter()
+        .try_fold(0i64, |acc, l| l.unit_price_minor.checked_mul(l.quantity).and_then(|v| acc.checked_add(v)));
+    total.map(|t| (t, currency)).ok_or(InvalidField { field: "lines", reason: "total is too large".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_move_forward_one_step_or_cancel_while_placed() {
+        use Status::*;
+        assert!(
+            Placed.can_become(Fulfilling) && Fulfilling.can_become(Shipped) && Shipped.can_become(Delivered)
+        );
+        assert!(Placed.can_become(Cancelled));
+        for (from, to) in [
+            (Placed, Shipped),
+            (Shipped, Cancelled),
+            (Delivered, Placed),
+            (Cancelled, Placed),
+            (Fulfilling, Cancelled),
+        ] {
+            assert!(!from.can_become(to), "{from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn baskets_are_bounded_and_each_book_appears_once() {
+        let l = |b: &str, q| BasketLine { book_id: b.into(), quantity: q };
+        assert!(parse_basket(vec![l("a", 1), l("b", 2)]).is_ok());
+        assert!(parse_basket(vec![]).is_err());
+        assert!(parse_basket(vec![l("a", 0)]).is_err());
+        assert!(parse_basket(vec![l("a", 1001)]).is_err());
+        assert!(parse_basket(vec![l("a", 1), l("a", 2)]).is_err());
+    }
+
+    #[test]
+    fn the_basket_hash_ignores_line_order_but_not_quantities() {
+        let l = |b: &str, q| BasketLine { book_id: b.into(), quantity: q };
+        assert_eq!(basket_hash(&[l("a", 1), l("b", 2)]), basket_hash(&[l("b", 2), l("a", 1)]));
+        assert_ne!(basket_hash(&[l("a", 1)]), basket_hash(&[l("a", 2)]));
+    }
+
+    #[test]
+    fn totals_are_exact_integers_in_one_currency() {
+        let line = |p, q, c: &str| Line {
+            book_id: "b".into(),
+            quantity: q,
+            unit_price_minor: p,
+            currency: c.into(),
+            title: "t".into(),
+        };
+        assert_eq!(total(&[line(1999, 3, "USD"), line(1, 1, "USD")]).unwrap(), (5998, "USD".to_owned()));
+        assert!(total(&[line(1, 1, "USD"), line(1, 1, "EUR")]).is_err());
+        assert!(total(&[line(i64::MAX, 2, "USD")]).is_err());
+    }
+}

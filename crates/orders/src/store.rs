@@ -1,0 +1,315 @@
+//! All of the orders service's SQL.
+
+use anyhow::Context;
+use bookstore_platform::db::{Database, unique_violation};
+use sqlx::Row;
+
+use crate::domain::{Line, Order, Status};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What an idempotency key says about a new request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key is new: go ahead.
+    Claimed,
+    /// The same request was already answered with this order.
+    Done(String),
+    /// The same request is being processed right now.
+    InFlight,
+    /// The key was used for a different request.
+    Mismatch,
+}
+
+/// How long an idempotency key is remembered.
+pub const KEY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct OrderStore {
+    db: Database,
+}
+
+impl OrderStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Claims `key` for `user_id`'s request `hash`. Keys older than a day are forgotten first.
+    pub async fn claim_key(&self, user_id: &str, key: &str, hash: &str) -> anyhow::Result<KeyClaim> {
+        let now = now_ms();
+        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < $3")
+            .bind(user_id)
+            .bind(key)
+            .bind(now - KEY_TTL_MS)
+            .execute(self.db.pool())
+            .await
+            .context("expiring an idempotency key")?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(user_id)
+        .bind(key)
+        .bind(hash)
+        .bind(now)
+        .execute(self.db.pool())
+        .await;
+        match inserted {
+            Ok(_) => return Ok(KeyClaim::Claimed),
+            Err(e) if unique_violation(&e).is_some() => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("claiming an idempotency key")),
+        }
+        let row = sqlx::query(
+            "SELECT request_hash, order_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(self.db.pool())
+        .await
+        .context("reading an idempotency key")?;
+        let Some(row) = row else {
+            // Released between our insert and our read (the first attempt failed): try again.
+            return Box::pin(self.claim_key(user_id, key, hash)).await;
+        };
+        let stored_hash: String = row.try_get(0)?;
+        let order_id: Option<String> = row.try_get(1)?;
+        Ok(match (stored_hash == hash, order_id) {
+            (false, _) => KeyClaim::Mismatch,
+            (true, Some(order)) => KeyClaim::Done(order),
+            (true, None) => KeyClaim::InFlight,
+        })
+    }
+
+    /// Forgets a key whose request failed, so a retry runs again.
+    pub async fn release_key(&self, user_id: &str, key: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND order_id IS NULL")
+            .bind(user_id)
+            .bind(key)
+            .execute(self.db.pool())
+            .await
+            .context("releasing an idempotency key")?;
+        Ok(())
+    }
+
+    /// Stores a placed order, its lines, its OrderPlaced event and its idempotency key's answer
+    /// in one transaction: all of them or none.
+    pub async fn insert_order(
+        &self,
+        order: &Order,
+        idempotency: Option<(&str, &str)>,
+        event: (&str, &str, Vec<u8>),
+    ) -> anyhow::Result<()> {
+        let mut tx = self.db.begin_write().await.context("starting an order")?;
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, status, total_minor, currency, stock_state, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'held', $6, $6)",
+        )
+        .bind(&order.id)
+        .bind(&order.user_id)
+        .bind(order.status.as_str())
+        .bind(order.total_minor)
+        .bind(&order.currency)
+        .bind(order.created_at)
+        .execute(&mut *tx)
+        .await
+        .context("storing an order")?;
+        for l in &order.lines {
+            sqlx::query(
+                "INSERT INTO order_lines (order_id, book_id, quantity, unit_price_minor, currency, title) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&order.id)
+            .bind(&l.book_id)
+            .bind(l.quantity)
+            .bind(l.unit_price_minor)
+            .bind(&l.currency)
+            .bind(&l.title)
+            .execute(&mut *tx)
+            .await
+            .context("storing an order line")?;
+        }
+        insert_event(&mut tx, event).await?;
+        if let Some((user_id, key)) = idempotency {
+            sqlx::query("UPDATE idempotency_keys SET order_id = $3 WHERE user_id = $1 AND key = $2")
+                .bind(user_id)
+                .bind(key)
+                .bind(&order.id)
+                .execute(&mut *tx)
+                .await
+                .context("answering an idempotency key")?;
+        }
+        tx.commit().await.context("committing an order")?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<Order>> {
+        let row = sqlx::query(
+            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at FROM orders WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await
+        .context("fetching an order")?;
+        let Some(row) = row else { return Ok(None) };
+        let mut order = order_from_row(&row)?;
+        order.lines = self.lines(&order.id).await?;
+        Ok(Some(order))
+    }
+
+    async fn lines(&self, order_id: &str) -> anyhow::Result<Vec<Line>> {
+        let rows = sqlx::query(
+            "SELECT book_id, quantity, unit_price_minor, currency, title FROM order_lines WHERE order_id = $1 \
+             ORDER BY book_id",
+        )
+        .bind(order_id)
+        .fetch_all(self.db.pool())
+        .await
+        .context("fetching order lines")?;
+        rows.iter()
+            .map(|r| {
+                Ok(Line {
+                    book_id: r.try_get(0)?,
+                    quantity: r.try_get(1)?,
+                    unit_price_minor: r.try_get(2)?,
+                    currency: r.try_get(3)?,
+                    title: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding order lines")
+    }
+
+    /// A page of orders, newest first: one user's, or everyone's (`user_id` None), optionally
+    /// in one status.
+    pub async fn list(
+        &self,
+        user_id: Option<&str>,
+        status: Option<Status>,
+        limit: i64,
+        offset: i64,
+    ) -> anyhow::Result<(Vec<Order>, i64)> {
+        let user = user_id.map(str::to_owned);
+        let status = status.map(|s| s.as_str().to_owned());
+        let rows = sqlx::query(
+            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at FROM orders \
+             WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
+        )
+        .bind(user.clone())
+        .bind(status.clone())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.db.pool())
+        .await
+        .context("listing orders")?;
+        let total = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2)",
+        )
+        .bind(user)
+        .bind(status)
+        .fetch_one(self.db.pool())
+        .await
+        .context("counting orders")?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut order = order_from_row(row)?;
+            order.lines = self.lines(&order.id).await?;
+            orders.push(order);
+        }
+        Ok((orders, total))
+    }
+
+    /// Moves an order from `from` to `to` with its event, if it is still in `from`: `false`
+    /// when another request moved it first.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        event: (&str, &str, Vec<u8>),
+    ) -> anyhow::Result<bool> {
+        let mut tx = self.db.begin_write().await.context("starting a transition")?;
+        let done =
+            sqlx::query("UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+                .bind(id)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .context("moving an order")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.context("committing a transition")?;
+        Ok(true)
+    }
+
+    pub async fn set_stock_state(&self, id: &str, state: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE orders SET stock_state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .execute(self.db.pool())
+            .await
+            .context("recording stock state")?;
+        Ok(())
+    }
+
+    /// Orders whose reservation is not settled the way their status needs: (id, confirm?).
+    pub async fn unsettled(&self, limit: i64) -> anyhow::Result<Vec<(String, bool)>> {
+        let rows = sqlx::query(
+            "SELECT id, status FROM orders WHERE (status <> 'CANCELLED' AND stock_state = 'held') \
+             OR (status = 'CANCELLED' AND stock_state <> 'released') ORDER BY created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+        .context("finding unsettled orders")?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)? != "CANCELLED")))
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding unsettled orders")
+    }
+
+    pub async fn unpublished_events(&self) -> anyhow::Result<i64> {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(self.db.pool())
+            .await
+            .context("counting unpublished events")
+    }
+}
+
+fn order_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Order> {
+    let status: String = row.try_get(2)?;
+    Ok(Order {
+        id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        status: Status::parse(&status).with_context(|| format!("unknown status {status}"))?,
+        lines: Vec::new(),
+        total_minor: row.try_get(3)?,
+        currency: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+        updated_at: row.try_get(6)?,
+    })
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    (id, event_type, payload): (&str, &str, Vec<u8>),
+) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO outbox (id, event_type, payload, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(event_type)
+        .bind(payload)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .context("writing an event to the outbox")?;
+    Ok(())
+}
