@@ -1,0 +1,310 @@
+//! `/api/v1/books`: the catalog over REST, translated to the books service's gRPC.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bookstore_api::books::v1 as pb;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::{ApiError, ErrorBody, Json, Path, Query};
+
+/// Money as integer minor units (cents) and an ISO 4217 currency; never a float.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    #[schema(example = 1999)]
+    pub amount_minor: i64,
+    #[schema(example = "USD")]
+    pub currency: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Book {
+    #[schema(example = "0190b6a2-7c1e-7d2a-9a53-2f0c8b1e4d10")]
+    pub id: String,
+    /// ISBN-13, digits only.
+    #[schema(example = "9780441172719")]
+    pub isbn: String,
+    #[schema(example = "Dune")]
+    pub title: String,
+    #[schema(example = "Frank Herbert")]
+    pub author: String,
+    pub description: String,
+    pub price: Money,
+    /// Units on the shelf, available to order.
+    pub stock: i64,
+    /// Units held for orders being placed.
+    pub reserved: i64,
+    /// Units sold.
+    pub sold: i64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BookPage {
+    pub items: Vec<Book>,
+    /// How many books match, over all pages.
+    pub total: i64,
+    pub page: i32,
+    pub limit: i32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBook {
+    /// ISBN-13 with a valid check digit; hyphens allowed.
+    #[schema(example = "978-0-441-17271-9")]
+    pub isbn: String,
+    #[schema(example = "Dune")]
+    pub title: String,
+    #[schema(example = "Frank Herbert")]
+    pub author: String,
+    #[serde(default)]
+    pub description: String,
+    pub price: Money,
+    /// Units on the shelf; 0 if omitted.
+    #[serde(default)]
+    pub stock: i64,
+}
+
+/// Only the fields present change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBook {
+    pub isbn: Option<String>,
+    pub title: Option<String>,
+    pub author: Option<String>,
+    pub description: Option<String>,
+    pub price: Option<Money>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockAdjustment {
+    /// Units to add (positive) or remove (negative); stock never goes below zero.
+    #[schema(example = 5)]
+    pub delta: i64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Full-text search over title, author and description; best match first.
+    pub q: Option<String>,
+    /// Only books by this author (exact, case-insensitive). Not combined with `q`.
+    pub author: Option<String>,
+    /// 1-based page number (default 1).
+    pub page: Option<i32>,
+    /// Books per page, 1..=100 (default 20).
+    pub limit: Option<i32>,
+}
+
+pub(crate) fn rfc3339(ts: Option<prost_types::Timestamp>) -> String {
+    ts.and_then(|t| {
+        OffsetDateTime::from_unix_timestamp(t.seconds)
+            .ok()
+            .map(|d| d + time::Duration::nanoseconds(t.nanos.into()))
+    })
+    .and_then(|d| d.format(&Rfc3339).ok())
+    .unwrap_or_default()
+}
+
+impl From<pb::Book> for Book {
+    fn from(b: pb::Book) -> Self {
+        let price = b.price.unwrap_or_default();
+        Self {
+            id: b.id,
+            isbn: b.isbn,
+            title: b.title,
+            author: b.author,
+            description: b.description,
+            price: Money { amount_minor: price.amount_minor, currency: price.currency },
+            stock: b.stock,
+            reserved: b.reserved,
+            sold: b.sold,
+            created_at: rfc3339(b.create_time),
+            updated_at: rfc3339(b.update_time),
+        }
+    }
+}
+
+impl From<pb::ListBooksResponse> for BookPage {
+    fn from(r: pb::ListBooksResponse) -> Self {
+        Self {
+            items: r.books.into_iter().map(Book::from).collect(),
+            total: r.total,
+            page: r.page,
+            limit: r.limit,
+        }
+    }
+}
+
+impl From<Money> for pb::Money {
+    fn from(m: Money) -> Self {
+        Self { amount_minor: m.amount_minor, currency: m.currency }
+    }
+}
+
+/// List the catalog, or search it with `q`.
+#[utoipa::path(
+    get, path = "/api/v1/books", tag = "books", params(ListParams),
+    responses(
+        (status = 200, description = "A page of books", body = BookPage),
+        (status = 400, description = "Bad paging or query", body = ErrorBody),
+    )
+)]
+pub async fn list_books(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(params): Query<ListParams>,
+) -> Result<Json<BookPage>, ApiError> {
+    let page = params.page.unwrap_or(1);
+    let limit = params.limit.unwrap_or(0);
+    if page < 1 {
+        return Err(ApiError::invalid("page: must be 1 or more"));
+    }
+    if params.limit.is_some_and(|l| l < 1) {
+        return Err(ApiError::invalid("limit: must be between 1 and 100"));
+    }
+    let mut client = state.books.clone();
+    let response = match params.q {
+        Some(query) => {
+            if params.author.is_some() {
+                return Err(ApiError::invalid("q and author cannot be combined"));
+            }
+            client.search_books(state.request(pb::SearchBooksRequest { query, page, limit }, &auth)).await?
+        }
+        None => {
+            let request = pb::ListBooksRequest { page, limit, author: params.author };
+            client.list_books(state.request(request, &auth)).await?
+        }
+    };
+    Ok(Json(response.into_inner().into()))
+}
+
+/// One book.
+#[utoipa::path(
+    get, path = "/api/v1/books/{id}", tag = "books",
+    params(("id" = String, Path, description = "Book id")),
+    responses(
+        (status = 200, description = "The book", body = Book),
+        (status = 404, description = "No such book", body = ErrorBody),
+    )
+)]
+pub async fn get_book(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Book>, ApiError> {
+    let book = state.books.clone().get_book(state.request(pb::GetBookRequest { id }, &auth)).await?;
+    Ok(Json(book.into_inner().into()))
+}
+
+/// Add a book to the catalog.
+#[utoipa::path(
+    post, path = "/api/v1/books", tag = "books", request_body = CreateBook, security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = Book, headers(("location" = String, description = "The new book's URL"))),
+        (status = 400, description = "A field is invalid", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Staff or admin only", body = ErrorBody),
+        (status = 409, description = "The ISBN is taken", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+    )
+)]
+pub async fn create_book(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<CreateBook>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = pb::CreateBookRequest {
+        isbn: body.isbn,
+        title: body.title,
+        author: body.author,
+        description: body.description,
+        price: Some(body.price.into()),
+        stock: body.stock,
+    };
+    let book: Book =
+        state.books.clone().create_book(state.request(request, &auth)).await?.into_inner().into();
+    let location = format!("/api/v1/books/{}", book.id);
+    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(book)))
+}
+
+/// Change some fields of a book.
+#[utoipa::path(
+    patch, path = "/api/v1/books/{id}", tag = "books", request_body = UpdateBook, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Book id")),
+    responses(
+        (status = 200, description = "The updated book", body = Book),
+        (status = 400, description = "A field is invalid", body = ErrorBody),
+        (status = 404, description = "No such book", body = ErrorBody),
+        (status = 409, description = "The new ISBN is taken", body = ErrorBody),
+    )
+)]
+pub async fn update_book(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateBook>,
+) -> Result<Json<Book>, ApiError> {
+    let request = pb::UpdateBookRequest {
+        id,
+        isbn: body.isbn,
+        title: body.title,
+        author: body.author,
+        description: body.description,
+        price: body.price.map(Into::into),
+    };
+    let book = state.books.clone().update_book(state.request(request, &auth)).await?;
+    Ok(Json(book.into_inner().into()))
+}
+
+/// Remove a book.
+#[utoipa::path(
+    delete, path = "/api/v1/books/{id}", tag = "books", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Book id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such book", body = ErrorBody),
+    )
+)]
+pub async fn delete_book(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.books.clone().delete_book(state.request(pb::DeleteBookRequest { id }, &auth)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Add or remove units of stock.
+#[utoipa::path(
+    post, path = "/api/v1/books/{id}/stock", tag = "books", request_body = StockAdjustment, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Book id")),
+    responses(
+        (status = 200, description = "The book with its new stock", body = Book),
+        (status = 400, description = "delta is zero or out of range", body = ErrorBody),
+        (status = 404, description = "No such book", body = ErrorBody),
+        (status = 409, description = "Not enough stock to remove", body = ErrorBody),
+    )
+)]
+pub async fn adjust_stock(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<StockAdjustment>,
+) -> Result<Json<Book>, ApiError> {
+    let request = pb::AdjustStockRequest { id, delta: body.delta };
+    let book = state.books.clone().adjust_stock(state.request(request, &auth)).await?;
+    Ok(Json(book.into_inner().into()))
+}

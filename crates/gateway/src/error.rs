@@ -1,0 +1,239 @@
+//! The one error envelope of the REST API, the shape of seed 001:
+//! `{"code": "NOT_FOUND", "message": "...", "request_id": "..."}`.
+//!
+//! Handlers return [`ApiError`], which leaves its code and message in the response's extensions;
+//! the [`envelope`] middleware, which knows the request id, writes the body. Errors that never
+//! passed through a handler (unknown route, wrong method, a body over the limit, a panic) get the
+//! same envelope there too, so no client ever sees a bare error page.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tonic::Code;
+use utoipa::ToSchema;
+
+/// What every error response carries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Structured detail for some errors (e.g. the basket lines that were out of stock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// A stable, machine-readable code, e.g. `INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`.
+    #[schema(example = "NOT_FOUND")]
+    pub code: String,
+    /// What went wrong, for a person.
+    #[schema(example = "no book with id 0190b6a2-...")]
+    pub message: String,
+    /// The `x-request-id` of the request, to quote when asking for help.
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds a throttled client should wait (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), retry_after: None, details: None }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    /// The envelope for a status that no handler described (a layer's or the router's own).
+    fn for_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::NOT_FOUND => ("NOT_FOUND", "no such resource"),
+            StatusCode::METHOD_NOT_ALLOWED => ("METHOD_NOT_ALLOWED", "method not allowed on this resource"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("PAYLOAD_TOO_LARGE", "request body is too large"),
+            StatusCode::REQUEST_TIMEOUT => ("DEADLINE_EXCEEDED", "request took too long"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("UNSUPPORTED_MEDIA_TYPE", "expected Content-Type: application/json")
+            }
+            StatusCode::TOO_MANY_REQUESTS => ("RESOURCE_EXHAUSTED", "too many requests"),
+            StatusCode::SERVICE_UNAVAILABLE => ("UNAVAILABLE", "service unavailable"),
+            s if s.is_client_error() => ("BAD_REQUEST", "bad request"),
+            _ => ("INTERNAL", "internal error"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// gRPC statuses from the services, mapped to HTTP. Internal details never reach the client:
+/// the service has logged them.
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        // A service may ask for a precise HTTP status the gRPC code cannot carry.
+        if status.metadata().get("x-http-status").is_some_and(|v| v.as_bytes() == b"422") {
+            return Self::new(StatusCode::UNPROCESSABLE_ENTITY, "UNPROCESSABLE", message);
+        }
+        let details = status
+            .metadata()
+            .get("x-failed-lines")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+        let mut error = Self::from_code(status, message);
+        error.details = details;
+        error
+    }
+}
+
+impl ApiError {
+    fn from_code(status: tonic::Status, message: String) -> Self {
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => {
+                Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
+            }
+            Code::NotFound => Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message),
+            Code::AlreadyExists => Self::new(StatusCode::CONFLICT, "ALREADY_EXISTS", message),
+            Code::FailedPrecondition | Code::Aborted => {
+                Self::new(StatusCode::CONFLICT, "FAILED_PRECONDITION", message)
+            }
+            Code::Unauthenticated => Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message),
+            Code::PermissionDenied => Self::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message),
+            Code::ResourceExhausted => {
+                let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", message);
+                error.retry_after = status
+                    .metadata()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                error
+            }
+            Code::DeadlineExceeded | Code::Cancelled => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "DEADLINE_EXCEEDED",
+                "an upstream service took too long",
+            ),
+            Code::Unavailable => {
+                tracing::warn!(error = %message, "upstream unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "an upstream service is unavailable",
+                )
+            }
+            _ => {
+                tracing::error!(code = ?status.code(), error = %message, "upstream failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::for_status(status);
+        }
+        if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            return Self::for_status(status);
+        }
+        Self::invalid(format!("invalid JSON body: {}", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::invalid(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::invalid(format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+/// `axum::Json`, with rejections in the envelope.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Query`, with rejections in the envelope.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// `axum::extract::Path`, with rejections in the envelope.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// Writes the envelope of every error response, with the request's id.
+pub async fn envelope(request: Request, next: Next) -> Response {
+    let request_id =
+        request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let error = match response.extensions().get::<ApiError>() {
+        Some(error) => error.clone(),
+        // Some other layer already wrote a JSON error (none does today); leave it.
+        None if response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json")) =>
+        {
+            return response;
+        }
+        None => ApiError::for_status(status),
+    };
+    let described = response.extensions().get::<ApiError>().is_some();
+    let (mut parts, body) = response.into_parts();
+    if status.is_server_error() {
+        // An error no handler described (an extractor's rejection, a layer's): keep its text
+        // for the log, since the client only gets the envelope.
+        let detail = if described {
+            String::new()
+        } else {
+            axum::body::to_bytes(body, 4096)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        tracing::warn!(%status, code = error.code, request_id, detail, "request failed");
+    }
+    let retry_after = error.retry_after;
+    let body =
+        ErrorBody { code: error.code.to_owned(), message: error.message, request_id, details: error.details };
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(seconds) = retry_after {
+        parts.headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}

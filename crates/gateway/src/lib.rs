@@ -1,0 +1,211 @@
+//! The gateway: the single entry point of bookstore.
+//!
+//! REST/JSON under `/api/v1` at the edge, gRPC to the services behind it. Every error is one
+//! envelope ([`error`]); every request gets an `x-request-id`; responses are compressed; bodies
+//! are size-limited; the OpenAPI document is generated from the handlers ([`openapi`]) and served
+//! with Swagger UI at `/docs`.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod books;
+pub mod error;
+pub mod openapi;
+pub mod orders;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::{get, post};
+use bookstore_api::books::v1::book_service_client::BookServiceClient;
+use bookstore_api::orders::v1::order_service_client::OrderServiceClient;
+use bookstore_api::users::v1::user_service_client::UserServiceClient;
+use bookstore_platform::auth::Verifier;
+use bookstore_platform::grpc::{self, ClientConfig, Deadline};
+use bookstore_platform::server::{Ops, ops_router, with_request_metrics};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub const SERVICE: &str = "gateway";
+
+/// What the gateway needs to know.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The books service, e.g. `http://127.0.0.1:50051`.
+    pub books_url: String,
+    /// The users service, e.g. `http://127.0.0.1:50052`.
+    pub users_url: String,
+    /// The orders service, e.g. `http://127.0.0.1:50053`.
+    pub orders_url: String,
+    /// The largest JSON body accepted; larger gets 413.
+    pub max_body_bytes: usize,
+    /// How long a request may take end to end; passed on as the gRPC deadline.
+    pub request_timeout: Duration,
+    /// Origins allowed by CORS; empty turns CORS off (same-origin only).
+    pub cors_allowed_origins: Vec<String>,
+    pub client: ClientConfig,
+}
+
+impl GatewayConfig {
+    pub fn new(
+        books_url: impl Into<String>,
+        users_url: impl Into<String>,
+        orders_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            books_url: books_url.into(),
+            users_url: users_url.into(),
+            orders_url: orders_url.into(),
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            cors_allowed_origins: Vec::new(),
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+/// Shared by every handler; cheap to clone (clients share their HTTP/2 connections).
+#[derive(Clone)]
+pub struct AppState {
+    pub books: BookServiceClient<Channel>,
+    pub users: UserServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// A gRPC request for `message` that carries the deadline of a request starting now and
+    /// the caller's token.
+    pub fn request<T>(&self, message: T, auth: &auth::Auth) -> tonic::Request<T> {
+        let mut request = Deadline::after(self.request_timeout).request(message);
+        auth.attach(&mut request);
+        request
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole gateway as one router. `verifier` checks access tokens (it fetches its keys from
+/// the users service).
+pub fn router(
+    config: &GatewayConfig,
+    verifier: Arc<Verifier>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Router> {
+    let books_channel = grpc::channel(&config.books_url, &config.client)?;
+    let users_channel = grpc::channel(&config.users_url, &config.client)?;
+    let orders_channel = grpc::channel(&config.orders_url, &config.client)?;
+    let state = AppState {
+        books: BookServiceClient::new(books_channel.clone()),
+        users: UserServiceClient::new(users_channel.clone()),
+        orders: OrderServiceClient::new(orders_channel.clone()),
+        request_timeout: config.request_timeout,
+    };
+
+    let api = Router::new()
+        .route("/api/v1/books", get(books::list_books).post(books::create_book))
+        .route(
+            "/api/v1/books/{id}",
+            get(books::get_book).patch(books::update_book).delete(books::delete_book),
+        )
+        .route("/api/v1/books/{id}/stock", post(books::adjust_stock))
+        .route("/api/v1/auth/register", post(users::register))
+        .route("/api/v1/auth/login", post(users::login))
+        .route("/api/v1/auth/refresh", post(users::refresh))
+        .route("/api/v1/auth/logout", post(users::logout))
+        .route("/api/v1/auth/token", post(users::token))
+        .route("/.well-known/jwks.json", get(users::jwks))
+        .route("/api/v1/users", get(users::list_users))
+        .route("/api/v1/users/me", get(users::get_me).patch(users::update_me).delete(users::delete_me))
+        .route(
+            "/api/v1/users/{id}",
+            get(users::get_user).patch(users::update_user).delete(users::delete_user),
+        )
+        .route("/api/v1/service-accounts", post(users::create_service_account))
+        .route("/api/v1/orders", get(orders::list_orders).post(orders::create_order))
+        .route("/api/v1/orders/{id}", get(orders::get_order))
+        .route("/api/v1/orders/{id}/cancel", post(orders::cancel_order))
+        .route("/api/v1/orders/{id}/status", post(orders::update_status))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(verifier, auth::authenticate))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+
+    let ops = Ops::new(SERVICE, shutdown).ready_when(move || {
+        let books = books_channel.clone();
+        let users = users_channel.clone();
+        let orders = orders_channel.clone();
+        async move {
+            check_serving(books, "bookstore.books.v1.BookService").await?;
+            check_serving(users, "bookstore.users.v1.UserService").await?;
+            check_serving(orders, "bookstore.orders.v1.OrderService").await
+        }
+    });
+
+    let mut router = Router::new()
+        .merge(api)
+        .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(ops_router(ops))
+        .fallback(|| async { error::ApiError::not_found("no such resource") });
+    router = with_request_metrics(router, SERVICE);
+    router = router
+        .layer(axum::middleware::from_fn(error::envelope))
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let request_id =
+                request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+    if let Some(cors) = cors_layer(&config.cors_allowed_origins)? {
+        router = router.layer(cors);
+    }
+    Ok(router)
+}
+
+fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o)
+                    .map_err(|_| anyhow::anyhow!("cors_allowed_origins: {o:?} is not a valid origin"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, REQUEST_ID])
+            .expose_headers([REQUEST_ID])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+/// Ready when the service answers the standard gRPC health check with SERVING.
+async fn check_serving(channel: Channel, service: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut request =
+        tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: service.to_owned() });
+    request.set_timeout(Duration::from_secs(1));
+    let status = HealthClient::new(channel).check(request).await?.into_inner().status();
+    anyhow::ensure!(status == ServingStatus::Serving, "{service} is {status:?}");
+    Ok(())
+}

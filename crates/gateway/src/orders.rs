@@ -1,0 +1,210 @@
+//! `/api/v1/orders`: checkout and order history over REST, translated to the orders service.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use bookstore_api::orders::v1 as pb;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::books::{Money, rfc3339};
+use crate::error::{ApiError, ErrorBody, Json, Path, Query};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderLine {
+    pub book_id: String,
+    pub quantity: i64,
+    /// The book's price at checkout.
+    pub unit_price: Money,
+    pub title: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Order {
+    pub id: String,
+    pub user_id: String,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    /// PLACED, FULFILLING, SHIPPED, DELIVERED or CANCELLED.
+    #[schema(example = "PLACED")]
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<pb::Order> for Order {
+    fn from(o: pb::Order) -> Self {
+        let total = o.total.unwrap_or_default();
+        Self {
+            id: o.id,
+            user_id: o.user_id,
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| {
+                    let price = l.unit_price.unwrap_or_default();
+                    OrderLine {
+                        book_id: l.book_id,
+                        quantity: l.quantity,
+                        unit_price: Money { amount_minor: price.amount_minor, currency: price.currency },
+                        title: l.title,
+                    }
+                })
+                .collect(),
+            total: Money { amount_minor: total.amount_minor, currency: total.currency },
+            status: o.status,
+            created_at: rfc3339(o.create_time),
+            updated_at: rfc3339(o.update_time),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<Order>,
+    pub total: i64,
+    pub page: i32,
+    pub limit: i32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasketLine {
+    pub book_id: String,
+    #[schema(example = 1)]
+    pub quantity: i64,
+}
+
+/// A basket to check out. Prices and titles come from the catalog, never from here.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub lines: Vec<BasketLine>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    /// FULFILLING, SHIPPED or DELIVERED, one step at a time.
+    #[schema(example = "FULFILLING")]
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Staff only: one status.
+    pub status: Option<String>,
+    pub page: Option<i32>,
+    pub limit: Option<i32>,
+}
+
+/// Check out a basket. Send an `Idempotency-Key` header to make retries safe.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrder,
+    params(("idempotency-key" = Option<String>, Header, description = "Same key and body: the same order, once")),
+    responses(
+        (status = 201, description = "Placed; stock is reserved", body = Order),
+        (status = 400, description = "A bad basket", body = ErrorBody),
+        (status = 401, description = "Sign in first", body = ErrorBody),
+        (status = 409, description = "Out of stock (the lines that failed are in `details`), or the same key is in flight", body = ErrorBody),
+        (status = 422, description = "The idempotency key was used with another body", body = ErrorBody),
+    ))]
+pub async fn create_order(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    Json(body): Json<CreateOrder>,
+) -> Result<impl IntoResponse, ApiError> {
+    auth.required()?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => String::new(),
+        Some(v) => {
+            v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key: must be visible ASCII"))?.to_owned()
+        }
+    };
+    let request = pb::CreateOrderRequest {
+        lines: body
+            .lines
+            .into_iter()
+            .map(|l| pb::BasketLine { book_id: l.book_id, quantity: l.quantity })
+            .collect(),
+        idempotency_key,
+    };
+    let order: Order =
+        state.orders.clone().create_order(state.request(request, &auth)).await?.into_inner().into();
+    let location = format!("/api/v1/orders/{}", order.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(order)))
+}
+
+/// One order: yours, or any for staff (others answer 404).
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, body = Order), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    auth.required()?;
+    let order = state.orders.clone().get_order(state.request(pb::GetOrderRequest { id }, &auth)).await?;
+    Ok(Json(order.into_inner().into()))
+}
+
+/// Your orders, newest first; staff see everyone's and may filter by status.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), params(ListParams),
+    responses((status = 200, body = OrderPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(params): Query<ListParams>,
+) -> Result<Json<OrderPage>, ApiError> {
+    auth.required()?;
+    let request = pb::ListOrdersRequest {
+        page: params.page.unwrap_or(1),
+        limit: params.limit.unwrap_or(20),
+        status: params.status.unwrap_or_default(),
+    };
+    let page = state.orders.clone().list_orders(state.request(request, &auth)).await?.into_inner();
+    Ok(Json(OrderPage {
+        items: page.orders.into_iter().map(Order::from).collect(),
+        total: page.total,
+        page: page.page,
+        limit: page.limit,
+    }))
+}
+
+/// Cancel a PLACED order; its stock goes back on the shelf.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, body = Order), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The order is past PLACED", body = ErrorBody)))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    auth.required()?;
+    let order =
+        state.orders.clone().cancel_order(state.request(pb::CancelOrderRequest { id }, &auth)).await?;
+    Ok(Json(order.into_inner().into()))
+}
+
+/// Move an order to its next status (staff).
+#[utoipa::path(post, path = "/api/v1/orders/{id}/status", tag = "orders", security(("bearer" = [])),
+    request_body = StatusChange, params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, body = Order), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Not a legal move from the current status", body = ErrorBody)))]
+pub async fn update_status(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<StatusChange>,
+) -> Result<Json<Order>, ApiError> {
+    auth.required()?;
+    let request = pb::UpdateOrderStatusRequest { id, status: body.status };
+    let order = state.orders.clone().update_order_status(state.request(request, &auth)).await?;
+    Ok(Json(order.into_inner().into()))
+}

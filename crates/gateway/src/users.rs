@@ -1,0 +1,413 @@
+//! `/api/v1/auth/*`, `/api/v1/users/*` and `/.well-known/jwks.json`: accounts and tokens over
+//! REST, translated to the users service's gRPC.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use bookstore_api::users::v1 as pb;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::books::rfc3339;
+use crate::error::{ApiError, ErrorBody, Json, Path, Query};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    #[schema(example = "ada")]
+    pub username: String,
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    #[schema(example = "Ada Lovelace")]
+    pub full_name: String,
+    pub address: String,
+    /// Any of `customer`, `staff`, `admin`.
+    pub roles: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<pb::User> for User {
+    fn from(u: pb::User) -> Self {
+        Self {
+            id: u.id,
+            username: u.username,
+            email: u.email,
+            full_name: u.full_name,
+            address: u.address,
+            roles: u.roles,
+            created_at: rfc3339(u.create_time),
+            updated_at: rfc3339(u.update_time),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserPage {
+    pub items: Vec<User>,
+    pub total: i64,
+    pub page: i32,
+    pub limit: i32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    /// 3–32 of a–z, 0–9, `.`, `_`, `-`.
+    #[schema(example = "ada")]
+    pub username: String,
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    /// At least 10 characters and not easy to guess (common passwords, keyboard walks and ones
+    /// built from the username or email are refused). A few unrelated words make a good one.
+    #[schema(example = "analytical engine punch cards")]
+    pub password: String,
+    #[schema(example = "Ada Lovelace")]
+    pub full_name: String,
+    #[serde(default)]
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The username, or the email the account was registered with.
+    #[schema(example = "ada")]
+    pub username: String,
+    #[schema(example = "analytical engine punch cards")]
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshToken {
+    pub refresh_token: String,
+}
+
+/// The client-credentials grant of a service account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentials {
+    /// Must be `client_credentials`.
+    #[schema(example = "client_credentials")]
+    pub grant_type: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Tokens {
+    /// An EdDSA-signed JWT; send it as `Authorization: Bearer <token>`.
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// Single use: each refresh returns a new one. Absent for service accounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_expires_in: Option<i64>,
+}
+
+impl From<pb::TokenResponse> for Tokens {
+    fn from(t: pb::TokenResponse) -> Self {
+        let has_refresh = !t.refresh_token.is_empty();
+        Self {
+            access_token: t.access_token,
+            token_type: t.token_type,
+            expires_in: t.expires_in,
+            refresh_token: has_refresh.then_some(t.refresh_token),
+            refresh_expires_in: has_refresh.then_some(t.refresh_expires_in),
+        }
+    }
+}
+
+/// Only the fields present change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub email: Option<String>,
+    pub full_name: Option<String>,
+    pub address: Option<String>,
+    pub new_password: Option<String>,
+    /// Required to change your own password.
+    pub current_password: Option<String>,
+    /// Admin only; replaces the roles.
+    pub roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewServiceAccount {
+    #[schema(example = "recommendations")]
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServiceAccount {
+    pub client_id: String,
+    /// Shown once; store it as a secret.
+    pub client_secret: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    pub page: Option<i32>,
+    pub limit: Option<i32>,
+}
+
+/// Register a customer account.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Register,
+    responses(
+        (status = 201, description = "Registered", body = User),
+        (status = 400, description = "A field is invalid or the password too weak", body = ErrorBody),
+        (status = 409, description = "Username or email taken", body = ErrorBody),
+    ))]
+pub async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<Register>,
+) -> Result<impl IntoResponse, ApiError> {
+    let request = pb::CreateUserRequest {
+        username: body.username,
+        email: body.email,
+        password: body.password,
+        full_name: body.full_name,
+        address: body.address,
+    };
+    let user: User =
+        state.users.clone().create_user(state.request(request, &Auth::default())).await?.into_inner().into();
+    Ok((StatusCode::CREATED, [(header::LOCATION, "/api/v1/users/me".to_owned())], Json(user)))
+}
+
+/// Sign in with a username (or email) and password.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Login,
+    responses(
+        (status = 200, description = "Signed in", body = Tokens),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<Login>,
+) -> Result<Json<Tokens>, ApiError> {
+    let request = pb::LoginRequest {
+        username: body.username,
+        password: body.password,
+        client_address: peer.ip().to_string(),
+    };
+    let tokens = state.users.clone().login(state.request(request, &Auth::default())).await?;
+    Ok(Json(tokens.into_inner().into()))
+}
+
+/// Trade a refresh token (once) for a new pair.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshToken,
+    responses(
+        (status = 200, description = "New tokens", body = Tokens),
+        (status = 401, description = "Unknown, expired or reused refresh token (reuse ends the session)", body = ErrorBody),
+    ))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshToken>,
+) -> Result<Json<Tokens>, ApiError> {
+    let request = pb::RefreshRequest { refresh_token: body.refresh_token };
+    let tokens = state.users.clone().refresh(state.request(request, &Auth::default())).await?;
+    Ok(Json(tokens.into_inner().into()))
+}
+
+/// End the session of a refresh token.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshToken,
+    responses((status = 204, description = "Signed out")))]
+pub async fn logout(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshToken>,
+) -> Result<StatusCode, ApiError> {
+    let request = pb::LogoutRequest { refresh_token: body.refresh_token };
+    state.users.clone().logout(state.request(request, &Auth::default())).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A service account's client credentials for an access token with the `service` role.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = ClientCredentials,
+    responses(
+        (status = 200, description = "An access token", body = Tokens),
+        (status = 400, description = "Unsupported grant type", body = ErrorBody),
+        (status = 401, description = "Wrong client id or secret", body = ErrorBody),
+    ))]
+pub async fn token(
+    State(state): State<AppState>,
+    Json(body): Json<ClientCredentials>,
+) -> Result<Json<Tokens>, ApiError> {
+    if body.grant_type != "client_credentials" {
+        return Err(ApiError::invalid("grant_type: only client_credentials is supported"));
+    }
+    let request =
+        pb::IssueServiceTokenRequest { client_id: body.client_id, client_secret: body.client_secret };
+    let tokens = state.users.clone().issue_service_token(state.request(request, &Auth::default())).await?;
+    Ok(Json(tokens.into_inner().into()))
+}
+
+/// The public keys that verify access tokens (RFC 7517).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "JWKS", content_type = "application/json", body = Object)))]
+pub async fn jwks(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let jwks = state.users.clone().get_jwks(state.request(pb::GetJwksRequest {}, &Auth::default())).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "public, max-age=60")],
+        jwks.into_inner().jwks_json,
+    ))
+}
+
+fn update_request(id: String, body: UpdateUser) -> pb::UpdateUserRequest {
+    pb::UpdateUserRequest {
+        id,
+        email: body.email,
+        full_name: body.full_name,
+        address: body.address,
+        new_password: body.new_password,
+        current_password: body.current_password,
+        set_roles: body.roles.is_some(),
+        roles: body.roles.unwrap_or_default(),
+    }
+}
+
+/// Your own account.
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 401, body = ErrorBody)))]
+pub async fn get_me(State(state): State<AppState>, auth: Auth) -> Result<Json<User>, ApiError> {
+    let id = auth.required()?.identity.subject.clone();
+    get_user_by_id(&state, &auth, id).await
+}
+
+/// Change your own account.
+#[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateUser,
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Wrong current_password, or roles without admin", body = ErrorBody),
+        (status = 409, description = "Email taken", body = ErrorBody)))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<UpdateUser>,
+) -> Result<Json<User>, ApiError> {
+    let id = auth.required()?.identity.subject.clone();
+    update_user_by_id(&state, &auth, id, body).await
+}
+
+/// Delete your own account (and end all its sessions).
+#[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody)))]
+pub async fn delete_me(State(state): State<AppState>, auth: Auth) -> Result<StatusCode, ApiError> {
+    let id = auth.required()?.identity.subject.clone();
+    delete_user_by_id(&state, &auth, id).await
+}
+
+/// All accounts (admin).
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = UserPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(params): Query<PageParams>,
+) -> Result<Json<UserPage>, ApiError> {
+    auth.required()?;
+    let request = pb::ListUsersRequest { page: params.page.unwrap_or(1), limit: params.limit.unwrap_or(20) };
+    let page = state.users.clone().list_users(state.request(request, &auth)).await?.into_inner();
+    Ok(Json(UserPage {
+        items: page.users.into_iter().map(User::from).collect(),
+        total: page.total,
+        page: page.page,
+        limit: page.limit,
+    }))
+}
+
+/// One account: yours, or any for an admin (others answer 404).
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    auth.required()?;
+    get_user_by_id(&state, &auth, id).await
+}
+
+/// Change an account: yours, or any for an admin.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), request_body = UpdateUser,
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateUser>,
+) -> Result<Json<User>, ApiError> {
+    auth.required()?;
+    update_user_by_id(&state, &auth, id, body).await
+}
+
+/// Delete an account: yours, or any for an admin.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The last admin cannot be deleted", body = ErrorBody)))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    auth.required()?;
+    delete_user_by_id(&state, &auth, id).await
+}
+
+/// Create a service account (admin); its secret is shown once.
+#[utoipa::path(post, path = "/api/v1/service-accounts", tag = "users", security(("bearer" = [])),
+    request_body = NewServiceAccount,
+    responses((status = 201, body = ServiceAccount), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_service_account(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<NewServiceAccount>,
+) -> Result<impl IntoResponse, ApiError> {
+    auth.required()?;
+    let request = pb::CreateServiceAccountRequest { name: body.name };
+    let created =
+        state.users.clone().create_service_account(state.request(request, &auth)).await?.into_inner();
+    let account = ServiceAccount {
+        client_id: created.client_id,
+        client_secret: created.client_secret,
+        name: created.name,
+    };
+    Ok((StatusCode::CREATED, Json(account)))
+}
+
+async fn get_user_by_id(state: &AppState, auth: &Auth, id: String) -> Result<Json<User>, ApiError> {
+    let user = state.users.clone().get_user(state.request(pb::GetUserRequest { id }, auth)).await?;
+    Ok(Json(user.into_inner().into()))
+}
+
+async fn update_user_by_id(
+    state: &AppState,
+    auth: &Auth,
+    id: String,
+    body: UpdateUser,
+) -> Result<Json<User>, ApiError> {
+    let user = state.users.clone().update_user(state.request(update_request(id, body), auth)).await?;
+    Ok(Json(user.into_inner().into()))
+}
+
+async fn delete_user_by_id(state: &AppState, auth: &Auth, id: String) -> Result<StatusCode, ApiError> {
+    state.users.clone().delete_user(state.request(pb::DeleteUserRequest { id }, auth)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
