@@ -1,0 +1,124 @@
+//! End to end: the real system (gateway + books, real gRPC between them) on port 0, driven over
+//! HTTP like a client would. Every test runs on SQLite, and on PostgreSQL when
+//! `BOOKSTORE_TEST_POSTGRES_URL` is set (always in CI).
+
+mod api;
+mod binary;
+mod lifecycle;
+mod orders;
+mod users;
+
+use bookstore::{App, Config, Embedded, Service};
+use bookstore_platform::db::Backend;
+use bookstore_platform::testing::TestDatabase;
+
+pub const ADMIN_PASSWORD: &str = "e2e admin passphrase of some length";
+
+pub struct System {
+    pub app: Option<App>,
+    pub base: String,
+    pub books_base: String,
+    pub http: reqwest::Client,
+    /// An admin's access token.
+    pub admin: String,
+    pub config: Config,
+    pub books_db: TestDatabase,
+    pub users_db: TestDatabase,
+    pub orders_db: TestDatabase,
+    _data_dir: tempfile::TempDir,
+}
+
+impl System {
+    /// The whole system on fresh storage of `backend`, with or without the starter catalog.
+    pub async fn start(backend: Backend, seed: bool) -> Option<Self> {
+        Self::start_with(backend, seed, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, seed: bool, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        let books_db = TestDatabase::new(backend).await?;
+        let users_db = TestDatabase::new(backend).await?;
+        let orders_db = TestDatabase::new(backend).await?;
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            http: "127.0.0.1:0".parse().unwrap(),
+            books_grpc: "127.0.0.1:0".parse().unwrap(),
+            users_grpc: "127.0.0.1:0".parse().unwrap(),
+            orders_grpc: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.path().to_owned(),
+            books_database_url: Some(books_db.url.clone()),
+            users_database_url: Some(users_db.url.clone()),
+            orders_database_url: Some(orders_db.url.clone()),
+            master_key: Some(bookstore_users::crypto::MasterKey::generate_base64()),
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            seed: Some(seed),
+            // Tests rotate keys and expect the change within moments.
+            jwks_refresh_ms: 0,
+            signing_key_reload_ms: 100,
+            ..Config::default()
+        };
+        if backend == Backend::Postgres {
+            // With the real servers, the bus is the real broker too.
+            config.amqp_url = bookstore_platform::testing::amqp_url_or_skip();
+        }
+        tweak(&mut config);
+        let app = App::start(&Service::ALL, &config, Embedded::SERVE).await.expect("starting the system");
+        let base = format!("http://{}", app.gateway_addr.unwrap());
+        let books_base = format!("http://{}", app.books_addr.unwrap());
+        let http = reqwest::Client::new();
+        let admin = login(&http, &base, "admin", ADMIN_PASSWORD).await;
+        Some(Self {
+            app: Some(app),
+            base,
+            books_base,
+            http,
+            admin,
+            config,
+            books_db,
+            users_db,
+            orders_db,
+            _data_dir: data_dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(app) = &self.app {
+            app.shutdown_token().cancel();
+        }
+    }
+}
+
+/// Signs in and returns the access token; panics if that fails.
+pub async fn login(http: &reqwest::Client, base: &str, username: &str, password: &str) -> String {
+    let response = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "login as {username}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A valid ISBN-13 made from `n`.
+pub fn isbn(n: u32) -> String {
+    let body = format!("978{n:09}");
+    format!("{body}{}", bookstore_books::domain::check_digit(body.as_bytes()))
+}
+
+pub fn book_json(n: u32, title: &str) -> serde_json::Value {
+    serde_json::json!({
+        "isbn": isbn(n),
+        "title": title,
+        "author": "Test Author",
+        "description": "A book made by a test.",
+        "price": {"amount_minor": 1999, "currency": "USD"},
+        "stock": 5
+    })
+}
