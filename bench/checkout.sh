@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Checkout throughput against PostgreSQL's own write ceiling, side by side in one run:
+#   1. POST /api/v1/orders through the gateway: one-line baskets of random books, 64 connections,
+#      each with a real customer's token; orders, books and users on PostgreSQL, events on
+#      RabbitMQ (the full saga: reserve, store order + outbox, confirm, relay)
+#   2. pgbench -M prepared -c 64 (the TPC-B-like default) against the same server
+# and prints both rates and their ratio. Needs wrk, pgbench and a RabbitMQ at AMQP_URL.
+#
+#   bench/checkout.sh                       # defaults: 20 s each, 64 connections
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_URL=${BOOKSTORE_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+DURATION=${DURATION:-20}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+HTTP=127.0.0.1:18090
+ADMIN_PASSWORD="bench admin passphrase of some length"
+work=$(mktemp -d)
+trap '[ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+for tool in wrk pgbench psql curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench needs $tool"; exit 1; }
+done
+db_url() { python3 -c 'import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p._replace(path="/"+sys.argv[2]).geturl())' "$PG_URL" "$1"; }
+fresh_db() { psql "$PG_URL" -qc "drop database if exists $1 with (force)" -c "create database $1"; }
+
+echo "building (release)..."
+cargo build --release --quiet -p bookstore
+for db in books users orders; do fresh_db "bookstore_bench_$db"; done
+
+BOOKSTORE_MASTER_KEY=$(./target/release/bookstore admin generate-master-key) \
+BOOKSTORE_ADMIN_PASSWORD="$ADMIN_PASSWORD" RUST_LOG=warn \
+  ./target/release/bookstore serve users books orders gateway --seed --amqp-url "$AMQP_URL" \
+  --books-database-url "$(db_url bookstore_bench_books)" --users-database-url "$(db_url bookstore_bench_users)" \
+  --orders-database-url "$(db_url bookstore_bench_orders)" --data-dir "$work" --http "$HTTP" \
+  --books-grpc 127.0.0.1:15061 --users-grpc 127.0.0.1:15062 --orders-grpc 127.0.0.1:15063 >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do curl -sf "http://$HTTP/readyz" >/dev/null && break; sleep 0.1; done
+kill -0 "$server_pid" 2>/dev/null && curl -sf "http://$HTTP/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }
+
+echo "preparing: restocking the catalog, registering $CONNECTIONS customers..."
+python3 - "$HTTP" "$ADMIN_PASSWORD" "$CONNECTIONS" >"$work/checkout.lua" <<'PY'
+import json, sys, urllib.request
+base, admin_pw, n = f"http://{sys.argv[1]}", sys.argv[2], int(sys.argv[3])
+def call(method, path, body=None, token=None):
+    req = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("content-type", "application/json")
+    if token: req.add_header("authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req) as r: return json.loads(r.read() or b"null")
+admin = call("POST", "/api/v1/auth/login", {"username": "admin", "password": admin_pw})["access_token"]
+ids = [b["id"] for b in call("GET", "/api/v1/books?limit=100")["items"]]
+for i in ids: call("POST", f"/api/v1/books/{i}/stock", {"delta": 1000000}, admin)
+tokens = []
+for k in range(n):
+    name = f"bench{k}"
+    call("POST", "/api/v1/auth/register", {"username": name, "email": f"{name}@example.com", "password": "velvet lantern orbit crumble", "full_name": name})
+    tokens.append(call("POST", "/api/v1/auth/login", {"username": name, "password": "velvet lantern orbit crumble"})["access_token"])
+print("ids = {" + ",".join(json.dumps(i) for i in ids) + "}")
+print("tokens = {" + ",".join(json.dumps(t) for t in tokens) + "}")
+print("""
+local counter = 0
+setup = function(thread) thread:set("offset", counter); counter = counter + 1 end
+local n = 0
+request = function()
+  n = n + 1
+  local token = tokens[((n * 2 + offset) % #tokens) + 1]
+  local body = '{"lines":[{"book_id":"' .. ids[math.random(#ids)] .. '","quantity":1}]}'
+  return wrk.format("POST", "/api/v1/orders", {["content-type"] = "application/json", ["authorization"] = "Bearer " .. token}, body)
+end
+""")
+PY
+
+wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$work/checkout.lua" "http://$HTTP" >/dev/null
+echo "gateway: POST /api/v1/orders, $CONNECTIONS connections, ${DURATION}s"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/checkout.lua" "http://$HTTP" | tee "$work/wrk.txt" | grep -E '^\s+(50|99)%|Requests/sec|Non-2xx'
+if grep -q "Non-2xx" "$work/wrk.txt"; then echo "FAILED: some checkouts were not 201"; exit 1; fi
+orders_rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+
+fresh_db bookstore_bench_pgbench
+pgbench -q -i -s 10 "$(db_url bookstore_bench_pgbench)" >/dev/null 2>&1
+echo "pgbench -M prepared -c $CONNECTIONS -j $THREADS -T $DURATION (tpcb-like)"
+pgbench -M prepared -c "$CONNECTIONS" -j "$THREADS" -T "$DURATION" "$(db_url bookstore_bench_pgbench)" 2>&1 | tee "$work/pgbench.txt" | grep -E '^(tps|latency)'
+pgbench_tps=$(awk '/^tps = / {print $3; exit}' "$work/pgbench.txt")
+for db in books users orders pgbench; do psql "$PG_URL" -qc "drop database if exists bookstore_bench_$db with (force)"; done
+
+python3 - "$orders_rps" "$pgbench_tps" <<'PY'
+import sys
+o, p = float(sys.argv[1]), float(sys.argv[2])
+print()
+print(f"gateway POST /api/v1/orders: {o:8.0f} orders/s")
+print(f"pgbench -M prepared (tpcb):  {p:8.0f} tps")
+print(f"ratio orders / pgbench:      {o/p:8.2f}x")
+PY
