@@ -90,6 +90,10 @@ pub struct RabbitBus {
     /// The event types (routing-key patterns) a consumer's queue is bound to: `#`, every event,
     /// unless a consumer narrows it to what it handles, so the broker drops the rest for it.
     pub topics: Vec<String>,
+    /// How long one broker operation may take (connecting and declaring, or publishing a batch
+    /// and collecting its confirmations) before the connection is given up as broken: a broker
+    /// that accepts connections but cannot serve a queue must fail a publish, not hang it.
+    pub timeout: Duration,
 }
 
 pub const EXCHANGE: &str = "bookstore.events";
@@ -102,7 +106,19 @@ impl RabbitBus {
             publisher: tokio::sync::Mutex::new(None),
             max_attempts: 5,
             topics: vec!["#".into()],
+            timeout: Duration::from_secs(30),
         }
+    }
+
+    /// `work`, or an error naming `what` once [`Self::timeout`] has passed.
+    async fn within<T>(
+        &self,
+        what: &str,
+        work: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
+            Err(anyhow::anyhow!("{what}: RabbitMQ did not answer within {:?}", self.timeout))
+        })
     }
 
     async fn open(&self) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
@@ -123,8 +139,21 @@ impl RabbitBus {
 
     /// Publishes each event persistently and waits for the broker's confirmation of all.
     pub async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
-        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let mut publisher = self.publisher.lock().await;
+        let result = self.within("publishing", self.publish_on(&mut publisher, events)).await;
+        if result.is_err() {
+            // Start afresh next time: the connection may be gone, or stuck.
+            *publisher = None;
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        publisher: &mut Option<(lapin::Connection, lapin::Channel)>,
+        events: &[Event],
+    ) -> anyhow::Result<()> {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         if publisher.as_ref().is_none_or(|(conn, _)| !conn.status().connected()) {
             let (conn, channel) = self.open().await?;
             channel
@@ -134,7 +163,7 @@ impl RabbitBus {
             *publisher = Some((conn, channel));
         }
         let (_, channel) = publisher.as_ref().expect("connected above");
-        let result: anyhow::Result<()> = async {
+        {
             let mut confirms = Vec::with_capacity(events.len());
             for e in events {
                 let properties = lapin::BasicProperties::default()
@@ -159,21 +188,18 @@ impl RabbitBus {
             }
             Ok(())
         }
-        .await;
-        if result.is_err() {
-            // Start afresh next time: the connection may be gone.
-            *publisher = None;
-        }
-        result
     }
 
     /// Declares `consumer`'s queue (and its dead-letter queue), bound to [`Self::topics`].
     /// Consuming does this too; calling it first makes sure nothing published meanwhile is missed.
     pub async fn declare(&self, consumer: &str) -> anyhow::Result<()> {
-        let (conn, channel) = self.open().await?;
-        declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
-        conn.close(200, "declared".into()).await.ok();
-        Ok(())
+        self.within("declaring queues", async {
+            let (conn, channel) = self.open().await?;
+            declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
+            conn.close(200, "declared".into()).await.ok();
+            Ok(())
+        })
+        .await
     }
 
     pub async fn consume<F, Fut>(
@@ -215,18 +241,23 @@ impl RabbitBus {
     {
         use futures::StreamExt;
         use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-        let (conn, channel) = self.open().await?;
-        let queue = declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
-        channel.basic_qos(32, BasicQosOptions::default()).await.context("setting the prefetch")?;
-        let mut deliveries = channel
-            .basic_consume(
-                queue.as_str().into(),
-                consumer.into(),
-                BasicConsumeOptions::default(),
-                Default::default(),
-            )
-            .await
-            .context("starting to consume")?;
+        let (conn, mut deliveries) = self
+            .within("starting to consume", async {
+                let (conn, channel) = self.open().await?;
+                let queue = declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
+                channel.basic_qos(32, BasicQosOptions::default()).await.context("setting the prefetch")?;
+                let deliveries = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        consumer.into(),
+                        BasicConsumeOptions::default(),
+                        Default::default(),
+                    )
+                    .await
+                    .context("starting to consume")?;
+                Ok((conn, deliveries))
+            })
+            .await?;
         loop {
             let delivery = tokio::select! {
                 d = deliveries.next() => d,
@@ -266,34 +297,39 @@ impl RabbitBus {
     /// Takes every message from `consumer`'s dead-letter queue; returns their event ids.
     pub async fn drain_dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<String>> {
         use lapin::options::BasicGetOptions;
-        let (conn, channel) = self.open().await?;
-        let mut ids = Vec::new();
-        let queue = format!("bookstore.{consumer}.dead");
-        while let Some(message) = channel
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .context("reading dead letters")?
-        {
-            ids.push(
-                message.delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
-            );
-        }
-        conn.close(200, "done".into()).await.ok();
-        Ok(ids)
+        self.within("reading dead letters", async {
+            let (conn, channel) = self.open().await?;
+            let mut ids = Vec::new();
+            let queue = format!("bookstore.{consumer}.dead");
+            while let Some(message) = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .context("reading dead letters")?
+            {
+                let id = message.delivery.properties.message_id().as_ref().map(|s| s.to_string());
+                ids.push(id.unwrap_or_default());
+            }
+            conn.close(200, "done".into()).await.ok();
+            Ok(ids)
+        })
+        .await
     }
 
     /// Removes `consumer`'s queues (tests clean up after themselves).
     pub async fn delete_queues(&self, consumer: &str) -> anyhow::Result<()> {
         use lapin::options::QueueDeleteOptions;
-        let (conn, channel) = self.open().await?;
-        for queue in [format!("bookstore.{consumer}"), format!("bookstore.{consumer}.dead")] {
-            channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .context("deleting a queue")?;
-        }
-        conn.close(200, "done".into()).await.ok();
-        Ok(())
+        self.within("deleting queues", async {
+            let (conn, channel) = self.open().await?;
+            for queue in [format!("bookstore.{consumer}"), format!("bookstore.{consumer}.dead")] {
+                channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .context("deleting a queue")?;
+            }
+            conn.close(200, "done".into()).await.ok();
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -693,9 +729,43 @@ mod tests {
         let mut via_proxy = parsed.clone();
         via_proxy.set_port(Some(proxy.port())).unwrap();
         via_proxy.set_host(Some("127.0.0.1")).unwrap();
-        let consumer_bus = Arc::new(isolated(via_proxy.as_str(), &consumer));
-        let publisher = Bus::Rabbit(Arc::new(RabbitBus::new(url.clone())));
-        consumer_bus.declare(&consumer).await.unwrap();
+        let consumer_bus = isolated(via_proxy.as_str(), &consumer);
+        let publisher = RabbitBus::new(url.clone());
+        each_event_once_across(consumer_bus, publisher, &consumer, || async {
+            cut.send_modify(|g| *g += 1);
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rabbitmq_restart_mid_stream_loses_nothing_and_repeats_no_effect() {
+        let Some(mut node) = crate::testing::RabbitNode::start_or_skip().await else { return };
+        let consumer = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let consumer_bus = isolated(&node.url(), &consumer);
+        let publisher = RabbitBus::new(node.url());
+        let node = &mut node;
+        each_event_once_across(consumer_bus, publisher, &consumer, || async move {
+            node.stop();
+            node.start().await.expect("restarting the broker");
+        })
+        .await;
+    }
+
+    /// Publishes 30 events, starts consuming them with an inbox, runs `disrupt` once 10 were
+    /// handled, publishes 30 more (retrying while the broker is away), and checks that each of
+    /// the 60 had exactly one effect.
+    async fn each_event_once_across<D, Fut>(
+        consumer_bus: RabbitBus,
+        publisher: RabbitBus,
+        consumer: &str,
+        disrupt: D,
+    ) where
+        D: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let consumer_bus = Arc::new(consumer_bus);
+        let publisher = Bus::Rabbit(Arc::new(publisher));
+        consumer_bus.declare(consumer).await.unwrap();
 
         let test_db = TestDatabase::sqlite();
         let db = Database::connect(&test_db.url, &Default::default()).await.unwrap();
@@ -706,7 +776,7 @@ mod tests {
             sqlx::query(ddl).execute(db.pool()).await.unwrap();
         }
         let events: Vec<Event> = (0..60)
-            .map(|n| Event { id: format!("{consumer}-{n}"), event_type: consumer.clone(), body: vec![] })
+            .map(|n| Event { id: format!("{consumer}-{n}"), event_type: consumer.to_owned(), body: vec![] })
             .collect();
         publisher.publish(&events[..30]).await.unwrap();
 
@@ -715,7 +785,7 @@ mod tests {
         let (db2, stop2, handled2) = (db.clone(), stop.clone(), handled.clone());
         let run = tokio::spawn({
             let bus = Bus::Rabbit(consumer_bus.clone());
-            let consumer = consumer.clone();
+            let consumer = consumer.to_owned();
             async move {
                 bus.consume(
                     &consumer,
@@ -744,22 +814,29 @@ mod tests {
                 .await
             }
         });
-        // Cut the consumer's connection while messages are in flight, then publish the rest.
-        for _ in 0..200 {
+        // Disrupt while messages are in flight, then publish the rest.
+        for _ in 0..500 {
             if handled.load(Ordering::SeqCst) >= 10 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        cut.send_modify(|g| *g += 1);
-        publisher.publish(&events[30..]).await.unwrap();
-        if tokio::time::timeout(Duration::from_secs(60), run).await.is_err() {
-            let effects: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM effects").fetch_one(db.pool()).await.unwrap();
-            panic!(
-                "the consumer did not finish in 60 s: {} deliveries handled, {effects} of 60 effects",
-                handled.load(Ordering::SeqCst)
-            );
+        disrupt().await;
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(90);
+        while let Err(e) = publisher.publish(&events[30..]).await {
+            assert!(tokio::time::Instant::now() < give_up, "no publish succeeded for 90 s: {e:#}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(90), run).await {
+            Ok(finished) => finished.unwrap().expect("the consumer ends cleanly when stopped"),
+            Err(_) => {
+                let effects: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM effects").fetch_one(db.pool()).await.unwrap();
+                panic!(
+                    "the consumer did not finish in 90 s: {} deliveries handled, {effects} of 60 effects",
+                    handled.load(Ordering::SeqCst)
+                );
+            }
         }
 
         let effects: Vec<String> =
@@ -767,7 +844,7 @@ mod tests {
         let distinct: std::collections::HashSet<_> = effects.iter().collect();
         assert_eq!(effects.len(), 60, "every event had an effect");
         assert_eq!(distinct.len(), 60, "and only one");
-        consumer_bus.delete_queues(&consumer).await.unwrap();
+        consumer_bus.delete_queues(consumer).await.unwrap();
     }
 
     crate::backend_tests!(

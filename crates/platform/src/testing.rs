@@ -101,6 +101,119 @@ pub fn amqp_url_or_skip() -> Option<String> {
     }
 }
 
+pub const RABBITMQ_SERVER_VAR: &str = "BOOKSTORE_TEST_RABBITMQ_SERVER";
+
+/// A RabbitMQ node of one test's own, so the test can crash and restart a broker without
+/// disturbing the shared one every other test uses. Started from the `rabbitmq-server` script
+/// named by `BOOKSTORE_TEST_RABBITMQ_SERVER` (one that runs the node in the foreground as the
+/// current user, like Debian's `/usr/lib/rabbitmq/bin/rabbitmq-server`), with its data, logs
+/// and ports of its own; killed and deleted when dropped.
+pub struct RabbitNode {
+    server: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    name: String,
+    port: u16,
+    dist_port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl RabbitNode {
+    /// A running node, or `None` (after saying so) when the variable is unset outside CI; a
+    /// panic when it is unset under CI or the node does not come up.
+    pub async fn start_or_skip() -> Option<Self> {
+        let server = match std::env::var(RABBITMQ_SERVER_VAR) {
+            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("{RABBITMQ_SERVER_VAR} is not set, and CI must run the broker restart tests")
+            }
+            _ => {
+                eprintln!(
+                    "SKIPPED (RabbitMQ restart): {RABBITMQ_SERVER_VAR} is not set; this test did not run"
+                );
+                return None;
+            }
+        };
+        let free_port =
+            || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+        let mut node = Self {
+            server,
+            dir: tempfile::tempdir().expect("creating a folder for the broker"),
+            name: format!("bookstore-test-{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            port: free_port().expect("finding a free port"),
+            dist_port: free_port().expect("finding a free port"),
+            process: None,
+        };
+        let config = format!("listeners.tcp.local = 127.0.0.1:{}\n", node.port);
+        std::fs::write(node.dir.path().join("rabbitmq.conf"), config).expect("writing the broker's config");
+        std::fs::write(node.dir.path().join("enabled_plugins"), "[].\n")
+            .expect("writing the broker's plugins");
+        node.start().await.expect("starting a RabbitMQ node of the test's own");
+        Some(node)
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Starts the node (again, after [`Self::kill`], on the same data) and waits until it
+    /// accepts connections.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let dir = self.dir.path();
+        let log = std::fs::File::create(dir.join("console.log"))?;
+        let child = std::process::Command::new(&self.server)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("data"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // A group of its own, so a kill reaches the Erlang VM the script starts, too.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("running {}", self.server.display()))?;
+        self.process = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.process.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+                anyhow::bail!("the broker exited ({status}) before accepting connections:\n{console}");
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the broker did not come up in 120 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the node the way an operator restarting it does (SIGTERM: the broker closes its
+    /// clients' connections and shuts down cleanly), and waits until it is down.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.process.take() else { return };
+        let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait();
+    }
+
+    /// Kills the node outright (SIGKILL, no goodbye to its clients), like a crashed host.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.process.take() else { return };
+        let _ =
+            std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The PostgreSQL server URL for tests; `None` with a loud note when unset outside CI; a panic
 /// when unset under CI.
 pub fn postgres_url_or_skip() -> Option<String> {
