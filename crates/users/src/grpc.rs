@@ -33,6 +33,7 @@ impl From<StoreError> for Status {
             StoreError::DuplicateUsername | StoreError::DuplicateEmail => {
                 Status::already_exists(err.to_string())
             }
+            StoreError::LastAdmin => Status::failed_precondition(err.to_string()),
             StoreError::Unexpected(e) => internal(format!("{e:#}")),
         }
     }
@@ -123,17 +124,12 @@ impl UsersGrpc {
             refresh_expires_in: config.refresh_ttl.as_secs() as i64,
         })
     }
+}
 
-    /// Refuses a change that would leave the shop without an admin.
-    async fn keep_an_admin(&self, row: &UserRow, new_roles: Option<&[Role]>) -> Result<(), Status> {
-        let is_admin = roles_from_text(&row.roles).contains(&Role::Admin);
-        let stays_admin = new_roles.is_some_and(|r| r.contains(&Role::Admin));
-        if is_admin && !stays_admin && self.users.store.count_with_role("admin").await.map_err(internal)? <= 1
-        {
-            return Err(Status::failed_precondition("this is the last admin account"));
-        }
-        Ok(())
-    }
+/// Whether a change to `row` (new roles, or `None` for a deletion) takes the admin role away;
+/// the store then refuses it if no other admin remains.
+fn drops_admin(row: &UserRow, new_roles: Option<&[Role]>) -> bool {
+    roles_from_text(&row.roles).contains(&Role::Admin) && !new_roles.is_some_and(|r| r.contains(&Role::Admin))
 }
 
 #[tonic::async_trait]
@@ -180,11 +176,11 @@ impl UserService for UsersGrpc {
                 return Err(Status::permission_denied("only an admin changes roles"));
             }
             let roles = parse_person_roles(&req.roles).map_err(invalid)?;
-            self.keep_an_admin(&row, Some(&roles)).await?;
             Some(roles)
         } else {
             None
         };
+        let demoted = roles.as_deref().is_some_and(|r| drops_admin(&row, Some(r)));
         let password_hash = match &req.new_password {
             None => None,
             Some(new) => {
@@ -222,7 +218,7 @@ impl UserService for UsersGrpc {
         let mut new_row = self.users.encrypt(&updated, password_hash.unwrap_or(row.password_hash.clone()));
         new_row.created_at = row.created_at;
         new_row.version = row.version;
-        if !self.users.store.update_user(&new_row).await? {
+        if !self.users.store.update_user(&new_row, demoted).await? {
             return Err(Status::aborted(
                 "the account was changed by another request; read it again and retry",
             ));
@@ -241,8 +237,7 @@ impl UserService for UsersGrpc {
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let who = require(&request, &[Role::Customer, Role::Staff, Role::Admin])?.clone();
         let row = self.visible_row(&who, &request.get_ref().id).await?;
-        self.keep_an_admin(&row, None).await?;
-        self.users.store.delete_user(&row.id).await.map_err(internal)?;
+        self.users.store.delete_user(&row.id, drops_admin(&row, None)).await?;
         tracing::info!(id = %row.id, by = %who.subject, "user deleted");
         Ok(Response::new(pb::DeleteUserResponse {}))
     }

@@ -194,6 +194,7 @@ impl Users {
             Ok(_) => Ok(generated.then_some(text)),
             // Another replica created it first.
             Err(StoreError::DuplicateUsername | StoreError::DuplicateEmail) => Ok(None),
+            Err(e @ StoreError::LastAdmin) => Err(e.into()),
             Err(StoreError::Unexpected(e)) => Err(e),
         }
     }

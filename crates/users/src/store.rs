@@ -2,7 +2,7 @@
 //! into [`crate::domain::User`]s.
 
 use anyhow::Context;
-use bookstore_platform::db::{Database, unique_violation};
+use bookstore_platform::db::{Backend, Database, unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -12,6 +12,8 @@ pub enum StoreError {
     DuplicateUsername,
     #[error("an account with that email exists")]
     DuplicateEmail,
+    #[error("this is the last admin account")]
+    LastAdmin,
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -134,7 +136,14 @@ impl UserStore {
     /// Replaces every mutable column of the row (the caller read it, changed it, re-encrypted),
     /// if nobody changed it since: `false` when the row is gone or its version moved on, so a
     /// slow request can never write back what a faster one changed (a demotion, a password).
-    pub async fn update_user(&self, u: &UserRow) -> Result<bool, StoreError> {
+    ///
+    /// `drops_admin` says the change takes the admin role away: then it is refused with
+    /// [`StoreError::LastAdmin`] unless another admin remains, checked in the same transaction.
+    pub async fn update_user(&self, u: &UserRow, drops_admin: bool) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
+        if drops_admin {
+            self.ensure_another_admin(&mut tx, &u.id).await?;
+        }
         let done = sqlx::query(
             "UPDATE users SET email_bidx = $2, email_ct = $3, full_name_ct = $4, address_ct = $5, \
              dek_id = $6, password_hash = $7, roles = $8, updated_at = $9, version = version + 1 \
@@ -150,10 +159,35 @@ impl UserStore {
         .bind(&u.roles)
         .bind(u.updated_at)
         .bind(u.version)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await
         .map_err(|e| map_user_conflict(e, "updating a user"))?;
+        tx.commit().await.context("updating a user")?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Refuses with [`StoreError::LastAdmin`] unless an admin other than `id` exists. Every
+    /// admin row stays locked until `tx` ends, taken in id order so two of these never wait on
+    /// each other in a cycle (on SQLite the write transaction locks the whole database): two
+    /// admins demoting each other at the same instant cannot both count the other one; the
+    /// second waits for the first and then sees it gone.
+    async fn ensure_another_admin(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let lock = match self.db.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql =
+            format!("SELECT id FROM users WHERE ',' || roles || ',' LIKE '%,admin,%' ORDER BY id{lock}");
+        let admins: Vec<String> =
+            sqlx::query_scalar(&sql).fetch_all(&mut **tx).await.context("counting admins")?;
+        if admins.iter().all(|admin| admin == id) {
+            return Err(StoreError::LastAdmin);
+        }
+        Ok(())
     }
 
     pub async fn get_user(&self, id: &str) -> anyhow::Result<Option<UserRow>> {
@@ -206,11 +240,23 @@ impl UserStore {
     }
 
     /// Deletes the account and its refresh tokens together.
-    pub async fn delete_user(&self, id: &str) -> anyhow::Result<bool> {
+    /// Deletes a user and their sessions; `drops_admin` as in [`Self::update_user`].
+    pub async fn delete_user(&self, id: &str, drops_admin: bool) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
-        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM refresh_families WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-        let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        if drops_admin {
+            self.ensure_another_admin(&mut tx, id).await?;
+        }
+        for sql in [
+            "DELETE FROM refresh_tokens WHERE user_id = $1",
+            "DELETE FROM refresh_families WHERE user_id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await.context("deleting a user's sessions")?;
+        }
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .context("deleting a user")?;
         tx.commit().await.context("deleting a user")?;
         Ok(done.rows_affected() == 1)
     }

@@ -28,6 +28,7 @@ backend_tests!(
     weak_passwords_and_duplicate_accounts_are_refused,
     the_jwks_is_published_at_the_well_known_path,
     the_last_admin_cannot_be_deleted_or_demoted,
+    two_admins_demoting_each_other_at_once_leave_one_admin,
     a_password_change_ends_every_session,
 );
 
@@ -602,6 +603,43 @@ async fn the_last_admin_cannot_be_deleted_or_demoted(backend: Backend) {
     let delete = sys.http.delete(sys.url("/api/v1/users/me")).bearer_auth(&sys.admin).send().await.unwrap();
     assert_eq!(delete.status(), StatusCode::CONFLICT);
     assert_eq!(me(&sys, &sys.admin).await.status(), StatusCode::OK);
+}
+
+async fn two_admins_demoting_each_other_at_once_leave_one_admin(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let admin_id =
+        me(&sys, &sys.admin).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let eve_id = register(&sys, "eve", "eve@example.com").await["id"].as_str().unwrap().to_owned();
+    let set_roles = |token: String, id: String, roles: Value| {
+        let request = sys
+            .http
+            .patch(sys.url(&format!("/api/v1/users/{id}")))
+            .bearer_auth(token)
+            .json(&json!({ "roles": roles }));
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(set_roles(sys.admin.clone(), eve_id.clone(), json!(["admin"])).await, StatusCode::OK);
+    let eve = login(&sys.http, &sys.base, "eve", PASSWORD).await;
+
+    let (eve_demoted, admin_demoted) = tokio::join!(
+        set_roles(sys.admin.clone(), eve_id.clone(), json!(["customer"])),
+        set_roles(eve.clone(), admin_id.clone(), json!(["customer"])),
+    );
+    let mut outcomes = [eve_demoted, admin_demoted];
+    outcomes.sort();
+    assert_eq!(outcomes, [StatusCode::OK, StatusCode::CONFLICT], "one demotion wins, the other is refused");
+    // Whoever won is still an admin, and can prove it.
+    let winner = if eve_demoted == StatusCode::OK { &sys.admin } else { &eve };
+    let users = sys.http.get(sys.url("/api/v1/users")).bearer_auth(winner).send().await.unwrap();
+    assert_eq!(users.status(), StatusCode::OK);
+    let admins: Vec<Value> = users.json::<Value>().await.unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["roles"].as_array().unwrap().contains(&json!("admin")))
+        .cloned()
+        .collect();
+    assert_eq!(admins.len(), 1, "exactly one admin remains: {admins:?}");
 }
 
 async fn a_password_change_ends_every_session(backend: Backend) {

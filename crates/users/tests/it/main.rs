@@ -13,6 +13,7 @@ backend_tests!(
     the_first_admin_is_created_once,
     racing_refreshes_of_one_token_leave_no_live_session,
     an_update_based_on_a_stale_read_is_refused,
+    two_admins_demoting_each_other_at_once_leave_one_admin,
 );
 
 async fn users_with(db: &TestDatabase, master: &str) -> anyhow::Result<Users> {
@@ -144,12 +145,49 @@ async fn an_update_based_on_a_stale_read_is_refused(backend: Backend) {
 
     let mut demoted = read_by_a;
     demoted.roles = "staff".into();
-    assert!(users.store.update_user(&demoted).await.unwrap(), "the first writer wins");
+    assert!(users.store.update_user(&demoted, false).await.unwrap(), "the first writer wins");
     let mut stale = read_by_b;
     stale.address_ct = stale.address_ct.clone();
     assert!(
-        !users.store.update_user(&stale).await.unwrap(),
+        !users.store.update_user(&stale, false).await.unwrap(),
         "the second, based on the old version, is refused"
     );
     assert_eq!(users.store.get_user(&id).await.unwrap().unwrap().roles, "staff");
+}
+
+async fn two_admins_demoting_each_other_at_once_leave_one_admin(backend: Backend) {
+    use bookstore_users::store::StoreError;
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let users = users_with(&db, &MasterKey::generate_base64()).await.unwrap();
+    let template = users.store.get_user(&add_ada(&users).await).await.unwrap().unwrap();
+    for round in 0..10 {
+        let admin = |name: &str| {
+            let mut row = template.clone();
+            row.id = format!("{name}-{round}");
+            row.username = format!("{name}{round}");
+            row.email_bidx = format!("{name}-{round}-bidx");
+            row.roles = "admin".into();
+            row
+        };
+        let (a, b) = (admin("a"), admin("b"));
+        users.store.insert_user(&a).await.unwrap();
+        users.store.insert_user(&b).await.unwrap();
+        let demote = |row: &bookstore_users::store::UserRow| {
+            let mut row = row.clone();
+            row.roles = "customer".into();
+            row
+        };
+        let (da, db_) = (demote(&a), demote(&b));
+        let (first, second) =
+            tokio::join!(users.store.update_user(&da, true), users.store.update_user(&db_, true));
+        let wins = [&first, &second].iter().filter(|r| matches!(r, Ok(true))).count();
+        let refusals = [&first, &second].iter().filter(|r| matches!(r, Err(StoreError::LastAdmin))).count();
+        assert_eq!((wins, refusals), (1, 1), "round {round}: {first:?} {second:?}");
+        // Demote the survivor unguarded, so the next round starts with no admin again.
+        let survivor = if matches!(first, Ok(true)) { &b } else { &a };
+        let mut survivor = users.store.get_user(&survivor.id).await.unwrap().unwrap();
+        assert_eq!(survivor.roles, "admin");
+        survivor.roles = "customer".into();
+        assert!(users.store.update_user(&survivor, false).await.unwrap());
+    }
 }
