@@ -157,6 +157,7 @@ pub fn router(
         .fallback(|| async { error::ApiError::not_found("no such resource") });
     router = with_request_metrics(router, SERVICE);
     router = router
+        .layer(axum::middleware::from_fn(bookstore_platform::trace::continue_trace))
         .layer(axum::middleware::from_fn(error::envelope))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

@@ -67,7 +67,8 @@ fn event(event_type: &str, payload: Vec<u8>) -> (String, String, Vec<u8>) {
         id: id.clone(),
         r#type: event_type.to_owned(),
         time: Some(timestamp(now_ms())),
-        traceparent: String::new(),
+        // The trace of the request that caused it, so its consumers' work joins that trace.
+        traceparent: bookstore_platform::trace::current().map(|t| t.to_string()).unwrap_or_default(),
         payload,
     };
     (id, event_type.to_owned(), envelope.encode_to_vec())

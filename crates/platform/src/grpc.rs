@@ -57,10 +57,15 @@ impl Deadline {
     }
 
     /// Wraps `message` in a request whose `grpc-timeout` is what is left of this deadline, so the
-    /// callee stops when the caller would.
+    /// callee stops when the caller would, and which carries the current trace context.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.remaining());
+        if let Some(trace) = crate::trace::current()
+            && let Ok(value) = trace.to_string().parse()
+        {
+            request.metadata_mut().insert(crate::trace::HEADER, value);
+        }
         request
     }
 }

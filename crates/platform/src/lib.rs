@@ -11,6 +11,8 @@
 //!   and the caller's deadline passed on.
 //! - [`auth`]: who is calling: access-token verification against the users service's JWKS,
 //!   roles, and the middleware that puts the caller's [`auth::Identity`] on each request.
+//! - [`trace`]: W3C trace context, continued from the caller or started, carried by every
+//!   outgoing call and every event.
 //! - [`testing`]: fresh databases for tests, on either backend.
 #![forbid(unsafe_code)]
 
@@ -21,3 +23,4 @@ pub mod grpc;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
+pub mod trace;

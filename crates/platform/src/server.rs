@@ -87,10 +87,10 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::metrics_handle().render())
 }
 
-/// Everything a gRPC service shares, around its own `routes`: token verification (callers'
-/// identities reach handlers), the caller's deadline enforced, the standard gRPC health service
-/// reporting `health_name` SERVING, `/healthz`, `/readyz` (ready when `db` answers), `/metrics`
-/// (with `db`'s pool gauges), and request metrics. Each service's `router` is this call.
+/// Everything a gRPC service shares, around its own `routes`: the caller's trace continued,
+/// token verification (callers' identities reach handlers), the caller's deadline enforced,
+/// the standard gRPC health service reporting `health_name` SERVING, `/healthz`, `/readyz`
+/// (ready when `db` answers), `/metrics` (with `db`'s pool gauges), and request metrics. Each service's `router` is this call.
 pub async fn grpc_service_router(
     service: &'static str,
     health_name: &str,
@@ -105,7 +105,8 @@ pub async fn grpc_service_router(
         .add_service(health_service)
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(verifier, crate::auth::authenticate_grpc))
-        .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline));
+        .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline))
+        .layer(axum::middleware::from_fn(crate::trace::continue_trace));
     let ping_db = db.clone();
     let ops = Ops::new(service, shutdown)
         .ready_when(move || {

@@ -20,6 +20,7 @@ backend_tests!(
     customers_see_only_their_own_orders_and_staff_see_all,
     orders_move_only_along_their_lifecycle,
     every_change_writes_its_event_in_the_same_transaction,
+    an_event_carries_the_trace_of_the_request_that_caused_it,
 );
 
 /// A basket: (book id, quantity) per line.
@@ -483,4 +484,43 @@ async fn every_change_writes_its_event_in_the_same_transaction(backend: Backend)
         .await
         .unwrap();
     assert_eq!(unpublished, 0);
+}
+
+async fn an_event_carries_the_trace_of_the_request_that_caused_it(backend: Backend) {
+    use bookstore_api::orders::v1 as pb;
+    use bookstore_platform::trace::TraceParent;
+    let Some(sys) = System::start(backend, false).await else { return };
+    let a = book(&sys, 1, 1000, 10).await;
+    let ada = customer(&sys, "ada").await;
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let placed = sys
+        .http
+        .post(sys.url("/api/v1/orders"))
+        .bearer_auth(&ada)
+        .header("traceparent", caller)
+        .json(&json!({"lines": [{"book_id": a, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    // Without a traceparent, the gateway starts a trace of its own.
+    checkout(&sys, &ada, json!([{"book_id": a, "quantity": 1}]), None).await;
+
+    let db =
+        bookstore_platform::db::Database::connect(&sys.orders_db.url, &Default::default()).await.unwrap();
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM outbox ORDER BY created_at, id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let traces: Vec<TraceParent> = payloads
+        .iter()
+        .map(|p| {
+            let envelope = pb::EventEnvelope::decode(p.as_slice()).unwrap();
+            TraceParent::parse(&envelope.traceparent).expect("every event has a trace context")
+        })
+        .collect();
+    let caller = TraceParent::parse(caller).unwrap();
+    assert_eq!(traces[0].trace_id, caller.trace_id, "the caller's trace continues into the event");
+    assert_ne!(traces[0].span_id, caller.span_id, "as a hop of its own");
+    assert_ne!(traces[1].trace_id, caller.trace_id, "a request without one starts a new trace");
 }
