@@ -218,6 +218,7 @@ struct Flags {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     bookstore_platform::telemetry::init_logging();
+    let _failpoints = bookstore_platform::arm_failpoints();
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -24,3 +24,10 @@ pub mod server;
 pub mod telemetry;
 pub mod testing;
 pub mod trace;
+
+/// Arms the crash points named in `FAILPOINTS` (`name=action;...`, the `fail` crate's syntax)
+/// in builds with the `failpoints` feature, which only the tests' executable has; `None`
+/// elsewhere. Hold the guard for the life of the process.
+pub fn arm_failpoints() -> Option<fail::FailScenario<'static>> {
+    cfg!(feature = "failpoints").then(fail::FailScenario::setup)
+}

@@ -145,3 +145,212 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
     .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+bookstore_platform::backend_tests!(
+    a_process_killed_between_publish_and_mark_still_gives_each_order_one_effect
+);
+
+const ADMIN_PASSWORD: &str = "orchid satellite marmalade quiver";
+
+/// `bookstore up` on `dir` (and on PostgreSQL + RabbitMQ when `servers` names them), with
+/// `env`; returns the process and the gateway's address once it is listening.
+async fn start_up(
+    dir: &std::path::Path,
+    servers: &[(&str, String)],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    let mut command = bookstore();
+    command.args(["up", "--http", "127.0.0.1:0", "--data-dir"]).arg(dir);
+    for flag in ["--books-grpc", "--users-grpc", "--orders-grpc"] {
+        command.args([flag, "127.0.0.1:0"]);
+    }
+    for (flag, value) in servers {
+        command.args([*flag, value.as_str()]);
+    }
+    command.env("BOOKSTORE_ADMIN_PASSWORD", ADMIN_PASSWORD).envs(env.iter().copied());
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let gateway = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let gateway = lines.find_map(|line| {
+            line.ok()?
+                .strip_prefix("gateway  http://")
+                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+        });
+        std::thread::spawn(move || lines.for_each(drop));
+        gateway.expect("up prints the gateway's address")
+    })
+    .await
+    .unwrap();
+    (child, gateway)
+}
+
+/// Waits up to 20 s for `child` to exit.
+async fn exit_of(mut child: std::process::Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill().unwrap();
+        panic!("bookstore did not exit within 20 s");
+    })
+    .await
+    .unwrap()
+}
+
+/// Places a one-line order as the admin; the response, or `None` when the process died first.
+async fn place_order(http: &reqwest::Client, gateway: &str) -> Option<reqwest::StatusCode> {
+    let token = crate::login(http, &format!("http://{gateway}"), "admin", ADMIN_PASSWORD).await;
+    let books: serde_json::Value =
+        http.get(format!("http://{gateway}/api/v1/books")).send().await.unwrap().json().await.unwrap();
+    let book = books["items"][0]["id"].as_str().unwrap().to_owned();
+    let placed = http
+        .post(format!("http://{gateway}/api/v1/orders"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"lines": [{"book_id": book, "quantity": 1}]}))
+        .send()
+        .await;
+    placed.ok().map(|r| r.status())
+}
+
+async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_effect(
+    backend: bookstore_platform::db::Backend,
+) {
+    use bookstore_api::orders::v1 as pb;
+    use bookstore_platform::db::{Backend, Database};
+    use bookstore_platform::events::{Bus, Event, EventLog, RabbitBus, inbox_begin};
+    use bookstore_platform::testing::{TestDatabase, amqp_url_or_skip};
+    use prost::Message;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    // On PostgreSQL the events go through RabbitMQ, into a queue of the test's own.
+    let mut servers = Vec::new();
+    let mut databases = Vec::new();
+    let consumer = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+    let bus = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let Some(amqp) = amqp_url_or_skip() else { return };
+            for flag in ["--books-database-url", "--users-database-url", "--orders-database-url"] {
+                let Some(db) = TestDatabase::new(backend).await else { return };
+                servers.push((flag, db.url.clone()));
+                databases.push(db);
+            }
+            servers.push(("--amqp-url", amqp.clone()));
+            let mut rabbit = RabbitBus::new(amqp);
+            rabbit.topics = vec!["OrderPlaced".into()];
+            rabbit.declare(&consumer).await.unwrap();
+            Some(Arc::new(rabbit))
+        }
+    };
+    let orders_url = servers.iter().find(|(flag, _)| *flag == "--orders-database-url").map_or_else(
+        || format!("sqlite://{}", dir.path().join("orders.db").display()),
+        |(_, url)| url.clone(),
+    );
+    let http = reqwest::Client::new();
+
+    // First run: the relay publishes the order's event and the process dies before marking it.
+    let (child, gateway) =
+        start_up(dir.path(), &servers, &[("FAILPOINTS", "relay-after-publish=return")]).await;
+    let first = place_order(&http, &gateway).await;
+    assert!(matches!(first, None | Some(reqwest::StatusCode::CREATED)), "{first:?}");
+    let status = exit_of(child).await;
+    assert!(!status.success(), "the process was killed at the crash point: {status}");
+    let orders = Database::connect(&orders_url, &Default::default()).await.unwrap();
+    let unmarked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(orders.pool())
+        .await
+        .unwrap();
+    assert_eq!(unmarked, 1, "the published event was never marked");
+
+    // Second run: the relay publishes it again, and a second order joins it.
+    let (child, gateway) = start_up(dir.path(), &servers, &[]).await;
+    assert_eq!(place_order(&http, &gateway).await, Some(reqwest::StatusCode::CREATED));
+    for _ in 0..100 {
+        let unmarked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(orders.pool())
+            .await
+            .unwrap();
+        if unmarked == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(exit_of(child).await.success());
+
+    // Downstream: a consumer with an inbox applies each delivered event once.
+    let placed: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM orders ORDER BY id").fetch_all(orders.pool()).await.unwrap();
+    assert_eq!(placed.len(), 2, "both orders were committed");
+    let effects_db = TestDatabase::sqlite();
+    let effects = Database::connect(&effects_db.url, &Default::default()).await.unwrap();
+    for ddl in [
+        "CREATE TABLE inbox (consumer TEXT NOT NULL, event_id TEXT NOT NULL, processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id))",
+        "CREATE TABLE effects (order_id TEXT NOT NULL)",
+    ] {
+        sqlx::query(ddl).execute(effects.pool()).await.unwrap();
+    }
+    let bus = match bus {
+        Some(rabbit) => Bus::Rabbit(rabbit),
+        None => {
+            let log_url = format!("sqlite://{}", dir.path().join("events.db").display());
+            Bus::Log(
+                EventLog::open(Database::connect(&log_url, &Default::default()).await.unwrap())
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let (effects2, stop2, deliveries2) = (effects.clone(), stop.clone(), deliveries.clone());
+    let consuming = bus.consume(
+        &consumer,
+        move |e: Event| {
+            let (effects, stop, deliveries) = (effects2.clone(), stop2.clone(), deliveries2.clone());
+            async move {
+                deliveries.fetch_add(1, Ordering::SeqCst);
+                let envelope = pb::EventEnvelope::decode(e.body.as_slice())?;
+                if envelope.r#type != "OrderPlaced" {
+                    return Ok(());
+                }
+                let order = pb::OrderPlaced::decode(envelope.payload.as_slice())?.order.unwrap_or_default();
+                if let Some(mut tx) = inbox_begin(&effects, "effects", &e.id).await? {
+                    sqlx::query("INSERT INTO effects (order_id) VALUES ($1)")
+                        .bind(&order.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+                // Give a redelivery time to arrive before stopping.
+                let n: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM effects").fetch_one(effects.pool()).await?;
+                if n >= 2 {
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        stop.cancel();
+                    });
+                }
+                Ok(())
+            }
+        },
+        stop.clone(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), consuming).await.expect("both events arrived").unwrap();
+    let applied: Vec<String> = sqlx::query_scalar("SELECT order_id FROM effects ORDER BY order_id")
+        .fetch_all(effects.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, placed, "every committed order has exactly one downstream effect");
+    if let Bus::Rabbit(rabbit) = &bus {
+        assert!(deliveries.load(Ordering::SeqCst) >= 3, "the broker delivered the first event twice");
+        rabbit.delete_queues(&consumer).await.unwrap();
+    }
+}
