@@ -278,6 +278,7 @@ impl RabbitBus {
             };
             match handler(event).await {
                 Ok(()) => {
+                    after_effect()?;
                     delivery.acker.ack(BasicAckOptions::default()).await.context("acknowledging")?;
                 }
                 Err(e) => {
@@ -484,7 +485,10 @@ impl EventLog {
                 loop {
                     attempt += 1;
                     match handler(event.clone()).await {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            after_effect()?;
+                            break;
+                        }
                         Err(e) if attempt >= self.max_attempts => {
                             tracing::warn!(consumer, event = %event.id, error = %format!("{e:#}"), "event dead-lettered");
                             sqlx::query(
@@ -526,6 +530,13 @@ impl EventLog {
     }
 }
 
+/// Between a consumer's effect and its acknowledgement: a crash here (tests arm this point to
+/// kill the process) redelivers an event whose effect is done, which the inbox absorbs.
+fn after_effect() -> anyhow::Result<()> {
+    fail::fail_point!("consumer-after-effect", |_| -> anyhow::Result<()> { std::process::abort() });
+    Ok(())
+}
+
 /// Publishes up to `batch` unpublished events from `db`'s outbox, oldest first, then marks them
 /// published; returns how many. A crash between the two publishes them again on the next run,
 /// which consumers absorb.
@@ -545,6 +556,8 @@ pub async fn relay_outbox(db: &Database, bus: &Bus, batch: i64) -> anyhow::Resul
         .map(|r| Ok(Event { id: r.try_get(0)?, event_type: r.try_get(1)?, body: r.try_get(2)? }))
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .context("decoding the outbox")?;
+    // A crash here leaves committed events unpublished; the next run publishes them.
+    fail::fail_point!("relay-before-publish", |_| -> anyhow::Result<usize> { std::process::abort() });
     bus.publish(&events).await.context("publishing the outbox")?;
     // A crash here (tests arm this point to kill the process) leaves published events unmarked;
     // the next run publishes them again, which consumers' inboxes absorb.

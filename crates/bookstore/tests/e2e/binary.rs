@@ -146,19 +146,18 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "exit status {status}");
 }
 
-bookstore_platform::backend_tests!(
-    a_process_killed_between_publish_and_mark_still_gives_each_order_one_effect
-);
+bookstore_platform::backend_tests!(processes_killed_at_every_crash_point_still_give_each_order_one_effect);
 
 const ADMIN_PASSWORD: &str = "orchid satellite marmalade quiver";
 
 /// `bookstore up` on `dir` (and on PostgreSQL + RabbitMQ when `servers` names them), with
-/// `env`; returns the process and the gateway's address once it is listening.
+/// `env`; returns the process and the gateway's address once it is listening (`None` when the
+/// process died before).
 async fn start_up(
     dir: &std::path::Path,
     servers: &[(&str, String)],
     env: &[(&str, &str)],
-) -> (std::process::Child, String) {
+) -> (std::process::Child, Option<String>) {
     let mut command = bookstore();
     command.args(["up", "--http", "127.0.0.1:0", "--data-dir"]).arg(dir);
     for flag in ["--books-grpc", "--users-grpc", "--orders-grpc"] {
@@ -178,7 +177,7 @@ async fn start_up(
                 .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
         });
         std::thread::spawn(move || lines.for_each(drop));
-        gateway.expect("up prints the gateway's address")
+        gateway
     })
     .await
     .unwrap();
@@ -216,16 +215,12 @@ async fn place_order(http: &reqwest::Client, gateway: &str) -> Option<reqwest::S
     placed.ok().map(|r| r.status())
 }
 
-async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_effect(
+async fn processes_killed_at_every_crash_point_still_give_each_order_one_effect(
     backend: bookstore_platform::db::Backend,
 ) {
-    use bookstore_api::orders::v1 as pb;
     use bookstore_platform::db::{Backend, Database};
-    use bookstore_platform::events::{Bus, Event, EventLog, RabbitBus, inbox_begin};
+    use bookstore_platform::events::RabbitBus;
     use bookstore_platform::testing::{TestDatabase, amqp_url_or_skip};
-    use prost::Message;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     let dir = tempfile::tempdir().unwrap();
     // On PostgreSQL the events go through RabbitMQ, into a queue of the test's own.
@@ -233,7 +228,7 @@ async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_ef
     let mut databases = Vec::new();
     let consumer = format!("e2e-{}", uuid::Uuid::new_v4().simple());
     let bus = match backend {
-        Backend::Sqlite => None,
+        Backend::Sqlite => format!("log:sqlite://{}", dir.path().join("events.db").display()),
         Backend::Postgres => {
             let Some(amqp) = amqp_url_or_skip() else { return };
             for flag in ["--books-database-url", "--users-database-url", "--orders-database-url"] {
@@ -242,10 +237,10 @@ async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_ef
                 databases.push(db);
             }
             servers.push(("--amqp-url", amqp.clone()));
-            let mut rabbit = RabbitBus::new(amqp);
+            let mut rabbit = RabbitBus::new(amqp.clone());
             rabbit.topics = vec!["OrderPlaced".into()];
             rabbit.declare(&consumer).await.unwrap();
-            Some(Arc::new(rabbit))
+            format!("amqp:{amqp}")
         }
     };
     let orders_url = servers.iter().find(|(flag, _)| *flag == "--orders-database-url").map_or_else(
@@ -253,30 +248,33 @@ async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_ef
         |(_, url)| url.clone(),
     );
     let http = reqwest::Client::new();
-
-    // First run: the relay publishes the order's event and the process dies before marking it.
-    let (child, gateway) =
-        start_up(dir.path(), &servers, &[("FAILPOINTS", "relay-after-publish=return")]).await;
-    let first = place_order(&http, &gateway).await;
-    assert!(matches!(first, None | Some(reqwest::StatusCode::CREATED)), "{first:?}");
-    let status = exit_of(child).await;
-    assert!(!status.success(), "the process was killed at the crash point: {status}");
-    let orders = Database::connect(&orders_url, &Default::default()).await.unwrap();
-    let unmarked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(orders.pool())
-        .await
-        .unwrap();
-    assert_eq!(unmarked, 1, "the published event was never marked");
-
-    // Second run: the relay publishes it again, and a second order joins it.
-    let (child, gateway) = start_up(dir.path(), &servers, &[]).await;
-    assert_eq!(place_order(&http, &gateway).await, Some(reqwest::StatusCode::CREATED));
-    for _ in 0..100 {
-        let unmarked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+    let unmarked = || async {
+        let orders = Database::connect(&orders_url, &Default::default()).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
             .fetch_one(orders.pool())
             .await
             .unwrap();
-        if unmarked == 0 {
+        orders.close().await;
+        n
+    };
+
+    // Run 1 dies between the order's commit and its event's publication.
+    let (child, gateway) =
+        start_up(dir.path(), &servers, &[("FAILPOINTS", "relay-before-publish=return")]).await;
+    let first = place_order(&http, &gateway.expect("up prints the gateway's address")).await;
+    assert!(matches!(first, None | Some(reqwest::StatusCode::CREATED)), "{first:?}");
+    assert!(!exit_of(child).await.success(), "killed before publishing");
+    assert_eq!(unmarked().await, 1, "committed, not published");
+    // Run 2 publishes it on its first relay pass and dies before marking it.
+    let (child, _) = start_up(dir.path(), &servers, &[("FAILPOINTS", "relay-after-publish=return")]).await;
+    assert!(!exit_of(child).await.success(), "killed after publishing");
+    assert_eq!(unmarked().await, 1, "published, never marked");
+    // Run 3 publishes it again, takes a second order, and stops cleanly.
+    let (child, gateway) = start_up(dir.path(), &servers, &[]).await;
+    let gateway = gateway.expect("up prints the gateway's address");
+    assert_eq!(place_order(&http, &gateway).await, Some(reqwest::StatusCode::CREATED));
+    for _ in 0..100 {
+        if unmarked().await == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -284,7 +282,9 @@ async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_ef
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(exit_of(child).await.success());
 
-    // Downstream: a consumer with an inbox applies each delivered event once.
+    // Downstream, a consumer process dies between an effect and its acknowledgement, and a
+    // second one finishes the stream.
+    let orders = Database::connect(&orders_url, &Default::default()).await.unwrap();
     let placed: Vec<String> =
         sqlx::query_scalar("SELECT id FROM orders ORDER BY id").fetch_all(orders.pool()).await.unwrap();
     assert_eq!(placed.len(), 2, "both orders were committed");
@@ -296,16 +296,76 @@ async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_ef
     ] {
         sqlx::query(ddl).execute(effects.pool()).await.unwrap();
     }
-    let bus = match bus {
-        Some(rabbit) => Bus::Rabbit(rabbit),
-        None => {
-            let log_url = format!("sqlite://{}", dir.path().join("events.db").display());
-            Bus::Log(
-                EventLog::open(Database::connect(&log_url, &Default::default()).await.unwrap())
-                    .await
-                    .unwrap(),
-            )
-        }
+    let consume = |failpoints: &str| {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", "binary::consumer_process", "--ignored", "--nocapture"])
+            .env("CRASH_TEST_BUS", &bus)
+            .env("CRASH_TEST_CONSUMER", &consumer)
+            .env("CRASH_TEST_EFFECTS", &effects_db.url)
+            .env("CRASH_TEST_EXPECT", placed.len().to_string())
+            .env("FAILPOINTS", failpoints)
+            .stdout(Stdio::piped());
+        command
+    };
+    let crashed = tokio::task::spawn_blocking({
+        let mut command = consume("consumer-after-effect=return");
+        move || command.output().unwrap()
+    });
+    let crashed = tokio::time::timeout(Duration::from_secs(60), crashed).await.unwrap().unwrap();
+    assert!(!crashed.status.success(), "the consumer was killed after its first effect");
+    let applied = || async {
+        sqlx::query_scalar::<_, String>("SELECT order_id FROM effects ORDER BY order_id")
+            .fetch_all(effects.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(applied().await.len(), 1, "one effect happened before the crash");
+    let finished = tokio::task::spawn_blocking({
+        let mut command = consume("");
+        move || command.output().unwrap()
+    });
+    let finished = tokio::time::timeout(Duration::from_secs(60), finished).await.unwrap().unwrap();
+    let output = String::from_utf8_lossy(&finished.stdout);
+    assert!(finished.status.success(), "{output}");
+    let deliveries: usize = output
+        .lines()
+        .find_map(|l| l.strip_prefix("deliveries="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the consumer reports its deliveries");
+    assert_eq!(applied().await, placed, "every committed order has exactly one downstream effect");
+    assert!(deliveries > 1, "the unacknowledged event came again and the inbox absorbed it: {deliveries}");
+    if let Some(amqp) = bus.strip_prefix("amqp:") {
+        assert!(deliveries >= 3, "the broker also delivered the event published twice: {deliveries}");
+        RabbitBus::new(amqp).delete_queues(&consumer).await.unwrap();
+    }
+}
+
+/// Not a test of its own: the consumer process the crash test starts (and kills, through the
+/// `consumer-after-effect` crash point). It applies each order's event once, with an inbox, to
+/// `CRASH_TEST_EFFECTS`, and stops when `CRASH_TEST_EXPECT` effects are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started by processes_killed_at_every_crash_point_still_give_each_order_one_effect"]
+async fn consumer_process() {
+    use bookstore_api::orders::v1 as pb;
+    use bookstore_platform::db::Database;
+    use bookstore_platform::events::{Bus, Event, EventLog, RabbitBus, inbox_begin};
+    use prost::Message;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let _failpoints = bookstore_platform::arm_failpoints();
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let (bus, consumer, expect) =
+        (var("CRASH_TEST_BUS"), var("CRASH_TEST_CONSUMER"), var("CRASH_TEST_EXPECT"));
+    let expect: i64 = expect.parse().unwrap();
+    let effects = Database::connect(&var("CRASH_TEST_EFFECTS"), &Default::default()).await.unwrap();
+    let bus = if let Some(url) = bus.strip_prefix("log:") {
+        Bus::Log(EventLog::open(Database::connect(url, &Default::default()).await.unwrap()).await.unwrap())
+    } else {
+        let mut rabbit = RabbitBus::new(bus.strip_prefix("amqp:").unwrap());
+        rabbit.topics = vec!["OrderPlaced".into()];
+        Bus::Rabbit(Arc::new(rabbit))
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let deliveries = Arc::new(AtomicUsize::new(0));
@@ -317,40 +377,27 @@ async fn a_process_killed_between_publish_and_mark_still_gives_each_order_one_ef
             async move {
                 deliveries.fetch_add(1, Ordering::SeqCst);
                 let envelope = pb::EventEnvelope::decode(e.body.as_slice())?;
-                if envelope.r#type != "OrderPlaced" {
-                    return Ok(());
-                }
-                let order = pb::OrderPlaced::decode(envelope.payload.as_slice())?.order.unwrap_or_default();
-                if let Some(mut tx) = inbox_begin(&effects, "effects", &e.id).await? {
+                if envelope.r#type == "OrderPlaced"
+                    && let Some(mut tx) = inbox_begin(&effects, "effects", &e.id).await?
+                {
+                    let order =
+                        pb::OrderPlaced::decode(envelope.payload.as_slice())?.order.unwrap_or_default();
                     sqlx::query("INSERT INTO effects (order_id) VALUES ($1)")
                         .bind(&order.id)
                         .execute(&mut *tx)
                         .await?;
                     tx.commit().await?;
                 }
-                // Give a redelivery time to arrive before stopping.
                 let n: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM effects").fetch_one(effects.pool()).await?;
-                if n >= 2 {
-                    let stop = stop.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        stop.cancel();
-                    });
+                if n >= expect {
+                    stop.cancel();
                 }
                 Ok(())
             }
         },
         stop.clone(),
     );
-    tokio::time::timeout(Duration::from_secs(30), consuming).await.expect("both events arrived").unwrap();
-    let applied: Vec<String> = sqlx::query_scalar("SELECT order_id FROM effects ORDER BY order_id")
-        .fetch_all(effects.pool())
-        .await
-        .unwrap();
-    assert_eq!(applied, placed, "every committed order has exactly one downstream effect");
-    if let Bus::Rabbit(rabbit) = &bus {
-        assert!(deliveries.load(Ordering::SeqCst) >= 3, "the broker delivered the first event twice");
-        rabbit.delete_queues(&consumer).await.unwrap();
-    }
+    tokio::time::timeout(Duration::from_secs(45), consuming).await.expect("the events arrived").unwrap();
+    println!("deliveries={}", deliveries.load(Ordering::SeqCst));
 }
