@@ -230,6 +230,24 @@ impl BookService for BooksGrpc {
         Ok(Response::new(pb::ReservationResponse { state }))
     }
 
+    async fn confirm_reservations(
+        &self,
+        request: Request<pb::ConfirmReservationsRequest>,
+    ) -> Result<Response<pb::ConfirmReservationsResponse>, Status> {
+        require(&request, SAGA_CALLERS)?;
+        let order_ids = request.into_inner().order_ids;
+        if order_ids.len() > 1000 {
+            return Err(Status::invalid_argument("order_ids: at most 1000 at once"));
+        }
+        let outcomes = self.store.confirm_many(&order_ids).await?;
+        Ok(Response::new(pb::ConfirmReservationsResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|(order_id, state)| pb::ReservationOutcome { order_id, state })
+                .collect(),
+        }))
+    }
+
     async fn release_reservation(
         &self,
         request: Request<pb::ReservationRequest>,

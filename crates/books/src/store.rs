@@ -559,6 +559,66 @@ impl BookStore {
         Ok(target.to_owned())
     }
 
+    /// Confirms many orders' reservations in one transaction; for each order, in the order
+    /// given: `confirmed` (now or before), `released` (too late: expired or cancelled) or
+    /// `missing`. The books' rows are updated in id order, with each book's units summed, as
+    /// every other writer of several books does, so this never deadlocks with them.
+    pub async fn confirm_many(&self, order_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        let mut tx = self.db.begin_write().await.context("starting to confirm reservations")?;
+        let mut outcomes = Vec::with_capacity(order_ids.len());
+        let mut units: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for order_id in order_ids {
+            // The state change is the guard, as in `settle`: only an UPDATE that still finds the
+            // reservation held moves its units (PostgreSQL re-checks the WHERE after a racing
+            // settlement commits).
+            let claimed = sqlx::query(
+                "UPDATE reservations SET state = 'confirmed' WHERE order_id = $1 AND state = 'held'",
+            )
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await
+            .context("recording a confirmation")?;
+            if claimed.rows_affected() > 0 {
+                let lines = sqlx::query("SELECT book_id, quantity FROM reservations WHERE order_id = $1")
+                    .bind(order_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .context("reading a reservation")?;
+                for line in &lines {
+                    let book_id: String = line.try_get(0).context("decoding a reservation")?;
+                    let quantity: i64 = line.try_get(1).context("decoding a reservation")?;
+                    *units.entry(book_id).or_default() += quantity;
+                }
+                outcomes.push((order_id.clone(), "confirmed".to_owned()));
+                continue;
+            }
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM reservations WHERE order_id = $1 LIMIT 1")
+                    .bind(order_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .context("reading a reservation")?;
+            outcomes.push((order_id.clone(), state.unwrap_or_else(|| "missing".to_owned())));
+        }
+        let now = now_ms();
+        for (book_id, quantity) in &units {
+            sqlx::query(
+                "UPDATE books SET reserved = reserved - $2, sold = sold + $2, updated_at = $3 WHERE id = $1",
+            )
+            .bind(book_id)
+            .bind(quantity)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .context("confirming a book's units")?;
+        }
+        tx.commit().await.context("committing confirmations")?;
+        for book_id in units.keys() {
+            self.evict(book_id);
+        }
+        Ok(outcomes)
+    }
+
     /// Releases holds whose time has passed (their order never confirmed); returns how many
     /// orders were released.
     pub async fn release_expired(&self) -> Result<usize, StoreError> {

@@ -261,6 +261,21 @@ impl OrderStore {
         Ok(())
     }
 
+    /// Records `state` for every order in `ids` with one statement.
+    pub async fn set_stock_states(&self, ids: &[&str], state: &str) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!("UPDATE orders SET stock_state = $1 WHERE id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(&sql).bind(state);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.execute(self.db.pool()).await.context("recording stock states")?;
+        Ok(())
+    }
+
     /// Orders whose reservation is not settled the way their status needs: (id, confirm?).
     pub async fn unsettled(&self, limit: i64) -> anyhow::Result<Vec<(String, bool)>> {
         let rows = sqlx::query(

@@ -15,6 +15,8 @@ backend_tests!(
     confirm_and_release_move_units_and_keep_the_total,
     concurrent_baskets_never_oversell,
     expired_holds_go_back_on_the_shelf,
+    a_group_confirmation_settles_each_order_once_and_reports_each,
+    group_confirmations_racing_releases_keep_the_total,
 );
 
 fn line(book_id: &str, quantity: i64) -> ReserveLine {
@@ -146,4 +148,63 @@ async fn expired_holds_go_back_on_the_shelf(backend: Backend) {
     assert_eq!(store.release_expired().await.unwrap(), 1);
     assert_eq!(units(&store, &a.id).await, (9, 1, 0));
     assert!(matches!(store.settle("short", true).await, Err(StoreError::ReservationReleased(_))));
+}
+
+async fn a_group_confirmation_settles_each_order_once_and_reports_each(backend: Backend) {
+    let Some((_db, store)) = store(backend).await else { return };
+    let a = store.create(new_book(1, "A", "X", "")).await.unwrap();
+    let b = store.create(new_book(2, "B", "X", "")).await.unwrap();
+    store.reserve("one", &[line(&a.id, 2), line(&b.id, 1)], HOLD).await.unwrap();
+    store.reserve("two", &[line(&a.id, 3)], HOLD).await.unwrap();
+    store.reserve("gone", &[line(&b.id, 4)], HOLD).await.unwrap();
+    store.settle("gone", false).await.unwrap();
+    store.reserve("done", &[line(&b.id, 1)], HOLD).await.unwrap();
+    store.settle("done", true).await.unwrap();
+
+    let ids: Vec<String> = ["one", "ghost", "gone", "two", "done", "one"].map(String::from).to_vec();
+    let outcomes = store.confirm_many(&ids).await.unwrap();
+    let states: Vec<&str> = outcomes.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(states, ["confirmed", "missing", "released", "confirmed", "confirmed", "confirmed"]);
+    assert_eq!(units(&store, &a.id).await, (5, 0, 5), "each order's units moved once");
+    assert_eq!(units(&store, &b.id).await, (8, 0, 2));
+    assert_eq!(store.confirm_many(&ids).await.unwrap(), outcomes, "idempotent");
+    assert_eq!(units(&store, &a.id).await, (5, 0, 5));
+}
+
+async fn group_confirmations_racing_releases_keep_the_total(backend: Backend) {
+    let Some((_db, store)) = store(backend).await else { return };
+    let books: Vec<String> = {
+        let mut ids = Vec::new();
+        for n in 1..=4 {
+            ids.push(store.create(new_book(n, "T", "X", "")).await.unwrap().id);
+        }
+        ids
+    };
+    // 20 orders of two books each (all the stock), in both id orders, so groups and releases
+    // cross.
+    let mut orders = Vec::new();
+    for n in 0..20 {
+        let (x, y) = (&books[n % 4], &books[(n + 1) % 4]);
+        let order = format!("o{n}");
+        store.reserve(&order, &[line(x, 1), line(y, 1)], HOLD).await.unwrap();
+        orders.push(order);
+    }
+    let mut tasks = Vec::new();
+    for chunk in orders.chunks(5) {
+        let (store, group) = (store.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move { store.confirm_many(&group).await.map(|_| ()) }));
+    }
+    for order in orders.iter().step_by(3) {
+        let (store, order) = (store.clone(), order.clone());
+        tasks.push(tokio::spawn(async move { store.settle(&order, false).await.map(|_| ()) }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for id in &books {
+        let (stock, reserved, sold) = units(&store, id).await;
+        assert_eq!(stock + reserved + sold, 10, "the total is constant");
+        assert_eq!(reserved, 0, "every hold was settled one way or the other");
+        assert!(stock >= 0 && sold >= 0);
+    }
 }
