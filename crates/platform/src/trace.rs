@@ -31,7 +31,7 @@ impl TraceParent {
     /// The first hop of a new, sampled trace.
     pub fn root() -> Self {
         let mut trace_id = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut trace_id);
+        rand::thread_rng().fill_bytes(&mut trace_id);
         Self { trace_id, span_id: new_span_id(), flags: 1 }
     }
 
@@ -74,10 +74,11 @@ impl fmt::Display for TraceParent {
     }
 }
 
+/// Ids need to be unique, not secret: the thread's CSPRNG, not a system call per request.
 fn new_span_id() -> [u8; 8] {
     let mut span_id = [0u8; 8];
     while span_id == [0; 8] {
-        rand::rngs::OsRng.fill_bytes(&mut span_id);
+        rand::thread_rng().fill_bytes(&mut span_id);
     }
     span_id
 }

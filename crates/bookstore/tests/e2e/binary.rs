@@ -131,18 +131,7 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
 
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..100 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.kill().unwrap();
-        panic!("bookstore did not stop within 10 s of SIGTERM");
-    })
-    .await
-    .unwrap();
+    let status = exit_within(child, Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
 }
 
@@ -185,16 +174,22 @@ async fn start_up(
 }
 
 /// Waits up to 20 s for `child` to exit.
-async fn exit_of(mut child: std::process::Child) -> std::process::ExitStatus {
+async fn exit_of(child: std::process::Child) -> std::process::ExitStatus {
+    exit_within(child, Duration::from_secs(20)).await
+}
+
+/// Waits up to `limit` for `child` to exit; kills it and fails the test after that.
+async fn exit_within(mut child: std::process::Child, limit: Duration) -> std::process::ExitStatus {
     tokio::task::spawn_blocking(move || {
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         child.kill().unwrap();
-        panic!("bookstore did not exit within 20 s");
+        panic!("bookstore did not exit within {limit:?}");
     })
     .await
     .unwrap()
