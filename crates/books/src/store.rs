@@ -1,6 +1,7 @@
 //! All of the books service's SQL, one place. Portable SQL on sqlx's `Any` driver; only the
 //! full-text search differs by backend (PostgreSQL `tsvector` vs SQLite FTS5).
 
+use bookstore_platform::clock::now_ms;
 use anyhow::Context;
 use bookstore_platform::db::{Backend, Database, unique_violation};
 use sqlx::Row;
@@ -79,9 +80,6 @@ impl std::fmt::Debug for BookStore {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 fn book_from_row(row: &AnyRow) -> Result<Book, sqlx::Error> {
     Ok(Book {

@@ -22,7 +22,8 @@ use tonic::{Code, Request, Response, Status};
 use crate::domain::{
     BasketLine, Line, Order, Status as OrderStatus, basket_hash, parse_basket, parse_idempotency_key, total,
 };
-use crate::store::{KeyClaim, OrderStore, now_ms};
+use bookstore_platform::clock::now_ms;
+use crate::store::{KeyClaim, OrderStore};
 
 const STAFF: &[Role] = &[Role::Staff, Role::Admin];
 /// How long a settlement call to books may take.

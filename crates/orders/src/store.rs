@@ -1,14 +1,12 @@
 //! All of the orders service's SQL.
 
+use bookstore_platform::clock::now_ms;
 use anyhow::Context;
 use bookstore_platform::db::{Database, unique_violation};
 use sqlx::Row;
 
 use crate::domain::{Line, Order, Status};
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// What an idempotency key says about a new request.
 #[derive(Debug, Clone, PartialEq, Eq)]

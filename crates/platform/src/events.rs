@@ -22,6 +22,7 @@ use sqlx::Row;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::db::{Database, Migrations};
 
 /// An event as it travels: its id (for deduplication), its type (for routing) and its body
@@ -39,9 +40,6 @@ pub static LOG_MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Where events go.
 #[derive(Clone)]

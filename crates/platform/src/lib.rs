@@ -13,15 +13,18 @@
 //!   roles, and the middleware that puts the caller's [`auth::Identity`] on each request.
 //! - [`trace`]: W3C trace context, continued from the caller or started, carried by every
 //!   outgoing call and every event.
-//! - [`testing`]: fresh databases for tests, on either backend.
+//! - `testing` (feature `testing`, tests only): fresh databases on either backend, test
+//!   brokers, a token issuer.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod clock;
 pub mod db;
 pub mod events;
 pub mod grpc;
 pub mod server;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;
 

@@ -14,7 +14,8 @@ use crate::crypto::sha256_hex;
 use crate::domain::{
     Address, Email, FullName, InvalidField, Password, User, Username, parse_person_roles, roles_from_text,
 };
-use crate::store::{StoreError, UserRow, now_ms};
+use bookstore_platform::clock::now_ms;
+use crate::store::{StoreError, UserRow};
 use crate::tokens::{access_token, random_secret};
 use crate::{Users, UsersConfig};
 

@@ -15,7 +15,8 @@ use jsonwebtoken::EncodingKey;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 
 use crate::crypto::{BlindIndex, DataKey, MasterKey};
-use crate::store::{KeyRow, UserStore, now_ms};
+use bookstore_platform::clock::now_ms;
+use crate::store::{KeyRow, UserStore};
 
 pub const PURPOSE_DATA: &str = "data";
 pub const PURPOSE_BLIND_INDEX: &str = "blind-index";

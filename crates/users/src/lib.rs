@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::crypto::MasterKey;
 use crate::domain::{Address, Email, FullName, Password, User, Username, roles_from_text, roles_to_text};
 use crate::keys::Keyring;
-use crate::store::{StoreError, UserRow, UserStore, now_ms};
+use bookstore_platform::clock::now_ms;
+use crate::store::{StoreError, UserRow, UserStore};
 
 pub use grpc::UsersGrpc;
 

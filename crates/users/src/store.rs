@@ -1,6 +1,7 @@
 //! All of the users service's SQL. Rows hold ciphertext; [`crate::keys::Keyring`] turns them
 //! into [`crate::domain::User`]s.
 
+use bookstore_platform::clock::now_ms;
 use anyhow::Context;
 use bookstore_platform::db::{Backend, Database, unique_violation};
 use sqlx::Row;
@@ -83,9 +84,6 @@ pub struct RefreshRow {
     pub revoked_at: Option<i64>,
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 #[derive(Debug, Clone)]
 pub struct UserStore {

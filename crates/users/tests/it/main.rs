@@ -110,7 +110,7 @@ async fn racing_refreshes_of_one_token_leave_no_live_session(backend: Backend) {
     let Some(db) = TestDatabase::new(backend).await else { return };
     let users = users_with(&db, &MasterKey::generate_base64()).await.unwrap();
     let id = add_ada(&users).await;
-    let far = bookstore_users::store::now_ms() + 3_600_000;
+    let far = bookstore_platform::clock::now_ms() + 3_600_000;
     users.store.start_session(&id, "t0", far).await.unwrap();
 
     // The owner and a thief spend the same token at once.
