@@ -14,6 +14,7 @@ DURATION=${DURATION:-20}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 HTTP=127.0.0.1:18080
+ADMIN=127.0.0.1:18089
 GRPC=127.0.0.1:15051
 USERS_GRPC=127.0.0.1:15052
 work=$(mktemp -d)
@@ -39,10 +40,10 @@ gateway_run() {
   RUST_LOG=warn ./target/release/bookstore serve users books orders gateway --seed --books-cache-ttl-ms "$ttl" \
     --books-database-url "$(db_url bookstore_bench_books)" --users-database-url "$(db_url bookstore_bench_users)" \
     --orders-database-url "$(db_url bookstore_bench_orders)" --data-dir "$work" \
-    --http "$HTTP" --books-grpc "$GRPC" --users-grpc "$USERS_GRPC" --orders-grpc 127.0.0.1:15053 >"$work/server.log" 2>&1 &
+    --http "$HTTP" --admin-http "$ADMIN" --books-grpc "$GRPC" --users-grpc "$USERS_GRPC" --orders-grpc 127.0.0.1:15053 >"$work/server.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 1 100); do curl -sf "http://$HTTP/readyz" >/dev/null && break; sleep 0.1; done
-  curl -sf "http://$HTTP/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }
+  for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://$ADMIN/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }
   # Something else answering on our port would be measured instead of us.
   kill -0 "$server_pid" 2>/dev/null || { echo "bookstore did not start:"; cat "$work/server.log"; exit 1; }
   curl -sf "http://$HTTP/api/v1/books?limit=100" |

@@ -4,25 +4,26 @@
 //! - [`store`]: all of its SQL, on PostgreSQL or SQLite.
 //! - [`grpc`]: the tonic adapter (`bookstore.books.v1.BookService`).
 //! - [`seed`]: the starter catalog.
+//! - [`settings`]: its configuration section, `[books]`.
 //!
-//! [`router`] assembles the service: gRPC, gRPC health, `/healthz`, `/readyz`, `/metrics`.
+//! [`build`] assembles the service from its [`Context`]: gRPC, gRPC health, the holds sweeper.
 #![forbid(unsafe_code)]
 
 pub mod domain;
 pub mod grpc;
 pub mod seed;
+pub mod settings;
 pub mod store;
 
-use axum::Router;
-use bookstore_api::books::v1::book_service_server::BookServiceServer;
-use std::sync::Arc;
+use std::time::Duration;
 
-use bookstore_platform::auth::Verifier;
+use bookstore_api::books::v1::book_service_server::BookServiceServer;
 use bookstore_platform::db::Migrations;
-use bookstore_platform::server::{every, grpc_service_router};
-use tokio_util::sync::CancellationToken;
+use bookstore_platform::server::grpc_service_router;
+use bookstore_platform::service::{Built, Context, Mode, Spec};
 
 pub use grpc::BooksGrpc;
+pub use settings::Settings;
 pub use store::BookStore;
 
 pub const SERVICE: &str = "books";
@@ -33,12 +34,23 @@ pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
-/// The whole books service as one router, ready for [`bookstore_platform::server::serve`].
-/// Reads are open to anyone; writes need a staff or admin token, verified here with `verifier`.
-pub async fn router(store: BookStore, verifier: Arc<Verifier>, shutdown: CancellationToken) -> Router {
+pub static SPEC: Spec = Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: false };
+
+/// The books service: its gRPC API, and the sweeper that puts expired stock holds back on the
+/// shelf. Reads are open to anyone; writes need a staff or admin token.
+pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
+    let db = ctx.database()?;
+    let store = BookStore::new(db.clone()).with_cache(Duration::from_millis(settings.cache_ttl_ms), 100_000);
+    if settings.seed.unwrap_or(ctx.mode == Mode::Up) {
+        let added = seed::seed_if_empty(&store).await?;
+        if added > 0 {
+            tracing::info!(added, "loaded the starter catalog");
+        }
+    }
+
     // Holds whose order never confirmed go back on the shelf.
     let sweeper = store.clone();
-    every(std::time::Duration::from_secs(10), shutdown.clone(), move || {
+    ctx.tasks.every("books-release-expired-holds", Duration::from_secs(10), move || {
         let sweeper = sweeper.clone();
         async move {
             match sweeper.release_expired().await {
@@ -49,7 +61,7 @@ pub async fn router(store: BookStore, verifier: Arc<Verifier>, shutdown: Cancell
         }
     });
 
-    let db = store.database().clone();
     let routes = tonic::service::Routes::new(BookServiceServer::new(BooksGrpc::new(store)));
-    grpc_service_router(SERVICE, "bookstore.books.v1.BookService", routes, verifier, db, shutdown).await
+    let router = grpc_service_router(SERVICE, "bookstore.books.v1.BookService", routes, ctx.verifier).await;
+    Ok(Built::new(router).with_database(SERVICE, &db))
 }

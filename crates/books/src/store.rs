@@ -1,8 +1,8 @@
 //! All of the books service's SQL, one place. Portable SQL on sqlx's `Any` driver; only the
 //! full-text search differs by backend (PostgreSQL `tsvector` vs SQLite FTS5).
 
-use bookstore_platform::clock::now_ms;
 use anyhow::Context;
+use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Backend, Database, unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -79,7 +79,6 @@ impl std::fmt::Debug for BookStore {
         f.debug_struct("BookStore").field("db", &self.db).field("cached", &self.cache.is_some()).finish()
     }
 }
-
 
 fn book_from_row(row: &AnyRow) -> Result<Book, sqlx::Error> {
     Ok(Book {

@@ -1,238 +1,272 @@
 //! Configuration: defaults < file (`--config FILE`, TOML) < environment (`BOOKSTORE_*`) < flags.
 //!
-//! Every key has the same name in all four places: `http` is `http = "..."` in the file,
-//! `BOOKSTORE_HTTP` in the environment and `--http` on the command line. A bad value stops the
-//! start with a message that names the key.
+//! Each key is defined once, in its section's `settings!` (the process's keys below; each
+//! service's in its crate's `settings.rs`). The file groups keys by section
+//! (`[orders] database_url = "..."`, process keys at the top); the environment and the flags use
+//! the flat name (`BOOKSTORE_ORDERS_DATABASE_URL`, `--orders-database-url`). A bad value or an
+//! unknown key stops the start with a message that names the key and where it came from.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// Where the gateway listens for HTTP.
-    pub http: SocketAddr,
-    /// Where the books service listens for gRPC.
-    pub books_grpc: SocketAddr,
-    /// Where the users service listens for gRPC.
-    pub users_grpc: SocketAddr,
-    /// Where the orders service listens for gRPC.
-    pub orders_grpc: SocketAddr,
-    /// The orders service's URL, for services running without it; defaults to `orders_grpc`.
-    pub orders_url: Option<String>,
-    /// The orders database; defaults to SQLite at `<data_dir>/orders.db`.
-    pub orders_database_url: Option<String>,
-    /// The orders service's service account, for calling books when it runs apart from users.
-    pub orders_client_id: Option<String>,
-    /// Its secret (environment or file only).
-    pub orders_client_secret: Option<String>,
-    /// The books service's URL, for services running without it; defaults to `books_grpc`.
-    pub books_url: Option<String>,
-    /// The users service's URL, for services running without it; defaults to `users_grpc`.
-    pub users_url: Option<String>,
-    /// The folder of the embedded SQLite files (and, for `up`, the generated master key).
-    pub data_dir: PathBuf,
-    /// The books database; defaults to SQLite at `<data_dir>/books.db`.
-    pub books_database_url: Option<String>,
-    /// The users database; defaults to SQLite at `<data_dir>/users.db`.
-    pub users_database_url: Option<String>,
-    /// The embedded event log (the bus between services); defaults to SQLite at
-    /// `<data_dir>/events.db`.
-    pub event_log_url: Option<String>,
-    /// RabbitMQ (`amqp://...`): when set, the bus between services instead of the event log.
-    pub amqp_url: Option<String>,
-    /// Load the starter catalog into an empty catalog (default: yes for `up`, no for `serve`).
-    pub seed: Option<bool>,
-    /// How long the books service may serve a cached book, in ms; 0 turns the cache off.
-    pub books_cache_ttl_ms: u64,
-    /// Connections per database pool.
-    pub db_max_connections: u32,
-    /// The largest JSON body the gateway accepts, in bytes.
-    pub max_body_bytes: usize,
-    /// How long a request may take end to end, in milliseconds.
-    pub request_timeout_ms: u64,
-    /// Comma-separated origins allowed by CORS; empty turns CORS off.
-    pub cors_allowed_origins: String,
-    /// The master key (32 bytes, base64) that wraps the users service's keys; prefer
-    /// `master_key_file` in production.
-    pub master_key: Option<String>,
-    /// A file holding the master key.
-    pub master_key_file: Option<PathBuf>,
-    /// The first admin's password, used only when there is no admin yet.
-    pub admin_password: Option<String>,
-    /// Access-token lifetime, in seconds.
-    pub access_token_ttl_secs: u64,
-    /// Refresh-token lifetime, in seconds.
-    pub refresh_token_ttl_secs: u64,
-    /// The least time between two JWKS fetches prompted by unknown key ids, in ms.
-    pub jwks_refresh_ms: u64,
-    /// How often the users service rereads its signing keys, in ms.
-    pub signing_key_reload_ms: u64,
-    /// How long a rotated signing key is published before it signs, in seconds.
-    pub signing_key_publish_ahead_secs: u64,
-    /// Failed logins per account before 429 until the window ends.
-    pub login_failures_per_account: u32,
-    /// Failed logins per client address before 429 until the window ends.
-    pub login_failures_per_address: u32,
-    /// The window failed logins are counted in, in seconds.
-    pub login_failure_window_secs: u64,
+use bookstore_platform::settings::{Key, Section, Source, check_url};
+
+bookstore_platform::settings! {
+    /// Settings of the process, shared by the services it runs (the top of the file).
+    pub struct ProcessSettings in "", validate = check_process {
+        /// Folder of the embedded SQLite databases (and, for up, the generated master key).
+        data_dir: PathBuf = PathBuf::from("./data"), flag data_dir "DIR";
+        /// Where /healthz, /readyz and /metrics are served, off the public port.
+        admin_http: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9180)), flag admin_http "ADDR";
+        /// Connections per database pool.
+        db_max_connections: u32 = 16, flag db_max_connections "N";
+        /// End-to-end request deadline, ms.
+        request_timeout_ms: u64 = 10_000, flag request_timeout_ms "MS";
+        /// The embedded event log, sqlite:... or postgres://... [default: <data-dir>/events.db]
+        event_log_url: Option<String> = None, flag event_log_url "URL";
+        /// RabbitMQ as the bus between services, amqp://... [default: the event log]
+        amqp_url: Option<String> = None, flag amqp_url "URL";
+        /// Least time between JWKS refetches for unknown key ids, ms.
+        jwks_refresh_ms: u64 = 60_000, flag jwks_refresh_ms "MS";
+    }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            books_grpc: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            users_grpc: SocketAddr::from(([127, 0, 0, 1], 50052)),
-            orders_grpc: SocketAddr::from(([127, 0, 0, 1], 50053)),
-            orders_url: None,
-            orders_database_url: None,
-            orders_client_id: None,
-            orders_client_secret: None,
-            books_url: None,
-            users_url: None,
-            data_dir: PathBuf::from("./data"),
-            books_database_url: None,
-            users_database_url: None,
-            event_log_url: None,
-            amqp_url: None,
-            seed: None,
-            books_cache_ttl_ms: 1000,
-            db_max_connections: 16,
-            max_body_bytes: 64 * 1024,
-            request_timeout_ms: 10_000,
-            cors_allowed_origins: String::new(),
-            master_key: None,
-            master_key_file: None,
-            admin_password: None,
-            access_token_ttl_secs: 15 * 60,
-            refresh_token_ttl_secs: 30 * 24 * 3600,
-            jwks_refresh_ms: 60_000,
-            signing_key_reload_ms: 30_000,
-            signing_key_publish_ahead_secs: 120,
-            login_failures_per_account: 5,
-            login_failures_per_address: 20,
-            login_failure_window_secs: 15 * 60,
+fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        s.db_max_connections >= 1,
+        "invalid configuration: db_max_connections must be at least 1"
+    );
+    anyhow::ensure!(
+        s.request_timeout_ms >= 1,
+        "invalid configuration: request_timeout_ms must be at least 1"
+    );
+    if let Some(url) = &s.event_log_url {
+        check_url("event_log_url", url, &["postgres", "postgresql", "sqlite"])?;
+    }
+    if let Some(url) = &s.amqp_url {
+        check_url("amqp_url", url, &["amqp", "amqps"])?;
+    }
+    Ok(())
+}
+
+/// The whole configuration: the process's keys and a section per service.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub process: ProcessSettings,
+    pub gateway: bookstore_gateway::Settings,
+    pub books: bookstore_books::Settings,
+    pub users: bookstore_users::Settings,
+    pub orders: bookstore_orders::Settings,
+}
+
+/// Every section's name and keys; the process's section has the empty name.
+pub fn sections() -> [(&'static str, &'static [Key]); 5] {
+    [
+        (ProcessSettings::NAME, ProcessSettings::KEYS),
+        (bookstore_gateway::Settings::NAME, bookstore_gateway::Settings::KEYS),
+        (bookstore_books::Settings::NAME, bookstore_books::Settings::KEYS),
+        (bookstore_users::Settings::NAME, bookstore_users::Settings::KEYS),
+        (bookstore_orders::Settings::NAME, bookstore_orders::Settings::KEYS),
+    ]
+}
+
+/// Every key with its section, in help order.
+pub fn keys() -> impl Iterator<Item = (&'static str, &'static Key)> {
+    sections().into_iter().flat_map(|(section, keys)| keys.iter().map(move |key| (section, key)))
+}
+
+/// The dotted path of a key in the file (`orders.database_url`, or `data_dir` at the top).
+fn path(section: &str, key: &Key) -> String {
+    if section.is_empty() { key.field.to_owned() } else { format!("{section}.{}", key.field) }
+}
+
+/// Values given on the command line, by flat name.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    given: BTreeMap<&'static str, String>,
+}
+
+impl Flags {
+    /// Sets a key by its flat name, as a subcommand's own switch does (`up --no-seed`).
+    pub fn set(&mut self, flat: &str, value: impl Into<String>) {
+        let key =
+            keys().find(|(_, k)| k.flat == flat).unwrap_or_else(|| panic!("no configuration key {flat}"));
+        self.given.insert(key.1.flat, value.into());
+    }
+
+    fn provider(&self) -> Serialized<Dict> {
+        let mut root = Dict::new();
+        for (section, key) in keys() {
+            let Some(text) = self.given.get(key.flat) else { continue };
+            // Read as the environment is read, so a flag and a variable mean the same.
+            let value: Value = text.parse().unwrap_or_else(|_| Value::from(text.clone()));
+            if section.is_empty() {
+                root.insert(key.field.to_owned(), value);
+            } else {
+                let table = root.entry(section.to_owned()).or_insert_with(|| Value::from(Dict::new()));
+                if let Value::Dict(_, dict) = table {
+                    dict.insert(key.field.to_owned(), value);
+                }
+            }
         }
+        Serialized::defaults(root)
+    }
+}
+
+impl clap::FromArgMatches for Flags {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Flags::default();
+        for (_, key) in keys().filter(|(_, k)| k.source == Source::Flag) {
+            if let Some(value) = matches.get_one::<String>(key.flat) {
+                flags.given.insert(key.flat, value.clone());
+            }
+        }
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for Flags {
+    /// One flag per key whose source allows it, with its help, variable and default.
+    fn augment_args(command: clap::Command) -> clap::Command {
+        let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+        command.args(keys().filter(|(_, k)| k.source == Source::Flag).map(|(section, key)| {
+            let default_value =
+                if section.is_empty() { &defaults[key.field] } else { &defaults[section][key.field] };
+            let default = match default_value {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) if s.is_empty() => String::new(),
+                serde_json::Value::String(s) => format!(" [default: {s}]"),
+                other => format!(" [default: {other}]"),
+            };
+            clap::Arg::new(key.flat)
+                .long(key.flat.replace('_', "-"))
+                .value_name(key.value_name)
+                .help(format!("{} [env: BOOKSTORE_{}]{default}", key.help, key.flat.to_uppercase()))
+        }))
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
     }
 }
 
 impl Config {
-    /// Layers the sources. `flags` holds only what was given on the command line.
-    pub fn load(file: Option<&Path>, flags: &impl Serialize) -> anyhow::Result<Self> {
+    /// Layers the sources.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
             figment = figment.merge(Toml::file(file));
         }
-        let config: Config = figment
-            .merge(Env::prefixed("BOOKSTORE_").only(&KEYS))
-            .merge(Serialized::defaults(flags))
-            .extract()
-            .map_err(describe)?;
+        // `BOOKSTORE_ORDERS_DATABASE_URL` is `orders.database_url`; other `BOOKSTORE_*`
+        // variables (such as the tests' `BOOKSTORE_TEST_POSTGRES_URL`) are not configuration.
+        let env = Env::prefixed("BOOKSTORE_").filter_map(|name| {
+            keys()
+                .find(|(_, k)| k.source != Source::File && name == k.flat)
+                .map(|(section, key)| path(section, key).into())
+        });
+        figment = figment.merge(env).merge(flags.provider());
+        check_unknown_keys(&figment)?;
+        let config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.db_max_connections >= 1,
-            "invalid configuration: db_max_connections must be at least 1"
-        );
-        anyhow::ensure!(
-            self.max_body_bytes >= 1024,
-            "invalid configuration: max_body_bytes must be at least 1024"
-        );
-        anyhow::ensure!(
-            self.request_timeout_ms >= 1,
-            "invalid configuration: request_timeout_ms must be at least 1"
-        );
-        for (key, url) in [
-            ("books_database_url", &self.books_database_url),
-            ("users_database_url", &self.users_database_url),
-        ] {
-            if let Some(url) = url {
-                bookstore_platform::db::Backend::from_url(url)
-                    .with_context(|| format!("invalid configuration: {key}"))?;
-            }
-        }
-        for (key, url) in
-            [("books_url", &self.books_url), ("users_url", &self.users_url), ("orders_url", &self.orders_url)]
-        {
-            if let Some(url) = url {
-                anyhow::ensure!(
-                    url.starts_with("http://") || url.starts_with("https://"),
-                    "invalid configuration: {key} must start with http:// or https://"
-                );
-            }
-        }
-        if let Some(url) = &self.amqp_url {
-            anyhow::ensure!(
-                url.starts_with("amqp://") || url.starts_with("amqps://"),
-                "invalid configuration: amqp_url must start with amqp:// or amqps://"
-            );
-        }
-        anyhow::ensure!(
-            (60..=24 * 3600).contains(&self.access_token_ttl_secs),
-            "invalid configuration: access_token_ttl_secs must be between 60 and 86400"
-        );
-        anyhow::ensure!(
-            self.login_failures_per_account >= 1 && self.login_failures_per_address >= 1,
-            "invalid configuration: login_failures_per_account and login_failures_per_address must be at least 1"
-        );
-        Ok(())
-    }
-
-    fn sqlite_in_data_dir(&self, file: &str) -> String {
-        format!("sqlite://{}", self.data_dir.join(file).display())
-    }
-
-    pub fn books_database_url(&self) -> String {
-        self.books_database_url.clone().unwrap_or_else(|| self.sqlite_in_data_dir("books.db"))
-    }
-
-    pub fn users_database_url(&self) -> String {
-        self.users_database_url.clone().unwrap_or_else(|| self.sqlite_in_data_dir("users.db"))
-    }
-
-    pub fn orders_database_url(&self) -> String {
-        self.orders_database_url.clone().unwrap_or_else(|| self.sqlite_in_data_dir("orders.db"))
-    }
-
-    pub fn event_log_url(&self) -> String {
-        self.event_log_url.clone().unwrap_or_else(|| self.sqlite_in_data_dir("events.db"))
-    }
-
-    pub fn orders_url(&self) -> String {
-        self.orders_url.clone().unwrap_or_else(|| format!("http://{}", self.orders_grpc))
-    }
-
-    pub fn books_url(&self) -> String {
-        self.books_url.clone().unwrap_or_else(|| format!("http://{}", self.books_grpc))
-    }
-
-    pub fn users_url(&self) -> String {
-        self.users_url.clone().unwrap_or_else(|| format!("http://{}", self.users_grpc))
+    /// Every section's own checks.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.process.validate()?;
+        self.gateway.validate()?;
+        self.books.validate()?;
+        self.users.validate()?;
+        self.orders.validate()
     }
 
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+        Duration::from_millis(self.process.request_timeout_ms)
     }
 
-    pub fn cors_origins(&self) -> Vec<String> {
-        self.cors_allowed_origins
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
+    /// A database in the data folder: `sqlite://<data_dir>/<file>`.
+    pub fn sqlite_in_data_dir(&self, file: &str) -> String {
+        format!("sqlite://{}", self.process.data_dir.join(file).display())
     }
+
+    pub fn event_log_url(&self) -> String {
+        self.process.event_log_url.clone().unwrap_or_else(|| self.sqlite_in_data_dir("events.db"))
+    }
+
+    /// The effective configuration as the file would spell it, secrets and passwords in URLs
+    /// redacted (`bookstore config`).
+    pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
+        let mut value = toml::Value::try_from(self)?;
+        for (section, key) in keys() {
+            let table = if section.is_empty() { Some(&mut value) } else { value.get_mut(section) };
+            let Some(slot) = table.and_then(|t| t.get_mut(key.field)) else { continue };
+            if let toml::Value::String(text) = slot {
+                *text = if key.source == Source::Secret { "<redacted>".to_owned() } else { redact_url(text) };
+            }
+        }
+        Ok(toml::to_string(&value)?)
+    }
+}
+
+/// A URL without its password, for printing.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// A misspelt key would otherwise be ignored in silence; this names it and its source.
+fn check_unknown_keys(figment: &Figment) -> anyhow::Result<()> {
+    let known: Vec<String> = keys().map(|(section, key)| path(section, key)).collect();
+    let sections: Vec<&str> = sections().iter().map(|(name, _)| *name).filter(|n| !n.is_empty()).collect();
+    let data = figment.data().map_err(describe)?;
+    let mut unknown = Vec::new();
+    for dict in data.values() {
+        for (name, value) in dict {
+            match value {
+                Value::Dict(_, inner) if sections.contains(&name.as_str()) => {
+                    for field in inner.keys() {
+                        let dotted = format!("{name}.{field}");
+                        if !known.contains(&dotted) {
+                            unknown.push(dotted);
+                        }
+                    }
+                }
+                _ if known.contains(name) => {}
+                _ => unknown.push(name.clone()),
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = unknown
+        .iter()
+        .map(|key| match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+            Some(source) => format!("{key} (from {source})"),
+            None => key.clone(),
+        })
+        .collect();
+    anyhow::bail!("invalid configuration: unknown key {}", named.join(", "))
 }
 
 /// Names the key, and where its bad value came from, in every error.
@@ -240,10 +274,13 @@ fn describe(errors: figment::Error) -> anyhow::Error {
     let lines: Vec<String> = errors
         .into_iter()
         .map(|err| {
-            let key = err.path.join(".").to_lowercase();
+            let dotted = err.path.join(".").to_lowercase();
+            // Name the key as the environment and the flags spell it, too.
+            let flat =
+                keys().find(|(s, k)| path(s, k) == dotted).map_or(dotted.clone(), |(_, k)| k.flat.to_owned());
             let source = match &err.metadata {
                 Some(m) if m.name.contains("environment") => {
-                    format!(" (from BOOKSTORE_{})", key.to_uppercase())
+                    format!(" (from BOOKSTORE_{})", flat.to_uppercase())
                 }
                 Some(m) => match &m.source {
                     Some(source) => format!(" (from {source})"),
@@ -251,48 +288,11 @@ fn describe(errors: figment::Error) -> anyhow::Error {
                 },
                 None => String::new(),
             };
-            format!("{key}{source}: {}", err.kind)
+            format!("{flat}{source}: {}", err.kind)
         })
         .collect();
     anyhow::anyhow!("invalid configuration: {}", lines.join("; "))
 }
-
-/// The keys read from `BOOKSTORE_*`; others (such as `BOOKSTORE_TEST_POSTGRES_URL`) are not
-/// configuration.
-const KEYS: [&str; 32] = [
-    "http",
-    "books_grpc",
-    "users_grpc",
-    "books_url",
-    "users_url",
-    "data_dir",
-    "books_database_url",
-    "users_database_url",
-    "seed",
-    "books_cache_ttl_ms",
-    "db_max_connections",
-    "max_body_bytes",
-    "request_timeout_ms",
-    "cors_allowed_origins",
-    "master_key",
-    "master_key_file",
-    "admin_password",
-    "access_token_ttl_secs",
-    "refresh_token_ttl_secs",
-    "jwks_refresh_ms",
-    "signing_key_reload_ms",
-    "signing_key_publish_ahead_secs",
-    "login_failures_per_account",
-    "login_failures_per_address",
-    "login_failure_window_secs",
-    "orders_grpc",
-    "orders_url",
-    "orders_database_url",
-    "orders_client_id",
-    "orders_client_secret",
-    "event_log_url",
-    "amqp_url",
-];
 
 #[cfg(test)]
 // figment's test jail returns its own large error type; that is its API, not ours.
@@ -300,10 +300,12 @@ const KEYS: [&str; 32] = [
 mod tests {
     use super::*;
 
-    #[derive(Serialize, Default)]
-    struct Flags {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        http: Option<SocketAddr>,
+    fn flags(pairs: &[(&str, &str)]) -> Flags {
+        let mut flags = Flags::default();
+        for (flat, value) in pairs {
+            flags.set(flat, *value);
+        }
+        flags
     }
 
     #[test]
@@ -311,20 +313,41 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "bookstore.toml",
-                "http = \"127.0.0.1:1001\"\nmax_body_bytes = 2048\nrequest_timeout_ms = 7\n",
+                "request_timeout_ms = 7\n[gateway]\nhttp = \"127.0.0.1:1001\"\nmax_body_bytes = 2048\n",
             )?;
             let file = Some(Path::new("bookstore.toml"));
 
             let c = Config::load(file, &Flags::default()).unwrap();
-            assert_eq!((c.http.port(), c.max_body_bytes, c.request_timeout_ms), (1001, 2048, 7));
+            assert_eq!(
+                (c.gateway.http.port(), c.gateway.max_body_bytes, c.process.request_timeout_ms),
+                (1001, 2048, 7)
+            );
 
             jail.set_env("BOOKSTORE_HTTP", "127.0.0.1:1002");
             let c = Config::load(file, &Flags::default()).unwrap();
-            assert_eq!(c.http.port(), 1002, "environment beats file");
-            assert_eq!(c.max_body_bytes, 2048, "file beats default");
+            assert_eq!(c.gateway.http.port(), 1002, "environment beats file");
+            assert_eq!(c.gateway.max_body_bytes, 2048, "file beats default");
 
-            let c = Config::load(file, &Flags { http: Some("127.0.0.1:1003".parse().unwrap()) }).unwrap();
-            assert_eq!(c.http.port(), 1003, "flag beats environment");
+            let c = Config::load(file, &flags(&[("http", "127.0.0.1:1003")])).unwrap();
+            assert_eq!(c.gateway.http.port(), 1003, "flag beats environment");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_flat_name_and_a_sectioned_key_are_the_same_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "[orders]\ndatabase_url = \"sqlite:///tmp/from-file.db\"\n")?;
+            let c = Config::load(Some(Path::new("a.toml")), &Flags::default()).unwrap();
+            assert_eq!(c.orders.database_url.as_deref(), Some("sqlite:///tmp/from-file.db"));
+
+            jail.set_env("BOOKSTORE_ORDERS_DATABASE_URL", "sqlite:///tmp/from-env.db");
+            let c = Config::load(Some(Path::new("a.toml")), &Flags::default()).unwrap();
+            assert_eq!(c.orders.database_url.as_deref(), Some("sqlite:///tmp/from-env.db"));
+
+            let c =
+                Config::load(None, &flags(&[("orders_database_url", "sqlite:///tmp/from-flag.db")])).unwrap();
+            assert_eq!(c.orders.database_url.as_deref(), Some("sqlite:///tmp/from-flag.db"));
             Ok(())
         });
     }
@@ -340,6 +363,30 @@ mod tests {
             jail.set_env("BOOKSTORE_BOOKS_DATABASE_URL", "mysql://db");
             let err = Config::load(None, &Flags::default()).unwrap_err().to_string();
             assert!(err.contains("books_database_url"), "{err}");
+
+            jail.clear_env();
+            for (var, key) in [
+                ("BOOKSTORE_ORDERS_DATABASE_URL", "orders_database_url"),
+                ("BOOKSTORE_EVENT_LOG_URL", "event_log_url"),
+                ("BOOKSTORE_AMQP_URL", "amqp_url"),
+                ("BOOKSTORE_BOOKS_URL", "books_url"),
+            ] {
+                jail.set_env(var, "nonsense://x");
+                let err = Config::load(None, &Flags::default()).unwrap_err().to_string();
+                assert!(err.contains(key), "{var}: {err}");
+                jail.clear_env();
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error_that_names_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[books]\ndatabse_url = \"sqlite:///x.db\"\n")?;
+            let err = Config::load(Some(Path::new("typo.toml")), &Flags::default()).unwrap_err().to_string();
+            assert!(err.contains("unknown key books.databse_url"), "{err}");
+            assert!(err.contains("typo.toml"), "names the file: {err}");
             Ok(())
         });
     }
@@ -352,9 +399,46 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_database_lives_in_the_data_dir() {
-        let c = Config { data_dir: PathBuf::from("/tmp/x"), ..Config::default() };
-        assert_eq!(c.books_database_url(), "sqlite:///tmp/x/books.db");
-        assert_eq!(c.users_database_url(), "sqlite:///tmp/x/users.db");
+    fn flat_names_are_unique_across_sections() {
+        let mut flat: Vec<&str> = keys().map(|(_, k)| k.flat).collect();
+        let count = flat.len();
+        flat.sort_unstable();
+        flat.dedup();
+        assert_eq!(flat.len(), count, "two keys share a flat name");
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        for (section, key) in keys() {
+            let flat = format!("`{}`", key.flat);
+            assert!(readme.contains(&flat), "README's configuration table lacks {flat}");
+            let file_key = format!("`{}`", path(section, key));
+            let short = format!("`{section}.{}`", key.field);
+            assert!(readme.contains(&file_key) || readme.contains(&short), "README lacks {file_key}");
+        }
+    }
+
+    #[test]
+    fn printed_configuration_redacts_secrets_and_url_passwords() {
+        let mut config = Config::default();
+        config.users.master_key = Some("c2VjcmV0".into());
+        config.users.admin_password = Some("hunter2 hunter2".into());
+        config.orders.client_secret = Some("s3cr3t".into());
+        config.books.database_url = Some("postgres://shop:pa55word@db/books".into());
+        let text = config.to_redacted_toml().unwrap();
+        for secret in ["c2VjcmV0", "hunter2", "s3cr3t", "pa55word"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        assert!(text.contains("[books]") && text.contains("postgres://shop:***@db/books"), "{text}");
+        let reparsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(reparsed.gateway, config.gateway, "the output reads back as a config file");
+    }
+
+    #[test]
+    fn the_embedded_event_log_lives_in_the_data_dir() {
+        let mut c = Config::default();
+        c.process.data_dir = PathBuf::from("/tmp/x");
+        assert_eq!(c.event_log_url(), "sqlite:///tmp/x/events.db");
     }
 }

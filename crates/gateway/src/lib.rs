@@ -11,6 +11,7 @@ pub mod books;
 pub mod error;
 pub mod openapi;
 pub mod orders;
+pub mod settings;
 pub mod users;
 
 use std::sync::Arc;
@@ -25,8 +26,8 @@ use bookstore_api::orders::v1::order_service_client::OrderServiceClient;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::Verifier;
 use bookstore_platform::grpc::{self, ClientConfig, Deadline};
-use bookstore_platform::server::{Ops, ops_router, with_request_metrics};
-use tokio_util::sync::CancellationToken;
+use bookstore_platform::server::with_request_metrics;
+use bookstore_platform::service::{Built, Context, Spec};
 use tonic::transport::Channel;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -35,7 +36,39 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use settings::Settings;
+
 pub const SERVICE: &str = "gateway";
+
+pub static SPEC: Spec = Spec { name: SERVICE, migrations: None, uses_bus: false };
+
+/// The gateway from its [`Context`]: the REST edge over the books, users and orders services,
+/// ready when all three answer their gRPC health checks.
+pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
+    let config = GatewayConfig {
+        books_url: ctx.peer_url("books")?.to_owned(),
+        users_url: ctx.peer_url("users")?.to_owned(),
+        orders_url: ctx.peer_url("orders")?.to_owned(),
+        max_body_bytes: settings.max_body_bytes,
+        request_timeout: ctx.request_timeout,
+        cors_allowed_origins: settings.cors_origins(),
+        client: ClientConfig { call_timeout: ctx.request_timeout, ..ClientConfig::default() },
+    };
+    let router = router(&config, ctx.verifier.clone())?;
+    let (books, users, orders) = (
+        grpc::channel(&config.books_url, &config.client)?,
+        grpc::channel(&config.users_url, &config.client)?,
+        grpc::channel(&config.orders_url, &config.client)?,
+    );
+    Ok(Built::new(router).ready_when(move || {
+        let (books, users, orders) = (books.clone(), users.clone(), orders.clone());
+        async move {
+            check_serving(books, "bookstore.books.v1.BookService").await?;
+            check_serving(users, "bookstore.users.v1.UserService").await?;
+            check_serving(orders, "bookstore.orders.v1.OrderService").await
+        }
+    }))
+}
 
 /// What the gateway needs to know.
 #[derive(Debug, Clone)]
@@ -96,11 +129,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole gateway as one router. `verifier` checks access tokens (it fetches its keys from
 /// the users service).
-pub fn router(
-    config: &GatewayConfig,
-    verifier: Arc<Verifier>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Router> {
+pub fn router(config: &GatewayConfig, verifier: Arc<Verifier>) -> anyhow::Result<Router> {
     let books_channel = grpc::channel(&config.books_url, &config.client)?;
     let users_channel = grpc::channel(&config.users_url, &config.client)?;
     let orders_channel = grpc::channel(&config.orders_url, &config.client)?;
@@ -139,21 +168,9 @@ pub fn router(
         .layer(axum::middleware::from_fn_with_state(verifier, auth::authenticate))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
 
-    let ops = Ops::new(SERVICE, shutdown).ready_when(move || {
-        let books = books_channel.clone();
-        let users = users_channel.clone();
-        let orders = orders_channel.clone();
-        async move {
-            check_serving(books, "bookstore.books.v1.BookService").await?;
-            check_serving(users, "bookstore.users.v1.UserService").await?;
-            check_serving(orders, "bookstore.orders.v1.OrderService").await
-        }
-    });
-
     let mut router = Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi()))
-        .merge(ops_router(ops))
         .fallback(|| async { error::ApiError::not_found("no such resource") });
     router = with_request_metrics(router, SERVICE);
     router = router
@@ -173,7 +190,7 @@ pub fn router(
     Ok(router)
 }
 
-fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+pub(crate) fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     if origins.is_empty() {
         return Ok(None);
     }

@@ -22,8 +22,8 @@ use tonic::{Code, Request, Response, Status};
 use crate::domain::{
     BasketLine, Line, Order, Status as OrderStatus, basket_hash, parse_basket, parse_idempotency_key, total,
 };
-use bookstore_platform::clock::now_ms;
 use crate::store::{KeyClaim, OrderStore};
+use bookstore_platform::clock::now_ms;
 
 const STAFF: &[Role] = &[Role::Staff, Role::Admin];
 /// How long a settlement call to books may take.

@@ -5,25 +5,30 @@
 //! - [`domain`]: statuses and their moves, baskets, totals; no I/O.
 //! - [`store`]: all of its SQL.
 //! - [`grpc`]: the tonic adapter and the saga.
+//! - [`settings`]: its configuration section, `[orders]`.
+//!
+//! [`build`] assembles the service from its [`Context`].
 #![forbid(unsafe_code)]
 
 pub mod domain;
 pub mod grpc;
+pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_api::orders::v1::order_service_server::OrderServiceServer;
-use bookstore_platform::auth::{ServiceToken, Verifier};
+use bookstore_api::users::v1::user_service_client::UserServiceClient;
+use bookstore_platform::auth::{ServiceToken, TokenSource};
 use bookstore_platform::db::Migrations;
-use bookstore_platform::server::{every, grpc_service_router};
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use bookstore_platform::events::run_relay;
+use bookstore_platform::server::grpc_service_router;
+use bookstore_platform::service::{Built, Context, Spec};
 
 pub use grpc::OrdersGrpc;
+pub use settings::Settings;
 pub use store::OrderStore;
 
 pub const SERVICE: &str = "orders";
@@ -33,22 +38,26 @@ pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
-/// The whole orders service as one router. It calls books on `books` with its own service
-/// `token`, and verifies its callers' tokens with `verifier`.
-pub async fn router(
-    store: OrderStore,
-    books: Channel,
-    token: Arc<ServiceToken>,
-    verifier: Arc<Verifier>,
-    shutdown: CancellationToken,
-) -> Router {
-    let grpc_service = OrdersGrpc::new(store.clone(), BookServiceClient::new(books), token);
+pub static SPEC: Spec = Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true };
+
+/// The orders service: its gRPC API, the outbox relay, and the sweeper that finishes
+/// interrupted settlements. It calls books with its own service token.
+pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
+    let db = ctx.database()?;
+    let store = OrderStore::new(db.clone());
+    let token = Arc::new(ServiceToken::new(token_source(&ctx, &settings)?));
+    let books = BookServiceClient::new(ctx.channel("books")?);
+    let grpc_service = OrdersGrpc::new(store.clone(), books, token);
+
+    // Committed events reach the bus even if orders stopped right after committing them.
+    let (relay_db, bus, stopping) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
+    ctx.tasks.spawn("orders-outbox-relay", run_relay(relay_db, bus, Duration::from_millis(200), stopping));
 
     // Finishes settlements a crash or an outage interrupted: placed orders whose stock is
     // still only held get it confirmed, cancelled ones get it back on the shelf.
     let sweeper = grpc_service.clone();
     let sweep_store = store.clone();
-    every(Duration::from_secs(5), shutdown.clone(), move || {
+    ctx.tasks.every("orders-settle-sweeper", Duration::from_secs(5), move || {
         let (sweeper, sweep_store) = (sweeper.clone(), sweep_store.clone());
         async move {
             let Ok(pending) = sweep_store.unsettled(100).await else { return };
@@ -60,7 +69,36 @@ pub async fn router(
         }
     });
 
-    let db = store.database().clone();
     let routes = tonic::service::Routes::new(OrderServiceServer::new(grpc_service));
-    grpc_service_router(SERVICE, "bookstore.orders.v1.OrderService", routes, verifier, db, shutdown).await
+    let router =
+        grpc_service_router(SERVICE, "bookstore.orders.v1.OrderService", routes, ctx.verifier.clone()).await;
+    Ok(Built::new(router).with_database(SERVICE, &db))
+}
+
+/// Where the orders service gets its service token: minted in-process when users runs in this
+/// process, else by client credentials from users.
+fn token_source(ctx: &Context, settings: &Settings) -> anyhow::Result<TokenSource> {
+    if let Some(local) = &ctx.local_tokens {
+        return Ok(local(SERVICE));
+    }
+    let (Some(client_id), Some(client_secret)) = (settings.client_id.clone(), settings.client_secret.clone())
+    else {
+        anyhow::bail!(
+            "orders runs apart from users, so it needs a service account: set orders_client_id \
+             (BOOKSTORE_ORDERS_CLIENT_ID) and orders_client_secret (BOOKSTORE_ORDERS_CLIENT_SECRET); \
+             an admin creates one with POST /api/v1/service-accounts"
+        );
+    };
+    let channel = ctx.channel("users")?;
+    Ok(Arc::new(move || {
+        let mut client = UserServiceClient::new(channel.clone());
+        let request = bookstore_api::users::v1::IssueServiceTokenRequest {
+            client_id: client_id.clone(),
+            client_secret: client_secret.clone(),
+        };
+        Box::pin(async move {
+            let response = client.issue_service_token(request).await?.into_inner();
+            Ok((response.access_token, Duration::from_secs(response.expires_in.max(1) as u64)))
+        })
+    }))
 }

@@ -1,12 +1,11 @@
 //! All of the orders service's SQL.
 
-use bookstore_platform::clock::now_ms;
 use anyhow::Context;
+use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Database, unique_violation};
 use sqlx::Row;
 
 use crate::domain::{Line, Order, Status};
-
 
 /// What an idempotency key says about a new request.
 #[derive(Debug, Clone, PartialEq, Eq)]

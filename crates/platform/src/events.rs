@@ -40,7 +40,6 @@ pub static LOG_MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
-
 /// Where events go.
 #[derive(Clone)]
 pub enum Bus {

@@ -3,8 +3,11 @@
 //! - [`telemetry`]: structured JSON logs, the Prometheus registry, request metrics.
 //! - [`db`]: one code path over PostgreSQL and SQLite (sqlx `Any`), migrations per backend,
 //!   pool gauges.
-//! - [`server`]: the lifecycle every service shares: one listener that speaks gRPC and HTTP/1,
-//!   `/healthz`, `/readyz`, `/metrics`, gRPC health, graceful shutdown that drains in-flight work.
+//! - [`service`]: the service contract (a spec, a context in, what to serve out), the tracked
+//!   background tasks, and the process that serves services and stops them in order.
+//! - [`settings`]: configuration keys, each defined once (struct, default, flag, variable, help).
+//! - [`server`]: what every listener shares: one listener that speaks gRPC and HTTP/1, gRPC
+//!   health, the admin endpoints (`/healthz`, `/readyz`, `/metrics`), graceful draining.
 //! - [`events`]: the event bus (an embedded durable log; RabbitMQ to come), the outbox relay,
 //!   and the inbox that makes redelivery harmless.
 //! - [`grpc`]: the one place where inter-service gRPC clients are built: a timeout on every call
@@ -23,6 +26,8 @@ pub mod db;
 pub mod events;
 pub mod grpc;
 pub mod server;
+pub mod service;
+pub mod settings;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -33,4 +38,20 @@ pub mod trace;
 /// elsewhere. Hold the guard for the life of the process.
 pub fn arm_failpoints() -> Option<fail::FailScenario<'static>> {
     cfg!(feature = "failpoints").then(fail::FailScenario::setup)
+}
+
+/// A pause point for shutdown tests: in builds with the `failpoints` feature, when `FAILPOINTS`
+/// arms `name` as `name=return(MS)`, waits MS milliseconds (without blocking the runtime) and
+/// logs before and after, so a test can land a SIGTERM in the middle of a unit of work. Does
+/// nothing in other builds.
+pub async fn pause_point(name: &str) {
+    let pause = (|| -> Option<u64> {
+        fail::fail_point!(name, |ms: Option<String>| ms.and_then(|ms| ms.parse().ok()));
+        None
+    })();
+    if let Some(ms) = pause {
+        tracing::warn!(point = name, ms, "pausing at a test pause point");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        tracing::warn!(point = name, "resuming after a test pause point");
+    }
 }

@@ -1,9 +1,10 @@
 //! The lifecycle every service shares.
 //!
-//! A service is an axum [`Router`]: its gRPC services (tonic routes turned into axum routes) or
-//! its REST API, plus the operational endpoints from [`ops_router`]. [`serve`] runs it on one
-//! listener that speaks HTTP/1 and HTTP/2 (h2c, which gRPC uses), and on shutdown stops
-//! accepting, fails `/readyz` so load balancers stop sending, and waits for in-flight requests.
+//! A service is an axum [`Router`]: its gRPC services (tonic routes turned into axum routes,
+//! [`grpc_service_router`]) or its REST API. [`serve`] runs it on one listener that speaks
+//! HTTP/1 and HTTP/2 (h2c, which gRPC uses) and, on shutdown, stops accepting and waits for
+//! in-flight requests. The process's operational endpoints ([`ops_router`]: `/healthz`,
+//! `/readyz`, `/metrics`) are served the same way on a listener of their own.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,37 +29,19 @@ pub type ReadinessCheck =
 /// Work done before each `/metrics` scrape, e.g. sampling pool gauges.
 pub type ScrapeHook = Arc<dyn Fn() + Send + Sync>;
 
-/// Wires `/healthz`, `/readyz` and `/metrics` for one service.
+/// The operational endpoints of a process, on its admin listener.
 #[derive(Clone)]
 pub struct Ops {
-    pub service: &'static str,
-    pub shutdown: CancellationToken,
-    pub readiness: Vec<ReadinessCheck>,
+    /// Cancelled when the process starts to stop: readiness turns 503 at once.
+    pub draining: CancellationToken,
+    /// Every service's readiness checks, with its name.
+    pub readiness: Vec<(&'static str, ReadinessCheck)>,
     pub on_scrape: Vec<ScrapeHook>,
 }
 
-impl Ops {
-    pub fn new(service: &'static str, shutdown: CancellationToken) -> Self {
-        Self { service, shutdown, readiness: Vec::new(), on_scrape: Vec::new() }
-    }
-
-    pub fn ready_when<F, Fut>(mut self, check: F) -> Self
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        self.readiness.push(Arc::new(move || Box::pin(check())));
-        self
-    }
-
-    pub fn on_scrape(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_scrape.push(Arc::new(hook));
-        self
-    }
-}
-
-/// `/healthz` (the process is alive), `/readyz` (it can serve; 503 while shutting down) and
-/// `/metrics` (Prometheus text).
+/// `/healthz` (the process is alive), `/readyz` (every service in it can serve; 503 while
+/// shutting down) and `/metrics` (Prometheus text). These live on the admin listener
+/// (`admin_http`), off the public port.
 pub fn ops_router(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -68,13 +51,13 @@ pub fn ops_router(ops: Ops) -> Router {
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
-    if ops.shutdown.is_cancelled() {
+    if ops.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned());
     }
-    for check in &ops.readiness {
+    for (service, check) in &ops.readiness {
         if let Err(err) = check().await {
-            tracing::warn!(service = ops.service, error = %format!("{err:#}"), "not ready");
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {err:#}"));
+            tracing::warn!(service, error = %format!("{err:#}"), "not ready");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{service} not ready: {err:#}"));
         }
     }
     (StatusCode::OK, "ready".to_owned())
@@ -89,15 +72,13 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
 
 /// Everything a gRPC service shares, around its own `routes`: the caller's trace continued,
 /// token verification (callers' identities reach handlers), the caller's deadline enforced,
-/// the standard gRPC health service reporting `health_name` SERVING, `/healthz`, `/readyz`
-/// (ready when `db` answers), `/metrics` (with `db`'s pool gauges), and request metrics. Each service's `router` is this call.
+/// the standard gRPC health service reporting `health_name` SERVING, and request metrics.
+/// Each service's router is this call.
 pub async fn grpc_service_router(
     service: &'static str,
     health_name: &str,
     routes: tonic::service::Routes,
     verifier: Arc<crate::auth::Verifier>,
-    db: crate::db::Database,
-    shutdown: CancellationToken,
 ) -> Router {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_service_status(health_name, tonic_health::ServingStatus::Serving).await;
@@ -107,31 +88,7 @@ pub async fn grpc_service_router(
         .layer(axum::middleware::from_fn_with_state(verifier, crate::auth::authenticate_grpc))
         .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline))
         .layer(axum::middleware::from_fn(crate::trace::continue_trace));
-    let ping_db = db.clone();
-    let ops = Ops::new(service, shutdown)
-        .ready_when(move || {
-            let db = ping_db.clone();
-            async move { db.ping().await }
-        })
-        .on_scrape(move || db.record_pool_gauges(service));
-    with_request_metrics(grpc.merge(ops_router(ops)), service)
-}
-
-/// Runs `task` every `period` until `shutdown` (the services' sweepers).
-pub fn every<F, Fut>(period: std::time::Duration, shutdown: CancellationToken, task: F)
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => task().await,
-                () = shutdown.cancelled() => break,
-            }
-        }
-    });
+    with_request_metrics(grpc, service)
 }
 
 /// Adds the request metrics layer for `service` to a router.

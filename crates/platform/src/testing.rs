@@ -322,3 +322,25 @@ impl TestIssuer {
         self.signing.verifying_key().to_bytes()
     }
 }
+
+/// A [`crate::service::Context`] for a test that builds one service alone: mode `serve`, the
+/// given database, no bus or peers unless the test adds them, a 10 s request timeout.
+pub fn context(
+    name: &'static str,
+    database: Option<crate::db::Database>,
+    verifier: std::sync::Arc<crate::auth::Verifier>,
+    tasks: crate::service::Tasks,
+) -> crate::service::Context {
+    crate::service::Context {
+        name,
+        mode: crate::service::Mode::Serve,
+        data_dir: std::env::temp_dir(),
+        database,
+        bus: None,
+        peers: Default::default(),
+        verifier,
+        local_tokens: None,
+        request_timeout: Duration::from_secs(10),
+        tasks,
+    }
+}

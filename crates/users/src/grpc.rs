@@ -14,10 +14,10 @@ use crate::crypto::sha256_hex;
 use crate::domain::{
     Address, Email, FullName, InvalidField, Password, User, Username, parse_person_roles, roles_from_text,
 };
-use bookstore_platform::clock::now_ms;
 use crate::store::{StoreError, UserRow};
 use crate::tokens::{access_token, random_secret};
 use crate::{Users, UsersConfig};
+use bookstore_platform::clock::now_ms;
 
 fn invalid(err: InvalidField) -> Status {
     Status::invalid_argument(err.to_string())

@@ -15,8 +15,8 @@ use jsonwebtoken::EncodingKey;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 
 use crate::crypto::{BlindIndex, DataKey, MasterKey};
-use bookstore_platform::clock::now_ms;
 use crate::store::{KeyRow, UserStore};
+use bookstore_platform::clock::now_ms;
 
 pub const PURPOSE_DATA: &str = "data";
 pub const PURPOSE_BLIND_INDEX: &str = "blind-index";

@@ -9,6 +9,9 @@
 //! - [`throttle`]: failed-login limits per account and per client address.
 //! - [`store`]: all of its SQL.
 //! - [`grpc`]: the tonic adapter and who may do what.
+//! - [`settings`]: its configuration section, `[users]`, and the master key.
+//!
+//! [`build`] assembles the service from its [`Context`].
 #![forbid(unsafe_code)]
 
 pub mod crypto;
@@ -16,6 +19,7 @@ pub mod domain;
 pub mod grpc;
 pub mod keys;
 pub mod passwords;
+pub mod settings;
 pub mod store;
 pub mod throttle;
 pub mod tokens;
@@ -23,20 +27,20 @@ pub mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use bookstore_api::users::v1::user_service_server::UserServiceServer;
-use bookstore_platform::auth::{Role, Verifier};
+use bookstore_platform::auth::{Role, TokenSource};
 use bookstore_platform::db::{Database, Migrations};
-use bookstore_platform::server::{every, grpc_service_router};
-use tokio_util::sync::CancellationToken;
+use bookstore_platform::server::grpc_service_router;
+use bookstore_platform::service::{Built, Context, LocalTokens, Mode, Spec};
 
 use crate::crypto::MasterKey;
 use crate::domain::{Address, Email, FullName, Password, User, Username, roles_from_text, roles_to_text};
 use crate::keys::Keyring;
-use bookstore_platform::clock::now_ms;
 use crate::store::{StoreError, UserRow, UserStore};
+use bookstore_platform::clock::now_ms;
 
 pub use grpc::UsersGrpc;
+pub use settings::Settings;
 
 pub const SERVICE: &str = "users";
 
@@ -201,11 +205,19 @@ impl Users {
     }
 }
 
-/// The whole users service as one router.
-pub async fn router(users: Arc<Users>, verifier: Arc<Verifier>, shutdown: CancellationToken) -> Router {
-    // Pick up signing keys rotated by another replica or by `bookstore admin`.
+pub static SPEC: Spec = Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: false };
+
+/// The users service: its gRPC API, the first admin on an empty shop, and the task that picks
+/// up signing keys rotated by another replica or by `bookstore admin`. In `up` it also mints
+/// service tokens for the other services of the process ([`Built::local_tokens`]).
+pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
+    let db = ctx.database()?;
+    let master = settings.master_key((ctx.mode == Mode::Up).then_some(ctx.data_dir.as_path()))?;
+    let users = Arc::new(Users::new(db.clone(), master, settings.users_config()).await?);
+    let generated = users.ensure_admin(settings.admin_password.as_deref()).await?;
+
     let reload = users.clone();
-    every(users.config.signing_key_reload, shutdown.clone(), move || {
+    ctx.tasks.every("users-reload-signing-keys", users.config.signing_key_reload, move || {
         let reload = reload.clone();
         async move {
             if let Err(e) = reload.keyring.reload_signing_keys(&reload.store).await {
@@ -214,7 +226,24 @@ pub async fn router(users: Arc<Users>, verifier: Arc<Verifier>, shutdown: Cancel
         }
     });
 
-    let db = users.store.database().clone();
+    let minter = users.clone();
+    let local_tokens: LocalTokens = Arc::new(move |service: &str| {
+        let (minter, service) = (minter.clone(), service.to_owned());
+        let source: TokenSource = Arc::new(move || {
+            let minted = minter.internal_service_token(&service);
+            Box::pin(async move { minted })
+        });
+        source
+    });
+
     let routes = tonic::service::Routes::new(UserServiceServer::new(UsersGrpc::new(users)));
-    grpc_service_router(SERVICE, "bookstore.users.v1.UserService", routes, verifier, db, shutdown).await
+    let router = grpc_service_router(SERVICE, "bookstore.users.v1.UserService", routes, ctx.verifier).await;
+    let mut built = Built::new(router).with_database(SERVICE, &db);
+    built.local_tokens = Some(local_tokens);
+    if let Some(password) = generated {
+        built.notices.push(format!(
+            "admin password: {password}  (user `admin`; shown once; set BOOKSTORE_ADMIN_PASSWORD to choose it)"
+        ));
+    }
+    Ok(built)
 }

@@ -1,8 +1,8 @@
 //! All of the users service's SQL. Rows hold ciphertext; [`crate::keys::Keyring`] turns them
 //! into [`crate::domain::User`]s.
 
-use bookstore_platform::clock::now_ms;
 use anyhow::Context;
+use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Backend, Database, unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -83,7 +83,6 @@ pub struct RefreshRow {
     pub used_at: Option<i64>,
     pub revoked_at: Option<i64>,
 }
-
 
 #[derive(Debug, Clone)]
 pub struct UserStore {

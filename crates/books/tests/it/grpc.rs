@@ -5,8 +5,8 @@ use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_platform::auth::Role;
 use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
+use bookstore_platform::service::{Process, Tasks};
 use bookstore_platform::testing::{TestDatabase, TestIssuer};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -16,33 +16,35 @@ struct Server {
     client: BookServiceClient<Channel>,
     issuer: TestIssuer,
     addr: std::net::SocketAddr,
-    shutdown: CancellationToken,
+    /// Where its `/healthz`, `/readyz` and `/metrics` are.
+    admin_addr: std::net::SocketAddr,
+    _process: Process,
     _db: TestDatabase,
 }
 
 async fn start(backend: Backend) -> Option<Server> {
     let test_db = TestDatabase::new(backend).await?;
     let db = test_db.connect(&bookstore_books::MIGRATIONS).await;
-    let shutdown = CancellationToken::new();
-    let store = bookstore_books::BookStore::new(db).with_cache(std::time::Duration::from_secs(60), 1000);
     let issuer = TestIssuer::new();
-    let router = bookstore_books::router(store, issuer.verifier(), shutdown.clone()).await;
+    let tasks = Tasks::new();
+    let ctx = bookstore_platform::testing::context("books", Some(db), issuer.verifier(), tasks.clone());
+    let settings =
+        bookstore_books::Settings { cache_ttl_ms: 60_000, seed: Some(false), ..Default::default() };
+    let built = bookstore_books::build(ctx, settings).await.unwrap();
+    let mut process = Process::new(tasks);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = bookstore_platform::server::serve("books", listener, router, shutdown.clone()).unwrap();
-    let channel = Channel::from_shared(format!("http://{}", running.addr)).unwrap().connect().await.unwrap();
+    let addr = process.serve("books", listener, built).unwrap();
+    let admin_addr =
+        process.serve_admin(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     Some(Server {
         client: BookServiceClient::new(channel),
         issuer,
-        addr: running.addr,
-        shutdown,
+        addr,
+        admin_addr,
+        _process: process,
         _db: test_db,
     })
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 /// `message` with a token of `roles`.
@@ -150,7 +152,7 @@ async fn health_and_metrics_are_served_beside_grpc(backend: Backend) {
 
     server.client.get_book(pb::GetBookRequest { id: "nope".into() }).await.unwrap_err();
 
-    let base = format!("http://{}", server.addr);
+    let base = format!("http://{}", server.admin_addr);
     let http = reqwest::Client::new();
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);

@@ -370,7 +370,8 @@ async fn metrics_count_requests_per_route(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
     let response = sys.http.get(sys.url("/api/v1/books/missing-for-metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let metrics = sys.http.get(sys.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        sys.http.get(format!("{}/metrics", sys.admin_base)).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.lines().any(|l| l.starts_with("http_server_requests_total{")
             && l.contains(r#"route="/api/v1/books/{id}""#)
@@ -379,8 +380,8 @@ async fn metrics_count_requests_per_route(backend: Backend) {
         "{metrics}"
     );
     assert!(metrics.contains("http_server_request_duration_seconds_bucket{"), "latency histogram");
-    let books_metrics =
-        sys.http.get(format!("{}/metrics", sys.books_base)).send().await.unwrap().text().await.unwrap();
+    // One process, one registry: the admin listener shows every service's metrics.
+    let books_metrics = metrics;
     assert!(books_metrics.contains(r#"rpc="/bookstore.books.v1.BookService/GetBook""#));
     assert!(books_metrics.contains("db_pool_idle_connections"));
 }
@@ -392,8 +393,10 @@ async fn cors_is_off_by_default_and_on_when_configured(backend: Backend) {
     assert!(response.headers().get("access-control-allow-origin").is_none());
     drop(sys);
 
-    let Some(sys) =
-        System::start_with(backend, false, |c| c.cors_allowed_origins = "https://shop.example".into()).await
+    let Some(sys) = System::start_with(backend, false, |c| {
+        c.gateway.cors_allowed_origins = "https://shop.example".into()
+    })
+    .await
     else {
         return;
     };

@@ -88,6 +88,8 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--orders-grpc",
             "127.0.0.1:0",
+            "--admin-http",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -95,20 +97,27 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (gateway, admin_password) = tokio::task::spawn_blocking(move || {
+    let (gateway, admin, admin_password) = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let mut admin_password = None;
+        let (mut admin, mut admin_password) = (None, None);
+        let first_word = |rest: &str| rest.split_whitespace().next().map(str::to_owned);
         let gateway = lines.find_map(|line| {
             let line = line.ok()?;
             if let Some(rest) = line.strip_prefix("admin password: ") {
-                admin_password = rest.split_whitespace().next().map(str::to_owned);
+                admin_password = first_word(rest);
             }
-            line.strip_prefix("gateway  http://")
-                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+            if let Some(rest) = line.strip_prefix("admin    http://") {
+                admin = first_word(rest);
+            }
+            line.strip_prefix("gateway  http://").and_then(first_word)
         });
         // Keep reading, as a terminal would, until the process closes its output.
         std::thread::spawn(move || lines.for_each(drop));
-        (gateway.expect("up prints the gateway's address"), admin_password)
+        (
+            gateway.expect("up prints the gateway's address"),
+            admin.expect("up prints the admin address"),
+            admin_password,
+        )
     })
     .await
     .unwrap();
@@ -116,7 +125,7 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
     assert!(dir.path().join("master.key").exists(), "up keeps its generated master key with the data");
 
     let http = reqwest::Client::new();
-    let ready = http.get(format!("http://{gateway}/readyz")).send().await.unwrap();
+    let ready = http.get(format!("http://{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let books: serde_json::Value =
         http.get(format!("http://{gateway}/api/v1/books")).send().await.unwrap().json().await.unwrap();
@@ -149,7 +158,7 @@ async fn start_up(
 ) -> (std::process::Child, Option<String>) {
     let mut command = bookstore();
     command.args(["up", "--http", "127.0.0.1:0", "--data-dir"]).arg(dir);
-    for flag in ["--books-grpc", "--users-grpc", "--orders-grpc"] {
+    for flag in ["--books-grpc", "--users-grpc", "--orders-grpc", "--admin-http"] {
         command.args([flag, "127.0.0.1:0"]);
     }
     for (flag, value) in servers {
@@ -395,4 +404,116 @@ async fn consumer_process() {
     );
     tokio::time::timeout(Duration::from_secs(45), consuming).await.expect("the events arrived").unwrap();
     println!("deliveries={}", deliveries.load(Ordering::SeqCst));
+}
+
+#[test]
+fn config_prints_the_effective_configuration_with_secrets_redacted() {
+    let key = bookstore_users::crypto::MasterKey::generate_base64();
+    let out = bookstore()
+        .args([
+            "config",
+            "--orders-database-url",
+            "postgres://shop:pa55word@db/orders",
+            "--http",
+            "0.0.0.0:80",
+        ])
+        .env("BOOKSTORE_MASTER_KEY", &key)
+        .env("BOOKSTORE_BOOKS_CACHE_TTL_MS", "250")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("pa55word") && !text.contains(key.trim()), "a secret leaked:\n{text}");
+    for line in [
+        "[orders]",
+        r#"database_url = "postgres://shop:***@db/orders""#,
+        r#"master_key = "<redacted>""#,
+        "cache_ttl_ms = 250",
+        r#"http = "0.0.0.0:80""#,
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
+
+/// SIGTERM lands while the outbox relay has published a batch but not yet marked it, and while
+/// a sweeper pass has begun: the process still exits 0, logs no error, and finishes both units
+/// (the batch is marked, once; the sweeper's pass completes).
+#[tokio::test]
+async fn sigterm_during_a_relay_batch_and_a_sweeper_pass_finishes_both_and_exits_cleanly() {
+    use bookstore_platform::db::Database;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = bookstore();
+    command.args(["up", "--data-dir"]).arg(dir.path());
+    for flag in ["--http", "--books-grpc", "--users-grpc", "--orders-grpc", "--admin-http"] {
+        command.args([flag, "127.0.0.1:0"]);
+    }
+    let pauses = "relay-mid-batch=1*return(3000);books-release-expired-holds=1*return(3000)";
+    command.env("BOOKSTORE_ADMIN_PASSWORD", ADMIN_PASSWORD).env("FAILPOINTS", pauses);
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let gateway = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let gateway = lines.find_map(|line| {
+            line.ok()?
+                .strip_prefix("gateway  http://")
+                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+        });
+        std::thread::spawn(move || lines.for_each(drop));
+        gateway.expect("up prints the gateway's address")
+    })
+    .await
+    .unwrap();
+
+    let http = reqwest::Client::new();
+    assert_eq!(place_order(&http, &gateway).await, Some(reqwest::StatusCode::CREATED));
+    // Wait until both units are under way: each says so when it reaches its pause point.
+    let mut seen = Vec::new();
+    let mut paused = std::collections::BTreeSet::new();
+    while paused.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), log.recv())
+            .await
+            .unwrap_or_else(|_| panic!("both pause points reached; log so far:\n{}", seen.join("\n")))
+            .expect("the process is running");
+        if line.contains("pausing at a test pause point") {
+            for point in ["relay-mid-batch", "books-release-expired-holds"] {
+                if line.contains(point) {
+                    paused.insert(point);
+                }
+            }
+        }
+        seen.push(line);
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = exit_within(child, Duration::from_secs(30)).await;
+    while let Ok(line) = log.try_recv() {
+        seen.push(line);
+    }
+    let log = seen.join("\n");
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(!log.contains(r#""level":"ERROR""#), "no error logged:\n{log}");
+    for point in ["relay-mid-batch", "books-release-expired-holds"] {
+        assert!(
+            seen.iter().any(|l| l.contains("resuming after a test pause point") && l.contains(point)),
+            "{point} finished its unit after the signal:\n{log}"
+        );
+    }
+    let orders = Database::connect(
+        &format!("sqlite://{}", dir.path().join("orders.db").display()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let unmarked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(orders.pool())
+        .await
+        .unwrap();
+    assert_eq!(unmarked, 0, "the batch in hand was marked published before the exit");
 }

@@ -9,17 +9,19 @@ use reqwest::StatusCode;
 use crate::{System, book_json};
 
 backend_tests!(
-    health_and_readiness_answer_when_up,
+    health_and_readiness_answer_on_the_admin_listener_only,
     shutdown_finishes_requests_in_flight_and_refuses_new_ones
 );
 
-async fn health_and_readiness_answer_when_up(backend: Backend) {
+async fn health_and_readiness_answer_on_the_admin_listener_only(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
-    let users_base = format!("http://{}", sys.app.as_ref().unwrap().users_addr.unwrap());
-    for base in [&sys.base, &sys.books_base, &users_base] {
-        assert_eq!(sys.http.get(format!("{base}/healthz")).send().await.unwrap().status(), StatusCode::OK);
-        let ready = sys.http.get(format!("{base}/readyz")).send().await.unwrap();
-        assert_eq!(ready.status(), StatusCode::OK, "{base}: {}", ready.text().await.unwrap());
+    let admin = &sys.admin_base;
+    assert_eq!(sys.http.get(format!("{admin}/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    let ready = sys.http.get(format!("{admin}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "{}", ready.text().await.unwrap());
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let public = sys.http.get(sys.url(path)).send().await.unwrap();
+        assert_eq!(public.status(), StatusCode::NOT_FOUND, "the public port does not serve {path}");
     }
 }
 
@@ -44,11 +46,13 @@ async fn shutdown_finishes_requests_in_flight_and_refuses_new_ones(backend: Back
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let app = sys.app.take().unwrap();
-    let gateway = app.gateway_addr.unwrap();
+    let gateway = app.addr("gateway").unwrap();
     app.shutdown_token().cancel();
     let stopped = tokio::spawn(app.wait());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(tokio::net::TcpStream::connect(gateway).await.is_err(), "new connections are refused");
+    let ready = sys.http.get(format!("{}/readyz", sys.admin_base)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "readiness fails while draining");
     assert!(!stopped.is_finished(), "the server waits for the request in flight");
 
     tx.send(Ok(rest.to_vec())).await.unwrap();

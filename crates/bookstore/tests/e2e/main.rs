@@ -1,4 +1,4 @@
-//! End to end: the real system (gateway + books, real gRPC between them) on port 0, driven over
+//! End to end: the real system (every service, real gRPC between them) on port 0, driven over
 //! HTTP like a client would. Every test runs on SQLite, and on PostgreSQL when
 //! `BOOKSTORE_TEST_POSTGRES_URL` is set (always in CI).
 
@@ -8,8 +8,9 @@ mod lifecycle;
 mod orders;
 mod users;
 
-use bookstore::{App, Config, Embedded, Service};
+use bookstore::{App, Config};
 use bookstore_platform::db::Backend;
+use bookstore_platform::service::Mode;
 use bookstore_platform::testing::TestDatabase;
 
 pub const ADMIN_PASSWORD: &str = "e2e admin passphrase of some length";
@@ -18,6 +19,8 @@ pub struct System {
     pub app: Option<App>,
     pub base: String,
     pub books_base: String,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    pub admin_base: String,
     pub http: reqwest::Client,
     /// An admin's access token.
     pub admin: String,
@@ -39,37 +42,40 @@ impl System {
         let users_db = TestDatabase::new(backend).await?;
         let orders_db = TestDatabase::new(backend).await?;
         let data_dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            http: "127.0.0.1:0".parse().unwrap(),
-            books_grpc: "127.0.0.1:0".parse().unwrap(),
-            users_grpc: "127.0.0.1:0".parse().unwrap(),
-            orders_grpc: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data_dir.path().to_owned(),
-            books_database_url: Some(books_db.url.clone()),
-            users_database_url: Some(users_db.url.clone()),
-            orders_database_url: Some(orders_db.url.clone()),
-            master_key: Some(bookstore_users::crypto::MasterKey::generate_base64()),
-            admin_password: Some(ADMIN_PASSWORD.into()),
-            seed: Some(seed),
-            // Tests rotate keys and expect the change within moments.
-            jwks_refresh_ms: 0,
-            signing_key_reload_ms: 100,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        config.process.admin_http = port0;
+        config.process.data_dir = data_dir.path().to_owned();
+        // Tests rotate keys and expect the change within moments.
+        config.process.jwks_refresh_ms = 0;
+        config.gateway.http = port0;
+        config.books.grpc = port0;
+        config.books.database_url = Some(books_db.url.clone());
+        config.books.seed = Some(seed);
+        config.users.grpc = port0;
+        config.users.database_url = Some(users_db.url.clone());
+        config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+        config.users.admin_password = Some(ADMIN_PASSWORD.into());
+        config.users.signing_key_reload_ms = 100;
+        config.orders.grpc = port0;
+        config.orders.database_url = Some(orders_db.url.clone());
         if backend == Backend::Postgres {
             // With the real servers, the bus is the real broker too.
-            config.amqp_url = bookstore_platform::testing::amqp_url_or_skip();
+            config.process.amqp_url = bookstore_platform::testing::amqp_url_or_skip();
         }
         tweak(&mut config);
-        let app = App::start(&Service::ALL, &config, Embedded::SERVE).await.expect("starting the system");
-        let base = format!("http://{}", app.gateway_addr.unwrap());
-        let books_base = format!("http://{}", app.books_addr.unwrap());
+        let app =
+            App::start(&bookstore::service_names(), &config, Mode::Serve).await.expect("starting the system");
+        let base = format!("http://{}", app.addr("gateway").unwrap());
+        let books_base = format!("http://{}", app.addr("books").unwrap());
+        let admin_base = format!("http://{}", app.admin_addr);
         let http = reqwest::Client::new();
         let admin = login(&http, &base, "admin", ADMIN_PASSWORD).await;
         Some(Self {
             app: Some(app),
             base,
             books_base,
+            admin_base,
             http,
             admin,
             config,

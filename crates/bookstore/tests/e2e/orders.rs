@@ -75,7 +75,7 @@ async fn units(sys: &System, id: &str) -> (i64, i64, i64) {
 }
 
 async fn a_checkout_prices_from_the_catalog_and_sells_the_stock(backend: Backend) {
-    let Some(sys) = System::start_with(backend, false, |c| c.books_cache_ttl_ms = 0).await else { return };
+    let Some(sys) = System::start_with(backend, false, |c| c.books.cache_ttl_ms = 0).await else { return };
     let a = book(&sys, 1, 1999, 5).await;
     let b = book(&sys, 2, 500, 5).await;
     let ada = customer(&sys, "ada").await;
@@ -118,7 +118,7 @@ async fn a_checkout_prices_from_the_catalog_and_sells_the_stock(backend: Backend
 }
 
 async fn an_oversold_basket_is_409_with_its_lines_and_holds_nothing(backend: Backend) {
-    let Some(sys) = System::start_with(backend, false, |c| c.books_cache_ttl_ms = 0).await else { return };
+    let Some(sys) = System::start_with(backend, false, |c| c.books.cache_ttl_ms = 0).await else { return };
     let a = book(&sys, 1, 1000, 5).await;
     let b = book(&sys, 2, 1000, 1).await;
     let ada = customer(&sys, "ada").await;
@@ -137,7 +137,7 @@ async fn an_oversold_basket_is_409_with_its_lines_and_holds_nothing(backend: Bac
 }
 
 async fn a_retried_checkout_with_the_same_key_places_one_order(backend: Backend) {
-    let Some(sys) = System::start_with(backend, false, |c| c.books_cache_ttl_ms = 0).await else { return };
+    let Some(sys) = System::start_with(backend, false, |c| c.books.cache_ttl_ms = 0).await else { return };
     let a = book(&sys, 1, 1000, 10).await;
     let ada = customer(&sys, "ada").await;
     let basket = json!([{"book_id": a, "quantity": 2}]);
@@ -176,8 +176,8 @@ async fn two_hundred_keys_sent_twenty_times_at_once_make_two_hundred_orders(back
     // Every checkout of one book waits on that book's row; on a loaded machine the last of
     // thousands can take longer than the default 10 s deadline, which is not what this tests.
     let Some(sys) = System::start_with(backend, false, |c| {
-        c.books_cache_ttl_ms = 0;
-        c.request_timeout_ms = 120_000;
+        c.books.cache_ttl_ms = 0;
+        c.process.request_timeout_ms = 120_000;
     })
     .await
     else {
@@ -234,8 +234,8 @@ async fn two_thousand_concurrent_checkouts_never_oversell(backend: Backend) {
     // Every checkout of one book waits on that book's row; on a loaded machine the last of
     // thousands can take longer than the default 10 s deadline, which is not what this tests.
     let Some(sys) = System::start_with(backend, false, |c| {
-        c.books_cache_ttl_ms = 0;
-        c.request_timeout_ms = 120_000;
+        c.books.cache_ttl_ms = 0;
+        c.process.request_timeout_ms = 120_000;
     })
     .await
     else {
@@ -341,7 +341,7 @@ async fn customers_see_only_their_own_orders_and_staff_see_all(backend: Backend)
 }
 
 async fn orders_move_only_along_their_lifecycle(backend: Backend) {
-    let Some(sys) = System::start_with(backend, false, |c| c.books_cache_ttl_ms = 0).await else { return };
+    let Some(sys) = System::start_with(backend, false, |c| c.books.cache_ttl_ms = 0).await else { return };
     let a = book(&sys, 1, 1000, 10).await;
     let ada = customer(&sys, "ada").await;
     let order: Value =
@@ -389,7 +389,7 @@ async fn every_change_writes_its_event_in_the_same_transaction(backend: Backend)
     use bookstore_platform::events::{Bus, Event, RabbitBus};
     let Some(sys) = System::start(backend, false).await else { return };
     // With RabbitMQ, a queue of our own sees what the relay publishes from now on.
-    let rabbit = sys.config.amqp_url.clone().map(|url| {
+    let rabbit = sys.config.process.amqp_url.clone().map(|url| {
         let mut bus = RabbitBus::new(url);
         bus.topics = vec!["OrderPlaced".into(), "OrderCancelled".into()];
         std::sync::Arc::new(bus)

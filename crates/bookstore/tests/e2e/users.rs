@@ -130,11 +130,10 @@ async fn a_reused_refresh_token_ends_the_whole_session(backend: Backend) {
 /// Opens the users service's keyring beside the running service (same database, same master key).
 async fn keyring(sys: &System) -> bookstore_users::Users {
     let config = &sys.config;
-    let db = bookstore::connect(&config.users_database_url(), config, &bookstore_users::MIGRATIONS, "users")
-        .await
-        .unwrap();
-    let master = bookstore::master_key(config, false).unwrap();
-    bookstore_users::Users::new(db, master, bookstore::users_config(config)).await.unwrap()
+    let url = config.users.database_url.clone().unwrap();
+    let db = bookstore::connect(&url, config, &bookstore_users::MIGRATIONS, "users").await.unwrap();
+    let master = config.users.master_key(None).unwrap();
+    bookstore_users::Users::new(db, master, config.users.users_config()).await.unwrap()
 }
 
 fn sign(users: &bookstore_users::Users, claims: &Claims) -> String {
@@ -442,8 +441,8 @@ async fn personal_data_is_encrypted_at_rest_and_bound_to_its_row(backend: Backen
 
 async fn failed_logins_are_throttled_per_account_and_per_address(backend: Backend) {
     let Some(sys) = System::start_with(backend, false, |c| {
-        c.login_failures_per_account = 3;
-        c.login_failures_per_address = 6;
+        c.users.login_failures_per_account = 3;
+        c.users.login_failures_per_address = 6;
     })
     .await
     else {

@@ -1,0 +1,38 @@
+//! The gateway's configuration section, `[gateway]`.
+
+use std::net::SocketAddr;
+
+bookstore_platform::settings! {
+    /// The gateway's settings.
+    pub struct Settings in "gateway", validate = check {
+        /// Where the gateway listens for HTTP (the public API, docs and pages).
+        http: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), flag http "ADDR";
+        /// The largest JSON body accepted, in bytes; larger gets 413.
+        max_body_bytes: usize = 64 * 1024, flag max_body_bytes "BYTES";
+        /// Comma-separated origins allowed by CORS; empty turns CORS off.
+        cors_allowed_origins: String = String::new(), flag cors_allowed_origins "ORIGINS";
+    }
+}
+
+fn check(s: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(s.max_body_bytes >= 1024, "invalid configuration: max_body_bytes must be at least 1024");
+    crate::cors_layer(&s.cors_origins())?;
+    Ok(())
+}
+
+impl Settings {
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl bookstore_platform::service::Endpoint for Settings {
+    fn listen(&self) -> SocketAddr {
+        self.http
+    }
+}

@@ -1,0 +1,136 @@
+//! The users service's configuration section, `[users]`, and the master key it names.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::crypto::MasterKey;
+
+bookstore_platform::settings! {
+    /// The users service's settings.
+    pub struct Settings in "users", validate = check {
+        /// Where the users service listens for gRPC.
+        grpc: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 50052)), flag users_grpc "ADDR";
+        /// URL of a users service elsewhere [default: http://<users_grpc>]
+        url: Option<String> = None, flag users_url "URL";
+        /// Users database, postgres://... or sqlite:... [default: <data-dir>/users.db]
+        database_url: Option<String> = None, flag users_database_url "URL";
+        /// The master key (32 bytes, base64) that wraps the users service's keys.
+        master_key: Option<String> = None, secret master_key "KEY";
+        /// File with the master key [default for up: <data-dir>/master.key]
+        master_key_file: Option<PathBuf> = None, flag master_key_file "FILE";
+        /// The first admin's password, used only when there is no admin yet [default: generated, shown once]
+        admin_password: Option<String> = None, secret admin_password "PASSWORD";
+        /// Access-token lifetime, s.
+        access_token_ttl_secs: u64 = 15 * 60, flag access_token_ttl_secs "SECS";
+        /// Refresh-token lifetime, s.
+        refresh_token_ttl_secs: u64 = 30 * 24 * 3600, flag refresh_token_ttl_secs "SECS";
+        /// How often users rereads its signing keys, ms.
+        signing_key_reload_ms: u64 = 30_000, flag signing_key_reload_ms "MS";
+        /// How long a new signing key is published before it signs, s.
+        signing_key_publish_ahead_secs: u64 = 120, flag signing_key_publish_ahead_secs "SECS";
+        /// Failed logins per account before 429 until the window ends.
+        login_failures_per_account: u32 = 5, flag login_failures_per_account "N";
+        /// Failed logins per client address before 429 until the window ends.
+        login_failures_per_address: u32 = 20, flag login_failures_per_address "N";
+        /// Window of the failed-login counts, s.
+        login_failure_window_secs: u64 = 15 * 60, flag login_failure_window_secs "SECS";
+    }
+}
+
+fn check(s: &Settings) -> anyhow::Result<()> {
+    use bookstore_platform::settings::check_url;
+    if let Some(url) = &s.url {
+        check_url("users_url", url, &["http", "https"])?;
+    }
+    if let Some(url) = &s.database_url {
+        check_url("users_database_url", url, &["postgres", "postgresql", "sqlite"])?;
+    }
+    if let Some(key) = &s.master_key {
+        MasterKey::from_base64(key).context("invalid configuration: master_key (BOOKSTORE_MASTER_KEY)")?;
+    }
+    anyhow::ensure!(
+        (60..=24 * 3600).contains(&s.access_token_ttl_secs),
+        "invalid configuration: access_token_ttl_secs must be between 60 and 86400"
+    );
+    anyhow::ensure!(
+        s.login_failures_per_account >= 1 && s.login_failures_per_address >= 1,
+        "invalid configuration: login_failures_per_account and login_failures_per_address must be at least 1"
+    );
+    Ok(())
+}
+
+impl Settings {
+    /// The service's runtime settings.
+    pub fn users_config(&self) -> crate::UsersConfig {
+        crate::UsersConfig {
+            access_ttl: Duration::from_secs(self.access_token_ttl_secs),
+            refresh_ttl: Duration::from_secs(self.refresh_token_ttl_secs),
+            limits: crate::throttle::Limits {
+                per_account: self.login_failures_per_account,
+                per_address: self.login_failures_per_address,
+                window: Duration::from_secs(self.login_failure_window_secs),
+            },
+            signing_key_reload: Duration::from_millis(self.signing_key_reload_ms.max(10)),
+            ..Default::default()
+        }
+    }
+
+    /// The master key: `master_key`, else `master_key_file`, else (when `generate_in` names the
+    /// data folder, as `up` does) the key kept in `<data_dir>/master.key`, generated on first
+    /// start.
+    pub fn master_key(&self, generate_in: Option<&Path>) -> anyhow::Result<MasterKey> {
+        if let Some(text) = &self.master_key {
+            return MasterKey::from_base64(text)
+                .context("invalid configuration: master_key (BOOKSTORE_MASTER_KEY)");
+        }
+        if let Some(path) = &self.master_key_file {
+            return read_master_key(path)
+                .context("invalid configuration: master_key_file (BOOKSTORE_MASTER_KEY_FILE)");
+        }
+        let Some(data_dir) = generate_in else {
+            anyhow::bail!(
+                "the users service needs a master key: set master_key_file (BOOKSTORE_MASTER_KEY_FILE) or \
+                 master_key (BOOKSTORE_MASTER_KEY); `bookstore admin generate-master-key` makes one"
+            );
+        };
+        let path = data_dir.join("master.key");
+        if !path.exists() {
+            std::fs::create_dir_all(data_dir).context("creating the data folder")?;
+            write_secret_file(&path, &MasterKey::generate_base64())?;
+            tracing::warn!(path = %path.display(), "generated a master key for this data folder; keep it with the data");
+        }
+        read_master_key(&path)
+    }
+}
+
+fn read_master_key(path: &Path) -> anyhow::Result<MasterKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(MasterKey::from_base64(&text)?)
+}
+
+/// Writes a file only its owner can read.
+pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+impl bookstore_platform::service::Endpoint for Settings {
+    fn listen(&self) -> SocketAddr {
+        self.grpc
+    }
+    fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+    fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+}
