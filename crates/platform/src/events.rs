@@ -559,6 +559,8 @@ pub async fn relay_outbox(db: &Database, bus: &Bus, batch: i64) -> anyhow::Resul
     // A crash here (tests arm this point to kill the process) leaves published events unmarked;
     // the next run publishes them again, which consumers' inboxes absorb.
     fail::fail_point!("relay-after-publish", |_| -> anyhow::Result<usize> { std::process::abort() });
+    // Shutdown tests land a SIGTERM here: the batch must still be marked before the exit.
+    crate::pause_point("relay-mid-batch").await;
     // One statement marks the whole batch: under load the relay would otherwise cost a commit
     // per event on the producer's database.
     let placeholders: Vec<String> = (0..events.len()).map(|i| format!("${}", i + 2)).collect();
