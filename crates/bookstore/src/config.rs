@@ -181,7 +181,15 @@ impl Config {
         });
         figment = figment.merge(env).merge(flags.provider());
         check_unknown_keys(&figment)?;
-        let config: Config = figment.extract().map_err(describe)?;
+        // Section by section: serde's `flatten` (the process keys) would lose the path of a bad
+        // value, and the error must name its key.
+        let config = Config {
+            process: figment.extract().map_err(describe)?,
+            gateway: figment.extract_inner(bookstore_gateway::Settings::NAME).map_err(describe)?,
+            books: figment.extract_inner(bookstore_books::Settings::NAME).map_err(describe)?,
+            users: figment.extract_inner(bookstore_users::Settings::NAME).map_err(describe)?,
+            orders: figment.extract_inner(bookstore_orders::Settings::NAME).map_err(describe)?,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -274,10 +282,18 @@ fn describe(errors: figment::Error) -> anyhow::Error {
     let lines: Vec<String> = errors
         .into_iter()
         .map(|err| {
-            let dotted = err.path.join(".").to_lowercase();
-            // Name the key as the environment and the flags spell it, too.
-            let flat =
-                keys().find(|(s, k)| path(s, k) == dotted).map_or(dotted.clone(), |(_, k)| k.flat.to_owned());
+            // figment orders the path of a section's error as it pleases (`http.gateway` from
+            // `extract_inner`); match the key by its parts instead.
+            let parts: Vec<String> = err.path.iter().map(|p| p.to_lowercase()).collect();
+            let key = keys().find(|(section, key)| {
+                let mut want = vec![key.field];
+                if !section.is_empty() {
+                    want.push(section);
+                }
+                parts.len() == want.len() && want.iter().all(|w| parts.iter().any(|p| p == w))
+            });
+            // Name the key as the environment and the flags spell it.
+            let flat = key.map_or_else(|| parts.join("."), |(_, k)| k.flat.to_owned());
             let source = match &err.metadata {
                 Some(m) if m.name.contains("environment") => {
                     format!(" (from BOOKSTORE_{})", flat.to_uppercase())
