@@ -146,16 +146,21 @@ impl clap::Args for Flags {
         command.args(keys().filter(|(_, k)| k.source == Source::Flag).map(|(section, key)| {
             let default_value =
                 if section.is_empty() { &defaults[key.field] } else { &defaults[section][key.field] };
-            let default = match default_value {
+            let generated = match default_value {
                 serde_json::Value::Null => String::new(),
                 serde_json::Value::String(s) if s.is_empty() => String::new(),
                 serde_json::Value::String(s) => format!(" [default: {s}]"),
                 other => format!(" [default: {other}]"),
             };
+            // A key whose default is derived says so in its doc: `... [default: <data-dir>/x]`.
+            let (text, default) = match key.help.split_once(" [default:") {
+                Some((text, rest)) => (text, format!(" [default:{rest}")),
+                None => (key.help, generated),
+            };
             clap::Arg::new(key.flat)
                 .long(key.flat.replace('_', "-"))
                 .value_name(key.value_name)
-                .help(format!("{} [env: BOOKSTORE_{}]{default}", key.help, key.flat.to_uppercase()))
+                .help(format!("{text} [env: BOOKSTORE_{}]{default}", key.flat.to_uppercase()))
         }))
     }
 
