@@ -20,7 +20,7 @@ use bookstore_platform::settings::{Key, Section, Source, check_url};
 
 bookstore_platform::settings! {
     /// Settings of the process, shared by the services it runs (the top of the file).
-    pub struct ProcessSettings in "", validate = check_process {
+    pub struct ProcessSettings in "", validate(check_process) {
         /// Folder of the embedded SQLite databases (and, for up, the generated master key).
         data_dir: PathBuf = PathBuf::from("./data"), flag data_dir "DIR";
         /// Where /healthz, /readyz and /metrics are served, off the public port.

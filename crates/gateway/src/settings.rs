@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 bookstore_platform::settings! {
     /// The gateway's settings.
-    pub struct Settings in "gateway", validate = check {
+    pub struct Settings in "gateway", validate(check) {
         /// Where the gateway listens for HTTP (the public API, docs and pages).
         http: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), flag http "ADDR";
         /// The largest JSON body accepted, in bytes; larger gets 413.

@@ -61,13 +61,15 @@ pub trait Section:
 }
 
 /// Declares a configuration section: the struct, its `Default`, and its [`Section`] keys; an
-/// optional `validate = path` names a `fn(&Self) -> anyhow::Result<()>` for what types cannot
-/// check.
+/// optional `validate(f)` gives a `fn(&Self) -> anyhow::Result<()>` for what types cannot
+/// check. `as grpc_service(port = .., grpc = .., url = .., database_url = ..)` adds the keys every
+/// gRPC service has (listen address, URL, database; flat names as given) and its
+/// [`Endpoint`](crate::service::Endpoint).
 ///
 /// ```ignore
 /// bookstore_platform::settings! {
 ///     /// The books service's settings (`[books]`).
-///     pub struct Settings in "books", validate = check {
+///     pub struct Settings in "books", validate(check) {
 ///         /// Where the books service listens for gRPC.
 ///         grpc: std::net::SocketAddr = "127.0.0.1:50051".parse().unwrap(), flag books_grpc "ADDR";
 ///         /// Its URL, for processes that do not run it.
@@ -77,11 +79,56 @@ pub trait Section:
 /// ```
 #[macro_export]
 macro_rules! settings {
+    // A gRPC service's section: its listen address, its URL for processes that do not run it,
+    // and its database, with their checks and its `Endpoint`, then its own keys.
     (
         $(#[$meta:meta])*
-        pub struct $name:ident in $section:literal $(, validate = $check:path)? {
+        pub struct $name:ident in $section:literal as grpc_service(
+            port = $port:literal, grpc = $grpc:ident, url = $url:ident, database_url = $database_url:ident
+        ) $(, validate($check:expr))? {
+            $($keys:tt)*
+        }
+    ) => {
+        $crate::settings! {
+            $(#[$meta])*
+            pub struct $name in $section, validate(|s: &$name| -> ::anyhow::Result<()> {
+                use $crate::settings::check_url;
+                if let Some(url) = &s.url {
+                    check_url(stringify!($url), url, &["http", "https"])?;
+                }
+                if let Some(url) = &s.database_url {
+                    check_url(stringify!($database_url), url, &["postgres", "postgresql", "sqlite"])?;
+                }
+                $(($check)(s)?;)?
+                Ok(())
+            }) {
+                #[doc = concat!("Where the ", $section, " service listens for gRPC.")]
+                grpc: ::std::net::SocketAddr = ::std::net::SocketAddr::from(([127, 0, 0, 1], $port)), flag $grpc "ADDR";
+                #[doc = concat!("URL of a ", $section, " service elsewhere [default: http://<", stringify!($grpc), ">]")]
+                url: Option<String> = None, flag $url "URL";
+                #[doc = concat!("The ", $section, " database, postgres://... or sqlite:... [default: <data-dir>/", $section, ".db]")]
+                database_url: Option<String> = None, flag $database_url "URL";
+                $($keys)*
+            }
+        }
+
+        impl $crate::service::Endpoint for $name {
+            fn listen(&self) -> ::std::net::SocketAddr {
+                self.grpc
+            }
+            fn url(&self) -> Option<&str> {
+                self.url.as_deref()
+            }
+            fn database_url(&self) -> Option<&str> {
+                self.database_url.as_deref()
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident in $section:literal $(, validate($check:expr))? {
             $(
-                $(#[doc = $doc:literal])+
+                $(#[doc = $doc:expr])+
                 $field:ident : $ty:ty = $default:expr, $source:ident $flat:ident $value_name:literal;
             )*
         }
@@ -117,7 +164,7 @@ macro_rules! settings {
             ];
             #[allow(unreachable_code)]
             fn validate(&self) -> ::anyhow::Result<()> {
-                $(return $check(self);)?
+                $(return ($check)(self);)?
                 Ok(())
             }
         }

@@ -1,6 +1,5 @@
 //! The users service's configuration section, `[users]`, and the master key it names.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,13 +9,9 @@ use crate::crypto::MasterKey;
 
 bookstore_platform::settings! {
     /// The users service's settings.
-    pub struct Settings in "users", validate = check {
-        /// Where the users service listens for gRPC.
-        grpc: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 50052)), flag users_grpc "ADDR";
-        /// URL of a users service elsewhere [default: http://<users_grpc>]
-        url: Option<String> = None, flag users_url "URL";
-        /// Users database, postgres://... or sqlite:... [default: <data-dir>/users.db]
-        database_url: Option<String> = None, flag users_database_url "URL";
+    pub struct Settings in "users" as grpc_service(
+        port = 50052, grpc = users_grpc, url = users_url, database_url = users_database_url
+    ), validate(check) {
         /// The master key (32 bytes, base64) that wraps the users service's keys.
         master_key: Option<String> = None, secret master_key "KEY";
         /// File with the master key [default for up: <data-dir>/master.key]
@@ -41,13 +36,6 @@ bookstore_platform::settings! {
 }
 
 fn check(s: &Settings) -> anyhow::Result<()> {
-    use bookstore_platform::settings::check_url;
-    if let Some(url) = &s.url {
-        check_url("users_url", url, &["http", "https"])?;
-    }
-    if let Some(url) = &s.database_url {
-        check_url("users_database_url", url, &["postgres", "postgresql", "sqlite"])?;
-    }
     if let Some(key) = &s.master_key {
         MasterKey::from_base64(key).context("invalid configuration: master_key (BOOKSTORE_MASTER_KEY)")?;
     }
@@ -121,16 +109,4 @@ pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
-}
-
-impl bookstore_platform::service::Endpoint for Settings {
-    fn listen(&self) -> SocketAddr {
-        self.grpc
-    }
-    fn url(&self) -> Option<&str> {
-        self.url.as_deref()
-    }
-    fn database_url(&self) -> Option<&str> {
-        self.database_url.as_deref()
-    }
 }

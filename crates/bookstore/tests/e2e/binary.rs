@@ -156,6 +156,16 @@ async fn start_up(
     servers: &[(&str, String)],
     env: &[(&str, &str)],
 ) -> (std::process::Child, Option<String>) {
+    start_up_logging(dir, servers, env, Stdio::inherit()).await
+}
+
+/// [`start_up`], with the process's log (stderr) going to `log`.
+async fn start_up_logging(
+    dir: &std::path::Path,
+    servers: &[(&str, String)],
+    env: &[(&str, &str)],
+    log: Stdio,
+) -> (std::process::Child, Option<String>) {
     let mut command = bookstore();
     command.args(["up", "--http", "127.0.0.1:0", "--data-dir"]).arg(dir);
     for flag in ["--books-grpc", "--users-grpc", "--orders-grpc", "--admin-http"] {
@@ -165,7 +175,7 @@ async fn start_up(
         command.args([*flag, value.as_str()]);
     }
     command.env("BOOKSTORE_ADMIN_PASSWORD", ADMIN_PASSWORD).envs(env.iter().copied());
-    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let gateway = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -443,15 +453,10 @@ async fn sigterm_during_a_relay_batch_and_a_sweeper_pass_finishes_both_and_exits
     use bookstore_platform::db::Database;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut command = bookstore();
-    command.args(["up", "--data-dir"]).arg(dir.path());
-    for flag in ["--http", "--books-grpc", "--users-grpc", "--orders-grpc", "--admin-http"] {
-        command.args([flag, "127.0.0.1:0"]);
-    }
     let pauses = "relay-mid-batch=1*return(3000);books-release-expired-holds=1*return(3000)";
-    command.env("BOOKSTORE_ADMIN_PASSWORD", ADMIN_PASSWORD).env("FAILPOINTS", pauses);
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let (mut child, gateway) =
+        start_up_logging(dir.path(), &[], &[("FAILPOINTS", pauses)], Stdio::piped()).await;
+    let gateway = gateway.expect("up prints the gateway's address");
     let stderr = child.stderr.take().unwrap();
     let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
@@ -459,18 +464,6 @@ async fn sigterm_during_a_relay_batch_and_a_sweeper_pass_finishes_both_and_exits
             let _ = log_tx.send(line);
         }
     });
-    let gateway = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let gateway = lines.find_map(|line| {
-            line.ok()?
-                .strip_prefix("gateway  http://")
-                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
-        });
-        std::thread::spawn(move || lines.for_each(drop));
-        gateway.expect("up prints the gateway's address")
-    })
-    .await
-    .unwrap();
 
     let http = reqwest::Client::new();
     assert_eq!(place_order(&http, &gateway).await, Some(reqwest::StatusCode::CREATED));
