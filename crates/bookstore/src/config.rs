@@ -16,7 +16,7 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use serde::{Deserialize, Serialize};
 
-use bookstore_platform::settings::{Key, Section, Source, check_url};
+use bookstore_platform::settings::{Key, Section, Source, check_database_url, check_url};
 
 bookstore_platform::settings! {
     /// Settings of the process, shared by the services it runs (the top of the file).
@@ -48,7 +48,7 @@ fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
         "invalid configuration: request_timeout_ms must be at least 1"
     );
     if let Some(url) = &s.event_log_url {
-        check_url("event_log_url", url, &["postgres", "postgresql", "sqlite"])?;
+        check_database_url("event_log_url", url)?;
     }
     if let Some(url) = &s.amqp_url {
         check_url("amqp_url", url, &["amqp", "amqps"])?;

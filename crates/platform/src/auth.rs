@@ -110,7 +110,7 @@ pub type JwksSource =
 
 /// Keys older than this are refetched on the next verification, so a key the issuer stopped
 /// publishing (rotated out, or withdrawn after a compromise) stops verifying within minutes.
-pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+pub(crate) const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// After a failed fetch, the next try waits at least this long (not the full `min_refresh`).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 

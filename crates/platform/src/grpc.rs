@@ -52,7 +52,7 @@ impl Deadline {
         Self(Instant::now() + timeout)
     }
 
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         self.0.saturating_duration_since(Instant::now())
     }
 
@@ -99,7 +99,7 @@ pub async fn enforce_grpc_deadline(
 }
 
 /// Parses the gRPC wire format of a timeout: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;

@@ -97,7 +97,7 @@ macro_rules! settings {
                     check_url(stringify!($url), url, &["http", "https"])?;
                 }
                 if let Some(url) = &s.database_url {
-                    check_url(stringify!($database_url), url, &["postgres", "postgresql", "sqlite"])?;
+                    $crate::settings::check_database_url(stringify!($database_url), url)?;
                 }
                 $(($check)(s)?;)?
                 Ok(())
@@ -211,11 +211,9 @@ pub fn check_url(key: &str, url: &str, schemes: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks a comma-separated list of peer URLs (`http://a:1,http://b:2`).
-pub fn check_peer_urls(key: &str, urls: &str) -> anyhow::Result<()> {
-    for url in urls.split(',').map(str::trim) {
-        check_url(key, url, &["http", "https"])?;
-    }
+/// Checks that `url`, the value of `key`, names a database this kit can open.
+pub fn check_database_url(key: &str, url: &str) -> anyhow::Result<()> {
+    crate::db::Backend::from_url(url).map_err(|e| anyhow::anyhow!("invalid configuration: {key}: {e}"))?;
     Ok(())
 }
 
@@ -255,7 +253,8 @@ mod tests {
         assert!(check_url("k", "sqlite:///tmp/x.db", &["postgres", "sqlite"]).is_ok());
         let err = check_url("books_url", "ftp://x", &["http", "https"]).unwrap_err().to_string();
         assert!(err.contains("books_url") && err.contains("http or https"), "{err}");
-        assert!(check_peer_urls("books_url", "http://a:1, http://b:2").is_ok());
-        assert!(check_peer_urls("books_url", "http://a:1,b:2").is_err());
+        assert!(check_database_url("k", "postgresql://u@h/db").is_ok());
+        let err = check_database_url("books_database_url", "mysql://h/db").unwrap_err().to_string();
+        assert!(err.contains("books_database_url"), "{err}");
     }
 }

@@ -59,7 +59,7 @@ impl TraceParent {
         Some(Self { trace_id, span_id, flags: flags[0] })
     }
 
-    pub fn trace_id_hex(&self) -> String {
+    pub(crate) fn trace_id_hex(&self) -> String {
         self.trace_id.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -103,7 +103,7 @@ pub fn current() -> Option<TraceParent> {
 }
 
 /// Runs `work` as the hop `trace`.
-pub async fn scope<F: Future>(trace: TraceParent, work: F) -> F::Output {
+pub(crate) async fn scope<F: Future>(trace: TraceParent, work: F) -> F::Output {
     CURRENT.scope(trace, work).await
 }
 
