@@ -1,4 +1,4 @@
-//! The one error envelope of the REST API, the shape of seed 001:
+//! The one error envelope of the REST API:
 //! `{"code": "NOT_FOUND", "message": "...", "request_id": "..."}`.
 //!
 //! Handlers return [`ApiError`], which leaves its code and message in the response's extensions;

@@ -1,7 +1,7 @@
 //! Who is calling.
 //!
 //! Access tokens are EdDSA (Ed25519) JWTs issued by the users service. Every holder of a
-//! resource verifies them itself (seed 001: the resource service checks the token), with the
+//! resource verifies them itself (the service that holds the data checks the token), with the
 //! users service's public keys (JWKS) fetched over gRPC, cached by `kid`, and refetched at most
 //! once a minute when a token names a key we do not know. The algorithm is pinned to EdDSA, so
 //! `alg: none` and HS256-signed-with-the-public-key tokens are refused before any signature
@@ -230,8 +230,9 @@ impl Verifier {
 pub type TokenSource =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<(String, Duration)>> + Send>> + Send + Sync>;
 
-/// A service's own credentials for calling other services (seed 001's recommendation flow):
-/// a service token, fetched when first needed and again a minute before it expires.
+/// A service's own credentials for calling other services (orders calling books; later the
+/// recommendations service): a token fetched when first needed and again a minute before it
+/// expires.
 pub struct ServiceToken {
     source: TokenSource,
     cached: tokio::sync::Mutex<Option<(String, Instant)>>,

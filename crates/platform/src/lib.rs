@@ -8,7 +8,7 @@
 //! - [`settings`]: configuration keys, each defined once (struct, default, flag, variable, help).
 //! - [`server`]: what every listener shares: one listener that speaks gRPC and HTTP/1, gRPC
 //!   health, the admin endpoints (`/healthz`, `/readyz`, `/metrics`), graceful draining.
-//! - [`events`]: the event bus (an embedded durable log; RabbitMQ to come), the outbox relay,
+//! - [`events`]: the event bus (an embedded durable log, or RabbitMQ), the outbox relay,
 //!   and the inbox that makes redelivery harmless.
 //! - [`grpc`]: the one place where inter-service gRPC clients are built: a timeout on every call
 //!   and the caller's deadline passed on.
