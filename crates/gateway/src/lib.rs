@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod books;
+pub mod client;
 pub mod error;
 pub mod openapi;
 pub mod orders;
@@ -52,6 +53,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         max_body_bytes: settings.max_body_bytes,
         request_timeout: ctx.request_timeout,
         cors_allowed_origins: settings.cors_origins(),
+        trusted_proxies: settings.trusted_proxies()?,
         client: ClientConfig { call_timeout: ctx.request_timeout, ..ClientConfig::default() },
     };
     let router = router(&config, ctx.verifier.clone())?;
@@ -85,6 +87,8 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Origins allowed by CORS; empty turns CORS off (same-origin only).
     pub cors_allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub client: ClientConfig,
 }
 
@@ -101,6 +105,7 @@ impl GatewayConfig {
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
             cors_allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             client: ClientConfig::default(),
         }
     }
@@ -113,6 +118,8 @@ pub struct AppState {
     pub users: UserServiceClient<Channel>,
     pub orders: OrderServiceClient<Channel>,
     pub request_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client ([`client`]).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl AppState {
@@ -138,6 +145,7 @@ pub fn router(config: &GatewayConfig, verifier: Arc<Verifier>) -> anyhow::Result
         users: UserServiceClient::new(users_channel.clone()),
         orders: OrderServiceClient::new(orders_channel.clone()),
         request_timeout: config.request_timeout,
+        trusted_proxies: config.trusted_proxies.clone().into(),
     };
 
     let api = Router::new()

@@ -11,16 +11,37 @@ bookstore_platform::settings! {
         max_body_bytes: usize = 64 * 1024, flag max_body_bytes "BYTES";
         /// Comma-separated origins allowed by CORS; empty turns CORS off.
         cors_allowed_origins: String = String::new(), flag cors_allowed_origins "ORIGINS";
+        /// Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For is believed.
+        trusted_proxies: String = String::new(), flag trusted_proxies "CIDRS";
     }
 }
 
 fn check(s: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(s.max_body_bytes >= 1024, "invalid configuration: max_body_bytes must be at least 1024");
     crate::cors_layer(&s.cors_origins())?;
+    s.trusted_proxies()?;
     Ok(())
 }
 
 impl Settings {
+    /// The trusted proxies; a bare address is a one-address network.
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "invalid configuration: trusted_proxies: {s:?} is not an address or CIDR"
+                        )
+                    })
+            })
+            .collect()
+    }
+
     pub fn cors_origins(&self) -> Vec<String> {
         self.cors_allowed_origins
             .split(',')

@@ -198,12 +198,14 @@ pub async fn register(
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Login>,
 ) -> Result<Json<Tokens>, ApiError> {
+    let client = crate::client::client_address(peer.ip(), &headers, &state.trusted_proxies);
     let request = pb::LoginRequest {
         username: body.username,
         password: body.password,
-        client_address: peer.ip().to_string(),
+        client_address: client.to_string(),
     };
     let tokens = state.users.clone().login(state.request(request, &Auth::default())).await?;
     Ok(Json(tokens.into_inner().into()))

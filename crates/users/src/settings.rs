@@ -32,6 +32,8 @@ bookstore_platform::settings! {
         login_failures_per_address: u32 = 20, flag login_failures_per_address "N";
         /// Window of the failed-login counts, s.
         login_failure_window_secs: u64 = 15 * 60, flag login_failure_window_secs "SECS";
+        /// The most accounts and addresses the login throttle remembers at once (memory bound).
+        login_throttle_capacity: u64 = 100_000, flag login_throttle_capacity "N";
     }
 }
 
@@ -47,6 +49,10 @@ fn check(s: &Settings) -> anyhow::Result<()> {
         s.login_failures_per_account >= 1 && s.login_failures_per_address >= 1,
         "invalid configuration: login_failures_per_account and login_failures_per_address must be at least 1"
     );
+    anyhow::ensure!(
+        s.login_throttle_capacity >= 100,
+        "invalid configuration: login_throttle_capacity must be at least 100"
+    );
     Ok(())
 }
 
@@ -60,6 +66,7 @@ impl Settings {
                 per_account: self.login_failures_per_account,
                 per_address: self.login_failures_per_address,
                 window: Duration::from_secs(self.login_failure_window_secs),
+                capacity: self.login_throttle_capacity,
             },
             signing_key_reload: Duration::from_millis(self.signing_key_reload_ms.max(10)),
             ..Default::default()

@@ -23,6 +23,7 @@ backend_tests!(
     customers_see_and_change_only_their_own_accounts,
     personal_data_is_encrypted_at_rest_and_bound_to_its_row,
     failed_logins_are_throttled_per_account_and_per_address,
+    the_address_limit_believes_forwarded_for_only_from_trusted_proxies,
     catalog_writes_need_staff_or_admin,
     service_accounts_get_tokens_by_client_credentials,
     weak_passwords_and_duplicate_accounts_are_refused,
@@ -661,4 +662,45 @@ async fn a_password_change_ends_every_session(backend: Backend) {
     }
     assert_eq!(tokens(&sys, "kim", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(tokens(&sys, "kim", "fresh meadow quantum kettle").await.status(), StatusCode::OK);
+}
+
+/// A login from `forwarded_for` as a proxy would send it.
+async fn tokens_via(sys: &System, username: &str, forwarded_for: &str) -> reqwest::Response {
+    sys.http
+        .post(sys.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": username, "password": "guess guess guess"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn the_address_limit_believes_forwarded_for_only_from_trusted_proxies(backend: Backend) {
+    // Untrusted (the default): a spoofed X-Forwarded-For does not escape the address limit.
+    let Some(sys) = System::start_with(backend, false, |c| c.users.login_failures_per_address = 2).await
+    else {
+        return;
+    };
+    for (name, spoof) in [("ivan", "198.51.100.1"), ("judy", "198.51.100.2")] {
+        assert_eq!(tokens_via(&sys, name, spoof).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let spoofed = tokens_via(&sys, "mallory", "198.51.100.3").await;
+    assert_eq!(spoofed.status(), StatusCode::TOO_MANY_REQUESTS, "the peer address is what counts");
+    drop(sys);
+
+    // Behind a trusted proxy (the test client, on loopback), each forwarded client has its own.
+    let Some(sys) = System::start_with(backend, false, |c| {
+        c.users.login_failures_per_address = 2;
+        c.gateway.trusted_proxies = "127.0.0.1/32, ::1".into();
+    })
+    .await
+    else {
+        return;
+    };
+    for name in ["ivan", "judy"] {
+        assert_eq!(tokens_via(&sys, name, "198.51.100.1").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(tokens_via(&sys, "mallory", "198.51.100.1").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    let other = tokens_via(&sys, "mallory", "198.51.100.2").await;
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED, "another client behind the proxy is not locked out");
 }
