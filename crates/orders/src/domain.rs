@@ -44,6 +44,60 @@ impl Status {
     }
 }
 
+/// Where an order's stock stands at books, as orders last recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockState {
+    /// Reserved for the order, not yet sold: it goes back on the shelf if the hold expires.
+    Held,
+    /// Sold to the order.
+    Confirmed,
+    /// Back on the shelf (the order was cancelled or never stored).
+    Released,
+}
+
+impl StockState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StockState::Held => "held",
+            StockState::Confirmed => "confirmed",
+            StockState::Released => "released",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "held" => Some(StockState::Held),
+            "confirmed" => Some(StockState::Confirmed),
+            "released" => Some(StockState::Released),
+            _ => None,
+        }
+    }
+}
+
+/// How an order's reservation is settled at books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// The order stands: sell the held stock.
+    Confirm,
+    /// The order is cancelled or failed: put the stock back.
+    Release,
+}
+
+impl Settle {
+    /// The settlement an order in `status` needs.
+    pub fn for_status(status: Status) -> Self {
+        if status == Status::Cancelled { Settle::Release } else { Settle::Confirm }
+    }
+
+    /// The stock state once it is done.
+    pub fn outcome(self) -> StockState {
+        match self {
+            Settle::Confirm => StockState::Confirmed,
+            Settle::Release => StockState::Released,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct InvalidField {

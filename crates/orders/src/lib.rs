@@ -4,13 +4,19 @@
 //!
 //! - [`domain`]: statuses and their moves, baskets, totals; no I/O.
 //! - [`store`]: all of its SQL.
-//! - [`grpc`]: the tonic adapter and the saga.
+//! - [`checkout`]: the checkout saga, its compensation, settling stock, an order's moves.
+//! - [`confirmer`]: confirmations of placed orders, grouped (group commit).
+//! - [`events`]: what it publishes (OrderPlaced, OrderCancelled, OrderStatusChanged).
+//! - [`grpc`]: the tonic adapter: proto ⇄ domain, who may do what.
 //! - [`settings`]: its configuration section, `[orders]`.
 //!
 //! [`build`] assembles the service from its [`Context`].
 #![forbid(unsafe_code)]
 
+pub mod checkout;
+pub mod confirmer;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod settings;
 pub mod store;
@@ -27,6 +33,7 @@ use bookstore_platform::events::run_relay;
 use bookstore_platform::server::grpc_service_router;
 use bookstore_platform::service::{Built, Context, Spec};
 
+pub use checkout::Checkout;
 pub use grpc::OrdersGrpc;
 pub use settings::Settings;
 pub use store::OrderStore;
@@ -47,7 +54,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let store = OrderStore::new(db.clone());
     let token = Arc::new(ServiceToken::new(token_source(&ctx, &settings)?));
     let books = BookServiceClient::new(ctx.channel("books")?);
-    let grpc_service = OrdersGrpc::new(store.clone(), books, token);
+    let checkout = Checkout::new(store.clone(), books, token, &ctx.tasks);
 
     // Committed events reach the bus even if orders stopped right after committing them.
     let (relay_db, bus, stopping) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
@@ -55,21 +62,13 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
 
     // Finishes settlements a crash or an outage interrupted: placed orders whose stock is
     // still only held get it confirmed, cancelled ones get it back on the shelf.
-    let sweeper = grpc_service.clone();
-    let sweep_store = store.clone();
+    let sweeper = checkout.clone();
     ctx.tasks.every("orders-settle-sweeper", Duration::from_secs(5), move || {
-        let (sweeper, sweep_store) = (sweeper.clone(), sweep_store.clone());
-        async move {
-            let Ok(pending) = sweep_store.unsettled(100).await else { return };
-            for (order, confirm) in pending {
-                if let Err(e) = sweeper.settle(&order, confirm).await {
-                    tracing::warn!(%order, error = %e, "settling stock failed; will retry");
-                }
-            }
-        }
+        let sweeper = sweeper.clone();
+        async move { sweeper.settle_unsettled(100).await }
     });
 
-    let routes = tonic::service::Routes::new(OrderServiceServer::new(grpc_service));
+    let routes = tonic::service::Routes::new(OrderServiceServer::new(OrdersGrpc::new(checkout)));
     let router =
         grpc_service_router(SERVICE, "bookstore.orders.v1.OrderService", routes, ctx.verifier.clone()).await;
     Ok(Built::new(router).with_database(SERVICE, &db))

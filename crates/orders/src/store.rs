@@ -5,7 +5,7 @@ use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Database, unique_violation};
 use sqlx::Row;
 
-use crate::domain::{Line, Order, Status};
+use crate::domain::{Line, Order, Settle, Status, StockState};
 
 /// What an idempotency key says about a new request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,13 +104,14 @@ impl OrderStore {
         let mut tx = self.db.begin_write().await.context("starting an order")?;
         sqlx::query(
             "INSERT INTO orders (id, user_id, status, total_minor, currency, stock_state, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'held', $6, $6)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
         )
         .bind(&order.id)
         .bind(&order.user_id)
         .bind(order.status.as_str())
         .bind(order.total_minor)
         .bind(&order.currency)
+        .bind(StockState::Held.as_str())
         .bind(order.created_at)
         .execute(&mut *tx)
         .await
@@ -153,32 +154,42 @@ impl OrderStore {
         .await
         .context("fetching an order")?;
         let Some(row) = row else { return Ok(None) };
-        let mut order = order_from_row(&row)?;
-        order.lines = self.lines(&order.id).await?;
-        Ok(Some(order))
+        let mut orders = vec![order_from_row(&row)?];
+        self.fill_lines(&mut orders).await?;
+        Ok(orders.pop())
     }
 
-    async fn lines(&self, order_id: &str) -> anyhow::Result<Vec<Line>> {
-        let rows = sqlx::query(
-            "SELECT book_id, quantity, unit_price_minor, currency, title FROM order_lines WHERE order_id = $1 \
-             ORDER BY book_id",
-        )
-        .bind(order_id)
-        .fetch_all(self.db.pool())
-        .await
-        .context("fetching order lines")?;
-        rows.iter()
-            .map(|r| {
-                Ok(Line {
-                    book_id: r.try_get(0)?,
-                    quantity: r.try_get(1)?,
-                    unit_price_minor: r.try_get(2)?,
-                    currency: r.try_get(3)?,
-                    title: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .context("decoding order lines")
+    /// Fills in the lines of every order in `orders` with one query.
+    async fn fill_lines(&self, orders: &mut [Order]) -> anyhow::Result<()> {
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=orders.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT order_id, book_id, quantity, unit_price_minor, currency, title FROM order_lines \
+             WHERE order_id IN ({}) ORDER BY order_id, book_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for order in orders.iter() {
+            query = query.bind(&order.id);
+        }
+        let rows = query.fetch_all(self.db.pool()).await.context("fetching order lines")?;
+        let mut by_order: std::collections::HashMap<String, Vec<Line>> = std::collections::HashMap::new();
+        for r in &rows {
+            let line = Line {
+                book_id: r.try_get(1)?,
+                quantity: r.try_get(2)?,
+                unit_price_minor: r.try_get(3)?,
+                currency: r.try_get(4)?,
+                title: r.try_get(5)?,
+            };
+            by_order.entry(r.try_get(0)?).or_default().push(line);
+        }
+        for order in orders.iter_mut() {
+            order.lines = by_order.remove(&order.id).unwrap_or_default();
+        }
+        Ok(())
     }
 
     /// A page of orders, newest first: one user's, or everyone's (`user_id` None), optionally
@@ -212,12 +223,8 @@ impl OrderStore {
         .fetch_one(self.db.pool())
         .await
         .context("counting orders")?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut order = order_from_row(row)?;
-            order.lines = self.lines(&order.id).await?;
-            orders.push(order);
-        }
+        let mut orders = rows.iter().map(order_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+        self.fill_lines(&mut orders).await?;
         Ok((orders, total))
     }
 
@@ -248,10 +255,10 @@ impl OrderStore {
         Ok(true)
     }
 
-    pub async fn set_stock_state(&self, id: &str, state: &str) -> anyhow::Result<()> {
+    pub async fn set_stock_state(&self, id: &str, state: StockState) -> anyhow::Result<()> {
         sqlx::query("UPDATE orders SET stock_state = $2 WHERE id = $1")
             .bind(id)
-            .bind(state)
+            .bind(state.as_str())
             .execute(self.db.pool())
             .await
             .context("recording stock state")?;
@@ -259,13 +266,13 @@ impl OrderStore {
     }
 
     /// Records `state` for every order in `ids` with one statement.
-    pub async fn set_stock_states(&self, ids: &[&str], state: &str) -> anyhow::Result<()> {
+    pub async fn set_stock_states(&self, ids: &[&str], state: StockState) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!("UPDATE orders SET stock_state = $1 WHERE id IN ({})", placeholders.join(", "));
-        let mut query = sqlx::query(&sql).bind(state);
+        let mut query = sqlx::query(&sql).bind(state.as_str());
         for id in ids {
             query = query.bind(*id);
         }
@@ -273,27 +280,27 @@ impl OrderStore {
         Ok(())
     }
 
-    /// Orders whose reservation is not settled the way their status needs: (id, confirm?).
-    pub async fn unsettled(&self, limit: i64) -> anyhow::Result<Vec<(String, bool)>> {
+    /// Orders whose reservation is not settled the way their status needs, with the
+    /// settlement each needs.
+    pub async fn unsettled(&self, limit: i64) -> anyhow::Result<Vec<(String, Settle)>> {
         let rows = sqlx::query(
-            "SELECT id, status FROM orders WHERE (status <> 'CANCELLED' AND stock_state = 'held') \
-             OR (status = 'CANCELLED' AND stock_state <> 'released') ORDER BY created_at LIMIT $1",
+            "SELECT id, status FROM orders WHERE (status <> $1 AND stock_state = $2) \
+             OR (status = $1 AND stock_state <> $3) ORDER BY created_at LIMIT $4",
         )
+        .bind(Status::Cancelled.as_str())
+        .bind(StockState::Held.as_str())
+        .bind(StockState::Released.as_str())
         .bind(limit)
         .fetch_all(self.db.pool())
         .await
         .context("finding unsettled orders")?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)? != "CANCELLED")))
-            .collect::<Result<_, sqlx::Error>>()
-            .context("decoding unsettled orders")
-    }
-
-    pub async fn unpublished_events(&self) -> anyhow::Result<i64> {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(self.db.pool())
-            .await
-            .context("counting unpublished events")
+            .map(|r| {
+                let status: String = r.try_get(1)?;
+                let status = Status::parse(&status).with_context(|| format!("unknown status {status}"))?;
+                Ok((r.try_get::<String, _>(0)?, Settle::for_status(status)))
+            })
+            .collect()
     }
 }
 

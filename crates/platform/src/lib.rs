@@ -45,11 +45,11 @@ pub fn arm_failpoints() -> Option<fail::FailScenario<'static>> {
 /// logs before and after, so a test can land a SIGTERM in the middle of a unit of work. Does
 /// nothing in other builds.
 pub async fn pause_point(name: &str) {
-    let pause = (|| -> Option<u64> {
+    fn armed(name: &str) -> Option<u64> {
         fail::fail_point!(name, |ms: Option<String>| ms.and_then(|ms| ms.parse().ok()));
         None
-    })();
-    if let Some(ms) = pause {
+    }
+    if let Some(ms) = armed(name) {
         tracing::warn!(point = name, ms, "pausing at a test pause point");
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         tracing::warn!(point = name, "resuming after a test pause point");

@@ -1,0 +1,258 @@
+//! The checkout saga, its compensation, and the moves of an order's life.
+//!
+//! Placing an order: claim the idempotency key → reserve every line at books (all or nothing,
+//! keyed by the new order's id) → store the order, its lines, its OrderPlaced event and the
+//! key's answer in one transaction → confirm the reservation (in groups, [`Confirmer`]). If
+//! storing fails, the reservation is released; if confirming fails, the order stands and the
+//! sweeper confirms it later (the hold lasts 15 minutes). Nothing a client was told succeeded is
+//! ever undone.
+//!
+//! Errors are `tonic::Status`: the saga's failures are mostly books' answers, passed on as they
+//! came (out of stock, unavailable, deadline exceeded).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bookstore_api::books::v1 as books;
+use bookstore_api::books::v1::book_service_client::BookServiceClient;
+use bookstore_platform::auth::{Identity, ServiceToken};
+use bookstore_platform::clock::now_ms;
+use bookstore_platform::grpc::Deadline;
+use bookstore_platform::service::Tasks;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::confirmer::Confirmer;
+use crate::domain::{BasketLine, Line, Order, Settle, Status as OrderStatus, basket_hash, total};
+use crate::events;
+use crate::grpc::internal;
+use crate::store::{KeyClaim, OrderStore};
+
+/// How long a settlement call to books may take.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The saga's parts: the store, books, the service's own token, the confirmer.
+#[derive(Clone)]
+pub struct Checkout {
+    store: OrderStore,
+    books: BookServiceClient<Channel>,
+    token: Arc<ServiceToken>,
+    confirmer: Confirmer,
+}
+
+impl Checkout {
+    /// The saga, with its confirmer running on `tasks`.
+    pub fn new(
+        store: OrderStore,
+        books: BookServiceClient<Channel>,
+        token: Arc<ServiceToken>,
+        tasks: &Tasks,
+    ) -> Self {
+        let confirmer = Confirmer::start(store.clone(), books.clone(), token.clone(), SETTLE_TIMEOUT, tasks);
+        Self { store, books, token, confirmer }
+    }
+
+    pub fn store(&self) -> &OrderStore {
+        &self.store
+    }
+
+    /// A call to books with the orders service's own token, due by `deadline`.
+    async fn books_request<T>(&self, message: T, deadline: Deadline) -> Result<Request<T>, Status> {
+        let mut request = deadline.request(message);
+        self.token.authorize(&mut request).await?;
+        Ok(request)
+    }
+
+    /// Places `basket` for `who`, once per idempotency `key` when one is given: a repeat of a
+    /// finished request gets the same order back.
+    pub async fn place(
+        &self,
+        who: &Identity,
+        basket: &[BasketLine],
+        key: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<Order, Status> {
+        if let Some(key) = key {
+            match self.store.claim_key(&who.subject, key, &basket_hash(basket)).await.map_err(internal)? {
+                KeyClaim::Claimed => {}
+                KeyClaim::Done(order_id) => {
+                    return self
+                        .store
+                        .get(&order_id)
+                        .await
+                        .map_err(internal)?
+                        .ok_or_else(|| internal("answered order is gone"));
+                }
+                KeyClaim::InFlight => {
+                    return Err(Status::aborted("a request with this idempotency key is in progress"));
+                }
+                KeyClaim::Mismatch => {
+                    let mut status =
+                        Status::failed_precondition("this idempotency key was used with a different request");
+                    status.metadata_mut().insert("x-http-status", "422".parse().expect("digits"));
+                    return Err(status);
+                }
+            }
+        }
+        let result = self.reserve_and_store(who, basket, key, deadline).await;
+        if result.is_err()
+            && let Some(key) = key
+        {
+            // The request did not happen; a retry under the same key may try again.
+            if let Err(e) = self.store.release_key(&who.subject, key).await {
+                tracing::warn!(error = %format!("{e:#}"), "releasing an idempotency key failed");
+            }
+        }
+        result
+    }
+
+    async fn reserve_and_store(
+        &self,
+        who: &Identity,
+        basket: &[BasketLine],
+        key: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<Order, Status> {
+        let order_id = uuid::Uuid::now_v7().to_string();
+        let reserve = books::ReserveStockRequest {
+            order_id: order_id.clone(),
+            lines: basket
+                .iter()
+                .map(|l| books::ReserveLine { book_id: l.book_id.clone(), quantity: l.quantity })
+                .collect(),
+            hold_seconds: 0,
+        };
+        let reserved = self
+            .books
+            .clone()
+            .reserve_stock(self.books_request(reserve, deadline).await?)
+            .await?
+            .into_inner();
+        let lines: Vec<Line> = reserved
+            .lines
+            .into_iter()
+            .map(|l| {
+                let price = l.unit_price.unwrap_or_default();
+                Line {
+                    book_id: l.book_id,
+                    quantity: l.quantity,
+                    unit_price_minor: price.amount_minor,
+                    currency: price.currency,
+                    title: l.title,
+                }
+            })
+            .collect();
+        let placed = match total(&lines) {
+            Ok((total_minor, currency)) => {
+                let now = now_ms();
+                let order = Order {
+                    id: order_id.clone(),
+                    user_id: who.subject.clone(),
+                    status: OrderStatus::Placed,
+                    lines,
+                    total_minor,
+                    currency,
+                    created_at: now,
+                    updated_at: now,
+                };
+                let (id, kind, payload) = events::order_placed(&order);
+                let idempotency = key.map(|k| (who.subject.as_str(), k));
+                self.store
+                    .insert_order(&order, idempotency, (&id, &kind, payload))
+                    .await
+                    .map(|()| order)
+                    .map_err(internal)
+            }
+            Err(e) => Err(Status::invalid_argument(e.to_string())),
+        };
+        match placed {
+            Ok(order) => {
+                if let Err(e) = self.confirmer.confirm(&order.id).await {
+                    tracing::warn!(order = %order.id, error = %e, "confirming stock failed; will retry");
+                }
+                tracing::info!(order = %order.id, user = %order.user_id, total = order.total_minor, "order placed");
+                Ok(order)
+            }
+            Err(status) => {
+                // Compensate: the order does not exist, so neither may its hold.
+                if let Err(e) = self.settle(&order_id, Settle::Release).await {
+                    tracing::warn!(order = %order_id, error = %e, "releasing a failed order's stock failed; it expires");
+                }
+                Err(status)
+            }
+        }
+    }
+
+    /// Settles the order's reservation at books; records it when books agrees.
+    pub async fn settle(&self, order_id: &str, how: Settle) -> Result<(), Status> {
+        let message = books::ReservationRequest { order_id: order_id.to_owned() };
+        // Settling finishes what was started even if the client has gone: its own deadline.
+        let request = self.books_request(message, Deadline::after(SETTLE_TIMEOUT)).await?;
+        let mut client = self.books.clone();
+        let result = match how {
+            Settle::Confirm => client.confirm_reservation(request).await,
+            Settle::Release => client.release_reservation(request).await,
+        };
+        match result {
+            Ok(_) => {}
+            // Nothing held (the reservation never happened or was swept): nothing to return.
+            Err(s) if s.code() == Code::NotFound && how == Settle::Release => {}
+            Err(s) => return Err(s),
+        }
+        self.store.set_stock_state(order_id, how.outcome()).await.map_err(internal)
+    }
+
+    /// Settles up to `limit` orders a crash or an outage left unsettled (the sweeper's pass).
+    pub async fn settle_unsettled(&self, limit: i64) {
+        let pending = match self.store.unsettled(limit).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "finding unsettled orders failed; will retry");
+                return;
+            }
+        };
+        for (order, how) in pending {
+            if let Err(e) = self.settle(&order, how).await {
+                tracing::warn!(%order, error = %e, "settling stock failed; will retry");
+            }
+        }
+    }
+
+    /// Moves `order` to `to` with its event, if the move is allowed and nobody moved it first.
+    pub async fn move_order(&self, order: &Order, to: OrderStatus) -> Result<Order, Status> {
+        if !order.status.can_become(to) {
+            return Err(Status::failed_precondition(format!(
+                "an order that is {} cannot become {}",
+                order.status.as_str(),
+                to.as_str()
+            )));
+        }
+        let mut moved = order.clone();
+        moved.status = to;
+        moved.updated_at = now_ms();
+        let (id, kind, payload) = if to == OrderStatus::Cancelled {
+            events::order_cancelled(&moved)
+        } else {
+            events::order_status_changed(&moved, order.status)
+        };
+        if !self
+            .store
+            .transition(&order.id, order.status, to, (&id, &kind, payload))
+            .await
+            .map_err(internal)?
+        {
+            return Err(Status::aborted("the order changed meanwhile; read it again"));
+        }
+        Ok(moved)
+    }
+
+    /// Cancels a PLACED order and puts its stock back (now, or by the sweeper if books is away).
+    pub async fn cancel(&self, order: &Order) -> Result<Order, Status> {
+        let cancelled = self.move_order(order, OrderStatus::Cancelled).await?;
+        if let Err(e) = self.settle(&order.id, Settle::Release).await {
+            // Cancelled all the same; the sweeper returns the stock when books answers.
+            tracing::warn!(order = %order.id, error = %e, "releasing stock failed; will retry");
+        }
+        Ok(cancelled)
+    }
+}
