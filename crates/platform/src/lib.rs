@@ -45,6 +45,7 @@ pub fn arm_failpoints() -> Option<fail::FailScenario<'static>> {
 /// logs before and after, so a test can land a SIGTERM in the middle of a unit of work. Does
 /// nothing in other builds.
 pub async fn pause_point(name: &str) {
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
     fn armed(name: &str) -> Option<u64> {
         fail::fail_point!(name, |ms: Option<String>| ms.and_then(|ms| ms.parse().ok()));
         None

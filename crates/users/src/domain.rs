@@ -171,6 +171,34 @@ impl Password {
 }
 
 /// Roles as stored: a comma-separated list.
+/// What a key in the keyring is for; the purpose is also bound into its wrapping, so a key
+/// cannot be passed off as one of another purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPurpose {
+    /// Encrypts personal data (the data key).
+    Data,
+    /// Keys the blind index that finds a user by email.
+    BlindIndex,
+    /// Signs access tokens.
+    Signing,
+}
+
+impl KeyPurpose {
+    pub const ALL: [KeyPurpose; 3] = [KeyPurpose::Data, KeyPurpose::BlindIndex, KeyPurpose::Signing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPurpose::Data => "data",
+            KeyPurpose::BlindIndex => "blind-index",
+            KeyPurpose::Signing => "signing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
 pub fn roles_to_text(roles: &[Role]) -> String {
     roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
 }

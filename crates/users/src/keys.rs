@@ -15,12 +15,9 @@ use jsonwebtoken::EncodingKey;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 
 use crate::crypto::{BlindIndex, DataKey, MasterKey};
+use crate::domain::KeyPurpose;
 use crate::store::{KeyRow, UserStore};
 use bookstore_platform::clock::now_ms;
-
-pub const PURPOSE_DATA: &str = "data";
-pub const PURPOSE_BLIND_INDEX: &str = "blind-index";
-pub const PURPOSE_SIGNING: &str = "signing";
 
 /// A signing key ready to use.
 #[derive(Clone)]
@@ -45,8 +42,8 @@ impl Keyring {
     /// Loads (or, on first start, creates) the keys. Fails with a clear message if the keys
     /// were wrapped by another master key.
     pub async fn load(store: &UserStore, master: MasterKey, access_ttl: Duration) -> anyhow::Result<Self> {
-        let data = single_key(store, &master, PURPOSE_DATA).await?;
-        let blind = single_key(store, &master, PURPOSE_BLIND_INDEX).await?;
+        let data = single_key(store, &master, KeyPurpose::Data).await?;
+        let blind = single_key(store, &master, KeyPurpose::BlindIndex).await?;
         let keyring = Self {
             data: DataKey::new(data.0, &data.1),
             blind_index: BlindIndex::new(&blind.1),
@@ -54,7 +51,7 @@ impl Keyring {
             signing: RwLock::new(Vec::new()),
             keep_retired_for: access_ttl + Duration::from_secs(bookstore_platform::auth::LEEWAY_SECS + 30),
         };
-        if store.keys(PURPOSE_SIGNING).await?.is_empty() {
+        if store.keys(KeyPurpose::Signing).await?.is_empty() {
             keyring.add_signing_key(store, Duration::ZERO).await?;
         }
         keyring.reload_signing_keys(store).await?;
@@ -64,7 +61,7 @@ impl Keyring {
     /// Rereads the signing keys (another replica or the admin command may have rotated them).
     pub async fn reload_signing_keys(&self, store: &UserStore) -> anyhow::Result<()> {
         let mut keys = Vec::new();
-        for row in store.keys(PURPOSE_SIGNING).await? {
+        for row in store.keys(KeyPurpose::Signing).await? {
             let der = unwrap_row(&self.master, &row)?;
             let jwk: Jwk = serde_json::from_str(row.public_jwk.as_deref().unwrap_or_default())
                 .with_context(|| format!("signing key {} has no public key", row.id))?;
@@ -94,8 +91,8 @@ impl Keyring {
         let now = now_ms();
         let row = KeyRow {
             id: kid.clone(),
-            purpose: PURPOSE_SIGNING.into(),
-            wrapped: self.master.wrap(&kid, PURPOSE_SIGNING, der.as_bytes()),
+            purpose: KeyPurpose::Signing,
+            wrapped: self.master.wrap(&kid, KeyPurpose::Signing.as_str(), der.as_bytes()),
             master_key_id: self.master.id().to_owned(),
             public_jwk: Some(serde_json::to_string(&jwk)?),
             created_at: now,
@@ -149,14 +146,16 @@ fn unwrap_row(master: &MasterKey, row: &KeyRow) -> anyhow::Result<zeroize::Zeroi
             master.id()
         );
     }
-    master.unwrap(&row.id, &row.purpose, &row.wrapped).with_context(|| format!("unwrapping key {}", row.id))
+    master
+        .unwrap(&row.id, row.purpose.as_str(), &row.wrapped)
+        .with_context(|| format!("unwrapping key {}", row.id))
 }
 
 /// The one key of `purpose`, created if there is none yet.
 async fn single_key(
     store: &UserStore,
     master: &MasterKey,
-    purpose: &str,
+    purpose: KeyPurpose,
 ) -> anyhow::Result<(String, zeroize::Zeroizing<Vec<u8>>)> {
     if let Some(row) = store.keys(purpose).await?.into_iter().last() {
         let material = unwrap_row(master, &row)?;
@@ -168,8 +167,8 @@ async fn single_key(
     store
         .insert_key(&KeyRow {
             id: id.clone(),
-            purpose: purpose.into(),
-            wrapped: master.wrap(&id, purpose, &material),
+            purpose,
+            wrapped: master.wrap(&id, purpose.as_str(), &material),
             master_key_id: master.id().to_owned(),
             public_jwk: None,
             created_at: now,
@@ -190,7 +189,7 @@ pub async fn rotate_master_key(store: &UserStore, old: &MasterKey, new: &MasterK
             continue;
         }
         let material = unwrap_row(old, row)?;
-        rewrapped.push((row.id.clone(), new.wrap(&row.id, &row.purpose, &material)));
+        rewrapped.push((row.id.clone(), new.wrap(&row.id, row.purpose.as_str(), &material)));
     }
     store.rewrap_keys(&rewrapped, new.id()).await?;
     Ok(rewrapped.len())

@@ -4,6 +4,8 @@
 use anyhow::Context;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Backend, Database, unique_violation};
+
+use crate::domain::KeyPurpose;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -65,7 +67,7 @@ fn user_from_row(row: &AnyRow) -> Result<UserRow, sqlx::Error> {
 #[derive(Debug, Clone)]
 pub struct KeyRow {
     pub id: String,
-    pub purpose: String,
+    pub purpose: KeyPurpose,
     pub wrapped: Vec<u8>,
     pub master_key_id: String,
     pub public_jwk: Option<String>,
@@ -269,20 +271,22 @@ impl UserStore {
 
     // --- keys -------------------------------------------------------------------------------
 
-    pub async fn keys(&self, purpose: &str) -> anyhow::Result<Vec<KeyRow>> {
+    pub async fn keys(&self, purpose: KeyPurpose) -> anyhow::Result<Vec<KeyRow>> {
         let rows = sqlx::query(
             "SELECT id, purpose, wrapped, master_key_id, public_jwk, created_at, active_from, retired_at \
              FROM crypto_keys WHERE purpose = $1 ORDER BY active_from, created_at, id",
         )
-        .bind(purpose)
+        .bind(purpose.as_str())
         .fetch_all(self.db.pool())
         .await
         .context("loading keys")?;
         rows.iter()
             .map(|r| {
+                let stored: String = r.try_get(1)?;
                 Ok(KeyRow {
                     id: r.try_get(0)?,
-                    purpose: r.try_get(1)?,
+                    purpose: KeyPurpose::parse(&stored)
+                        .with_context(|| format!("unknown key purpose {stored}"))?,
                     wrapped: r.try_get(2)?,
                     master_key_id: r.try_get(3)?,
                     public_jwk: r.try_get(4)?,
@@ -291,7 +295,7 @@ impl UserStore {
                     retired_at: r.try_get(7)?,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
+            .collect::<anyhow::Result<_>>()
             .context("decoding keys")
     }
 
@@ -301,7 +305,7 @@ impl UserStore {
              retired_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&k.id)
-        .bind(&k.purpose)
+        .bind(k.purpose.as_str())
         .bind(&k.wrapped)
         .bind(&k.master_key_id)
         .bind(&k.public_jwk)
@@ -336,9 +340,7 @@ impl UserStore {
 
     pub async fn all_keys(&self) -> anyhow::Result<Vec<KeyRow>> {
         let mut all = Vec::new();
-        for purpose in
-            [crate::keys::PURPOSE_DATA, crate::keys::PURPOSE_BLIND_INDEX, crate::keys::PURPOSE_SIGNING]
-        {
+        for purpose in KeyPurpose::ALL {
             all.extend(self.keys(purpose).await?);
         }
         Ok(all)
