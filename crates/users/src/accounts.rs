@@ -140,7 +140,7 @@ impl Users {
     /// On a shop with no admin, creates `admin` with `password`, or with a generated password
     /// that is returned so the caller can show it once. `Ok(None)` when an admin exists.
     pub async fn ensure_admin(&self, password: Option<&str>) -> anyhow::Result<Option<String>> {
-        if self.store.count_with_role("admin").await? > 0 {
+        if self.store.count_with_role(Role::Admin).await? > 0 {
             return Ok(None);
         }
         let (text, generated) = match password {

@@ -5,6 +5,8 @@ use anyhow::Context;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Backend, Database, unique_violation};
 
+use bookstore_platform::auth::Role;
+
 use crate::domain::KeyPurpose;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -44,6 +46,28 @@ macro_rules! user_columns {
         "id, username, email_bidx, email_ct, full_name_ct, address_ct, dek_id, password_hash, roles, \
          created_at, updated_at, version"
     };
+}
+
+/// Replaces the role rows of `user_id` with the roles in `roles` (the row's comma-separated list).
+async fn write_roles(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    user_id: &str,
+    roles: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM user_roles WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .context("replacing a user's roles")?;
+    for role in crate::domain::roles_from_text(roles) {
+        sqlx::query("INSERT INTO user_roles (user_id, role) VALUES ($1, $2)")
+            .bind(user_id)
+            .bind(role.as_str())
+            .execute(&mut **tx)
+            .await
+            .context("recording a user's role")?;
+    }
+    Ok(())
 }
 
 fn user_from_row(row: &AnyRow) -> Result<UserRow, sqlx::Error> {
@@ -109,6 +133,7 @@ impl UserStore {
     }
 
     pub async fn insert_user(&self, u: &UserRow) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
@@ -126,9 +151,11 @@ impl UserStore {
         .bind(u.created_at)
         .bind(u.updated_at)
         .bind(u.version)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await
         .map_err(|e| map_user_conflict(e, "inserting a user"))?;
+        write_roles(&mut tx, &u.id, &u.roles).await?;
+        tx.commit().await.context("inserting a user")?;
         Ok(())
     }
 
@@ -161,6 +188,9 @@ impl UserStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| map_user_conflict(e, "updating a user"))?;
+        if done.rows_affected() == 1 {
+            write_roles(&mut tx, &u.id, &u.roles).await?;
+        }
         tx.commit().await.context("updating a user")?;
         Ok(done.rows_affected() == 1)
     }
@@ -179,10 +209,12 @@ impl UserStore {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
         };
-        let sql =
-            format!("SELECT id FROM users WHERE ',' || roles || ',' LIKE '%,admin,%' ORDER BY id{lock}");
-        let admins: Vec<String> =
-            sqlx::query_scalar(&sql).fetch_all(&mut **tx).await.context("counting admins")?;
+        let sql = format!("SELECT user_id FROM user_roles WHERE role = $1 ORDER BY user_id{lock}");
+        let admins: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(Role::Admin.as_str())
+            .fetch_all(&mut **tx)
+            .await
+            .context("counting admins")?;
         if admins.iter().all(|admin| admin == id) {
             return Err(StoreError::LastAdmin);
         }
@@ -248,6 +280,7 @@ impl UserStore {
         for sql in [
             "DELETE FROM refresh_tokens WHERE user_id = $1",
             "DELETE FROM refresh_families WHERE user_id = $1",
+            "DELETE FROM user_roles WHERE user_id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await.context("deleting a user's sessions")?;
         }
@@ -260,10 +293,9 @@ impl UserStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn count_with_role(&self, role: &str) -> anyhow::Result<i64> {
-        // Roles are a short comma-separated list; the commas make `admin` not match `sysadmin`.
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users WHERE ',' || roles || ',' LIKE $1")
-            .bind(format!("%,{role},%"))
+    pub async fn count_with_role(&self, role: Role) -> anyhow::Result<i64> {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM user_roles WHERE role = $1")
+            .bind(role.as_str())
             .fetch_one(self.db.pool())
             .await
             .context("counting users by role")

@@ -1,5 +1,6 @@
 //! Integration tests of the users service's storage and keys, on each backend.
 
+use bookstore_platform::auth::Role;
 use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
 use bookstore_platform::testing::TestDatabase;
@@ -14,6 +15,7 @@ backend_tests!(
     racing_refreshes_of_one_token_leave_no_live_session,
     an_update_based_on_a_stale_read_is_refused,
     two_admins_demoting_each_other_at_once_leave_one_admin,
+    roles_stored_as_text_before_the_role_table_are_found_by_exact_match_after_it,
 );
 
 async fn users_with(db: &TestDatabase, master: &str) -> anyhow::Result<Users> {
@@ -94,7 +96,7 @@ async fn the_first_admin_is_created_once(backend: Backend) {
     let generated = users.ensure_admin(None).await.unwrap().expect("a generated password");
     assert!(generated.len() >= 40);
     assert_eq!(users.ensure_admin(None).await.unwrap(), None, "an admin exists now");
-    assert_eq!(users.store.count_with_role("admin").await.unwrap(), 1);
+    assert_eq!(users.store.count_with_role(Role::Admin).await.unwrap(), 1);
     let admin = users.store.find_by_username("admin").await.unwrap().unwrap();
     let ok = users.hasher.verify(&Password::unchecked(&generated), Some(&admin.password_hash)).await.unwrap();
     assert!(ok, "the generated password signs in");
@@ -190,4 +192,39 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin(backend: Backend
         survivor.roles = "customer".into();
         assert!(users.store.update_user(&survivor, false).await.unwrap());
     }
+}
+
+/// A database from before `user_roles` (roles only as comma-joined text) is migrated: every
+/// role of every user becomes a row, and `sysadmin`-like text cannot match `admin`.
+async fn roles_stored_as_text_before_the_role_table_are_found_by_exact_match_after_it(backend: Backend) {
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let pool = bookstore_platform::db::Database::connect(&db.url, &Default::default()).await.unwrap();
+    let full = match backend {
+        Backend::Postgres => &MIGRATIONS.postgres,
+        Backend::Sqlite => &MIGRATIONS.sqlite,
+    };
+    let before = sqlx::migrate::Migrator {
+        migrations: full.migrations.iter().filter(|m| m.version < 3).cloned().collect::<Vec<_>>().into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(pool.pool()).await.unwrap();
+    for (id, roles) in [("u1", "customer"), ("u2", "staff,admin"), ("u3", "admin"), ("u4", "customer,staff")]
+    {
+        sqlx::query(
+            "INSERT INTO users (id, username, email_bidx, email_ct, full_name_ct, address_ct, dek_id, \
+             password_hash, roles, created_at, updated_at) VALUES ($1, $1, $1, $2, $2, $2, 'k', 'h', $3, 0, 0)",
+        )
+        .bind(id)
+        .bind(vec![0u8])
+        .bind(roles)
+        .execute(pool.pool())
+        .await
+        .unwrap();
+    }
+    pool.migrate(&MIGRATIONS).await.unwrap();
+    let store = bookstore_users::store::UserStore::new(pool);
+    assert_eq!(store.count_with_role(Role::Admin).await.unwrap(), 2);
+    assert_eq!(store.count_with_role(Role::Staff).await.unwrap(), 2);
+    assert_eq!(store.count_with_role(Role::Customer).await.unwrap(), 2);
+    assert_eq!(store.count_with_role(Role::Service).await.unwrap(), 0);
 }
