@@ -21,8 +21,8 @@ use anyhow::Context as _;
 use bookstore_api::users::v1::GetJwksRequest;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::{JwksSource, Verifier};
-use bookstore_platform::db::{Database, PoolConfig};
-use bookstore_platform::events::{Bus, EventLog, RabbitBus};
+use bookstore_platform::db::{Database, Migrations, PoolConfig};
+use bookstore_platform::events::{Bus, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
 use bookstore_platform::grpc::ClientConfig;
 use bookstore_platform::service::{Built, Context, Endpoint, LocalTokens, Mode, Process, Spec, Tasks};
 use tokio::net::TcpListener;
@@ -42,6 +42,16 @@ pub struct Entry {
 impl Entry {
     pub fn name(&self) -> &'static str {
         self.spec.name
+    }
+
+    /// The migrations of its database: its own, and platform's outbox and inbox when it uses
+    /// the bus. Empty when it keeps no data.
+    pub fn migrations(&self) -> Vec<&'static Migrations> {
+        let mut sets: Vec<&'static Migrations> = self.spec.migrations.into_iter().collect();
+        if self.spec.uses_bus && !sets.is_empty() {
+            sets.push(&OUTBOX_MIGRATIONS);
+        }
+        sets
     }
 
     /// Its database URL: as configured, else SQLite in the data folder.
@@ -136,13 +146,14 @@ impl App {
         let mut addrs = BTreeMap::new();
         let mut notices = Vec::new();
         for (entry, listener) in entries.iter().zip(listeners) {
-            let database = match entry.spec.migrations {
-                Some(migrations) => {
-                    let db = connect(&entry.database_url(config), config, migrations, entry.name()).await?;
+            let sets = entry.migrations();
+            let database = match sets.is_empty() {
+                false => {
+                    let db = connect(&entry.database_url(config), config, &sets, entry.name()).await?;
                     process.own_database(db.clone());
                     Some(db)
                 }
-                None => None,
+                true => None,
             };
             let ctx = Context {
                 name: entry.name(),
@@ -203,16 +214,16 @@ async fn open_bus(config: &Config, process: &mut Process) -> anyhow::Result<Bus>
     })
 }
 
-/// Connects to a service's database and brings its schema up to date.
+/// Connects to a service's database and brings its schema up to date with `migrations`.
 pub async fn connect(
     url: &str,
     config: &Config,
-    migrations: &bookstore_platform::db::Migrations,
+    migrations: &[&Migrations],
     service: &str,
 ) -> anyhow::Result<Database> {
     let pool = PoolConfig { max_connections: config.process.db_max_connections, ..PoolConfig::default() };
     let db = Database::connect(url, &pool).await.with_context(|| format!("{service} database"))?;
-    db.migrate(migrations).await.with_context(|| format!("{service} migrations"))?;
+    db.migrate_all(migrations).await.with_context(|| format!("{service} migrations"))?;
     Ok(db)
 }
 
@@ -221,9 +232,12 @@ pub async fn connect(
 pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     for entry in SERVICES.iter() {
-        let Some(migrations) = entry.spec.migrations else { continue };
+        let sets = entry.migrations();
+        if sets.is_empty() {
+            continue;
+        }
         let url = entry.database_url(config);
-        connect(&url, config, migrations, entry.name()).await?.close().await;
+        connect(&url, config, &sets, entry.name()).await?.close().await;
         done.push(format!("{}: migrations applied to {}", entry.name(), config::redact_url(&url)));
     }
     if config.process.amqp_url.is_none() {

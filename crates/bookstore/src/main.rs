@@ -182,7 +182,7 @@ async fn users_database(config: &Config) -> anyhow::Result<bookstore_platform::d
         .find(|e| e.name() == "users")
         .expect("users is listed")
         .database_url(config);
-    bookstore::connect(&url, config, &bookstore_users::MIGRATIONS, "users").await
+    bookstore::connect(&url, config, &[&bookstore_users::MIGRATIONS], "users").await
 }
 
 /// The users service's state, for admin commands that work on its database directly.

@@ -155,10 +155,9 @@ impl Checkout {
                     created_at: now,
                     updated_at: now,
                 };
-                let (id, kind, payload) = events::order_placed(&order);
                 let idempotency = key.map(|k| (who.subject.as_str(), k));
                 self.store
-                    .insert_order(&order, idempotency, (&id, &kind, payload))
+                    .insert_order(&order, idempotency, &events::order_placed(&order))
                     .await
                     .map(|()| order)
                     .map_err(internal)
@@ -230,17 +229,12 @@ impl Checkout {
         let mut moved = order.clone();
         moved.status = to;
         moved.updated_at = now_ms();
-        let (id, kind, payload) = if to == OrderStatus::Cancelled {
+        let event = if to == OrderStatus::Cancelled {
             events::order_cancelled(&moved)
         } else {
             events::order_status_changed(&moved, order.status)
         };
-        if !self
-            .store
-            .transition(&order.id, order.status, to, (&id, &kind, payload))
-            .await
-            .map_err(internal)?
-        {
+        if !self.store.transition(&order.id, order.status, to, &event).await.map_err(internal)? {
             return Err(Status::aborted("the order changed meanwhile; read it again"));
         }
         Ok(moved)

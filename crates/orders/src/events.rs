@@ -4,16 +4,14 @@
 
 use bookstore_api::orders::v1 as pb;
 use bookstore_platform::clock::now_ms;
+use bookstore_platform::events::Event;
 use bookstore_platform::grpc::timestamp;
 use prost::Message;
 
 use crate::domain::Order;
 use crate::grpc::to_proto;
 
-/// An event for the outbox: (id, type, protobuf envelope).
-pub type OutboxEvent = (String, String, Vec<u8>);
-
-fn envelope(event_type: &str, payload: Vec<u8>) -> OutboxEvent {
+fn envelope(event_type: &str, payload: Vec<u8>) -> Event {
     let id = uuid::Uuid::now_v7().to_string();
     let envelope = pb::EventEnvelope {
         id: id.clone(),
@@ -23,19 +21,19 @@ fn envelope(event_type: &str, payload: Vec<u8>) -> OutboxEvent {
         traceparent: bookstore_platform::trace::current().map(|t| t.to_string()).unwrap_or_default(),
         payload,
     };
-    (id, event_type.to_owned(), envelope.encode_to_vec())
+    Event { id, event_type: event_type.to_owned(), body: envelope.encode_to_vec() }
 }
 
-pub fn order_placed(order: &Order) -> OutboxEvent {
+pub fn order_placed(order: &Order) -> Event {
     envelope("OrderPlaced", pb::OrderPlaced { order: Some(to_proto(order)) }.encode_to_vec())
 }
 
-pub fn order_cancelled(order: &Order) -> OutboxEvent {
+pub fn order_cancelled(order: &Order) -> Event {
     envelope("OrderCancelled", pb::OrderCancelled { order: Some(to_proto(order)) }.encode_to_vec())
 }
 
 /// `order` as it is now, and the status it left.
-pub fn order_status_changed(order: &Order, previous: crate::domain::Status) -> OutboxEvent {
+pub fn order_status_changed(order: &Order, previous: crate::domain::Status) -> Event {
     let changed = pb::OrderStatusChanged {
         order: Some(to_proto(order)),
         previous_status: previous.as_str().to_owned(),

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Database, unique_violation};
+use bookstore_platform::events::{Event, outbox};
 use sqlx::Row;
 
 use crate::domain::{Line, Order, Settle, Status, StockState};
@@ -99,7 +100,7 @@ impl OrderStore {
         &self,
         order: &Order,
         idempotency: Option<(&str, &str)>,
-        event: (&str, &str, Vec<u8>),
+        event: &Event,
     ) -> anyhow::Result<()> {
         let mut tx = self.db.begin_write().await.context("starting an order")?;
         sqlx::query(
@@ -131,7 +132,7 @@ impl OrderStore {
             .await
             .context("storing an order line")?;
         }
-        insert_event(&mut tx, event).await?;
+        outbox::write(&mut tx, std::slice::from_ref(event)).await?;
         if let Some((user_id, key)) = idempotency {
             sqlx::query("UPDATE idempotency_keys SET order_id = $3 WHERE user_id = $1 AND key = $2")
                 .bind(user_id)
@@ -235,7 +236,7 @@ impl OrderStore {
         id: &str,
         from: Status,
         to: Status,
-        event: (&str, &str, Vec<u8>),
+        event: &Event,
     ) -> anyhow::Result<bool> {
         let mut tx = self.db.begin_write().await.context("starting a transition")?;
         let done =
@@ -250,7 +251,7 @@ impl OrderStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_event(&mut tx, event).await?;
+        outbox::write(&mut tx, std::slice::from_ref(event)).await?;
         tx.commit().await.context("committing a transition")?;
         Ok(true)
     }
@@ -316,19 +317,4 @@ fn order_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Order> {
         created_at: row.try_get(5)?,
         updated_at: row.try_get(6)?,
     })
-}
-
-async fn insert_event(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    (id, event_type, payload): (&str, &str, Vec<u8>),
-) -> anyhow::Result<()> {
-    sqlx::query("INSERT INTO outbox (id, event_type, payload, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(event_type)
-        .bind(payload)
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await
-        .context("writing an event to the outbox")?;
-    Ok(())
 }

@@ -109,10 +109,23 @@ impl Database {
 
     /// Applies the migrations for this backend that are not applied yet.
     pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
-        let migrator = match self.backend {
-            Backend::Postgres => &migrations.postgres,
-            Backend::Sqlite => &migrations.sqlite,
-        };
+        self.migrate_all(&[migrations]).await
+    }
+
+    /// Applies several sets as one (a service's own and the platform's outbox and inbox), in
+    /// version order. They must be one history: sqlx refuses a database that has a migration
+    /// applied that none of the sets knows, so the same sets must be given every time.
+    pub async fn migrate_all(&self, sets: &[&Migrations]) -> anyhow::Result<()> {
+        let mut migrations: Vec<sqlx::migrate::Migration> = sets
+            .iter()
+            .flat_map(|set| match self.backend {
+                Backend::Postgres => set.postgres.migrations.iter(),
+                Backend::Sqlite => set.sqlite.migrations.iter(),
+            })
+            .cloned()
+            .collect();
+        migrations.sort_by_key(|m| m.version);
+        let migrator = Migrator { migrations: migrations.into(), ..Migrator::DEFAULT };
         migrator.run(&self.pool).await.context("applying migrations")?;
         Ok(())
     }

@@ -34,7 +34,8 @@ pub struct Spec {
     pub name: &'static str,
     /// Its schema, when it keeps data; the process opens and migrates its database.
     pub migrations: Option<&'static Migrations>,
-    /// Whether it publishes or consumes events (the process then opens the bus).
+    /// Whether it publishes or consumes events: the process then opens the bus, and adds
+    /// platform's outbox and inbox tables to its database (`events::OUTBOX_MIGRATIONS`).
     pub uses_bus: bool,
 }
 

@@ -132,7 +132,7 @@ async fn a_reused_refresh_token_ends_the_whole_session(backend: Backend) {
 async fn keyring(sys: &System) -> bookstore_users::Users {
     let config = &sys.config;
     let url = config.users.database_url.clone().unwrap();
-    let db = bookstore::connect(&url, config, &bookstore_users::MIGRATIONS, "users").await.unwrap();
+    let db = bookstore::connect(&url, config, &[&bookstore_users::MIGRATIONS], "users").await.unwrap();
     let master = config.users.master_key(None).unwrap();
     bookstore_users::Users::new(db, master, config.users.users_config()).await.unwrap()
 }

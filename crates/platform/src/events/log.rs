@@ -1,0 +1,167 @@
+//! The embedded event log: the bus of `bookstore up`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::Row;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, after_effect};
+use crate::clock::now_ms;
+use crate::db::{Database, Migrations};
+
+/// The embedded log's schema.
+pub static LOG_MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("./migrations/postgres"),
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+};
+
+/// An append-only log in a database: durable, deduplicated by event id, one position per
+/// consumer. On SQLite (one writer at a time) positions follow commit order, which is what a
+/// consumer reading "everything after my position" needs; it is the bus of `bookstore up`.
+#[derive(Clone)]
+pub struct EventLog {
+    db: Database,
+    appended: Arc<Notify>,
+    /// Attempts per event before it goes to the dead letters.
+    pub max_attempts: u32,
+}
+
+impl EventLog {
+    pub async fn open(db: Database) -> anyhow::Result<Self> {
+        db.migrate(&LOG_MIGRATIONS).await.context("event log migrations")?;
+        Ok(Self { db, appended: Arc::new(Notify::new()), max_attempts: 5 })
+    }
+
+    pub async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
+        let mut tx = self.db.begin_write().await.context("starting to append events")?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO event_log (id, event_type, body, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.event_type)
+            .bind(&e.body)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .context("appending an event")?;
+        }
+        tx.commit().await.context("committing events")?;
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    async fn position(&self, consumer: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar::<_, i64>("SELECT seq FROM event_offsets WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_optional(self.db.pool())
+            .await
+            .context("reading a consumer's position")?
+            .unwrap_or(0))
+    }
+
+    async fn advance(&self, consumer: &str, seq: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO event_offsets (consumer, seq) VALUES ($1, $2) \
+             ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(consumer)
+        .bind(seq)
+        .execute(self.db.pool())
+        .await
+        .context("advancing a consumer")?;
+        Ok(())
+    }
+
+    /// Delivers events after the consumer's position, in order; the position advances only after
+    /// the handler succeeded (at-least-once). A handler failing `max_attempts` times sends the
+    /// event to the dead letters, and the consumer moves on.
+    pub async fn consume<F, Fut>(
+        &self,
+        consumer: &str,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        loop {
+            // Register for the wake-up before reading, so an append in between is not missed.
+            let appended = self.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let after = self.position(consumer).await?;
+            let rows = sqlx::query(
+                "SELECT seq, id, event_type, body FROM event_log WHERE seq > $1 ORDER BY seq LIMIT 100",
+            )
+            .bind(after)
+            .fetch_all(self.db.pool())
+            .await
+            .context("reading the event log")?;
+            if rows.is_empty() {
+                tokio::select! {
+                    () = appended => continue,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            for row in rows {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                let seq: i64 = row.try_get(0)?;
+                let event = Event { id: row.try_get(1)?, event_type: row.try_get(2)?, body: row.try_get(3)? };
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match handler(event.clone()).await {
+                        Ok(()) => {
+                            after_effect()?;
+                            break;
+                        }
+                        Err(e) if attempt >= self.max_attempts => {
+                            tracing::warn!(consumer, event = %event.id, error = %format!("{e:#}"), "event dead-lettered");
+                            sqlx::query(
+                                "INSERT INTO event_dead_letters (consumer, seq, id, error, created_at) \
+                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, seq) DO NOTHING",
+                            )
+                            .bind(consumer)
+                            .bind(seq)
+                            .bind(&event.id)
+                            .bind(format!("{e:#}"))
+                            .bind(now_ms())
+                            .execute(self.db.pool())
+                            .await
+                            .context("dead-lettering an event")?;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(consumer, event = %event.id, attempt, error = %format!("{e:#}"), "event failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                        }
+                    }
+                }
+                self.advance(consumer, seq).await?;
+            }
+        }
+    }
+
+    /// Events a consumer gave up on: (event id, error).
+    pub async fn dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT id, error FROM event_dead_letters WHERE consumer = $1 ORDER BY seq")
+            .bind(consumer)
+            .fetch_all(self.db.pool())
+            .await
+            .context("reading dead letters")?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}

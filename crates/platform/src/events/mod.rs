@@ -1,0 +1,81 @@
+//! Events between services: at-least-once delivery, made effectively-once by consumers.
+//!
+//! - [`outbox`]: producers hand [`Event`]s to [`outbox::write`] inside the transaction of the
+//!   change that caused them; [`relay_outbox`] publishes what is unpublished and marks it. A
+//!   crash between publishing and marking publishes again: harmless, because...
+//! - [`inbox`]: ...consumers record each processed event id in the same transaction as the
+//!   event's effect ([`inbox_begin`]), so a redelivered event has no second effect.
+//! - The bus behind [`Bus`]: [`log`], an embedded durable log ([`EventLog`], a table in a
+//!   database of its own, for `bookstore up`), or [`rabbit`], RabbitMQ ([`RabbitBus`]) for real
+//!   deployments, behind the same interface.
+//!
+//! Platform owns the outbox and inbox tables: a service whose spec uses the bus gets
+//! [`OUTBOX_MIGRATIONS`] applied to its database with its own, instead of declaring them.
+
+pub mod inbox;
+pub mod log;
+pub mod outbox;
+pub mod rabbit;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use inbox::inbox_begin;
+pub use log::{EventLog, LOG_MIGRATIONS};
+pub use outbox::{OUTBOX_MIGRATIONS, relay_outbox, run_relay};
+pub use rabbit::{DEAD_LETTER_EXCHANGE, EXCHANGE, RabbitBus};
+
+/// An event as it travels: its id (for deduplication), its type (for routing) and its body
+/// (the encoded envelope).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub event_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Where events go.
+#[derive(Clone)]
+pub enum Bus {
+    Log(EventLog),
+    Rabbit(Arc<RabbitBus>),
+}
+
+impl Bus {
+    /// Publishes `events`; when this returns `Ok`, they are durable in the bus.
+    pub async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
+        match self {
+            Bus::Log(log) => log.publish(events).await,
+            Bus::Rabbit(rabbit) => rabbit.publish(events).await,
+        }
+    }
+
+    /// Delivers every event, from where `consumer` left off, to `handler`, until `shutdown`.
+    pub async fn consume<F, Fut>(
+        &self,
+        consumer: &str,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        match self {
+            Bus::Log(log) => log.consume(consumer, handler, shutdown).await,
+            Bus::Rabbit(rabbit) => rabbit.consume(consumer, handler, shutdown).await,
+        }
+    }
+}
+
+/// Between a consumer's effect and its acknowledgement: a crash here (tests arm this point to
+/// kill the process) redelivers an event whose effect is done, which the inbox absorbs.
+pub(crate) fn after_effect() -> anyhow::Result<()> {
+    fail::fail_point!("consumer-after-effect", |_| -> anyhow::Result<()> { std::process::abort() });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,92 @@
+//! The transactional outbox: events are written in the same transaction as the change that
+//! caused them, and a relay publishes them to the bus and marks them.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, Event};
+use crate::clock::now_ms;
+use crate::db::{Database, Migrations};
+
+/// The outbox and inbox tables, for a service's database (applied with the service's own
+/// migrations when its spec uses the bus).
+pub static OUTBOX_MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("./migrations/outbox/postgres"),
+    sqlite: sqlx::migrate!("./migrations/outbox/sqlite"),
+};
+
+/// Writes `events` to the outbox inside `tx`, the transaction of the change that caused them:
+/// they are published if and only if the change commits.
+pub async fn write(tx: &mut sqlx::Transaction<'static, sqlx::Any>, events: &[Event]) -> anyhow::Result<()> {
+    for event in events {
+        sqlx::query("INSERT INTO outbox (id, event_type, payload, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&event.id)
+            .bind(&event.event_type)
+            .bind(&event.body)
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await
+            .context("writing an event to the outbox")?;
+    }
+    Ok(())
+}
+
+/// Publishes up to `batch` unpublished events from `db`'s outbox, oldest first, then marks them
+/// published; returns how many. A crash between the two publishes them again on the next run,
+/// which consumers absorb.
+pub async fn relay_outbox(db: &Database, bus: &Bus, batch: i64) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "SELECT id, event_type, payload FROM outbox WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1",
+    )
+    .bind(batch)
+    .fetch_all(db.pool())
+    .await
+    .context("reading the outbox")?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let events = rows
+        .iter()
+        .map(|r| Ok(Event { id: r.try_get(0)?, event_type: r.try_get(1)?, body: r.try_get(2)? }))
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .context("decoding the outbox")?;
+    // A crash here leaves committed events unpublished; the next run publishes them.
+    fail::fail_point!("relay-before-publish", |_| -> anyhow::Result<usize> { std::process::abort() });
+    bus.publish(&events).await.context("publishing the outbox")?;
+    // A crash here (tests arm this point to kill the process) leaves published events unmarked;
+    // the next run publishes them again, which consumers' inboxes absorb.
+    fail::fail_point!("relay-after-publish", |_| -> anyhow::Result<usize> { std::process::abort() });
+    // Shutdown tests land a SIGTERM here: the batch must still be marked before the exit.
+    crate::pause_point("relay-mid-batch").await;
+    // One statement marks the whole batch: under load the relay would otherwise cost a commit
+    // per event on the producer's database.
+    let placeholders: Vec<String> = (0..events.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!("UPDATE outbox SET published_at = $1 WHERE id IN ({})", placeholders.join(", "));
+    let mut mark = sqlx::query(&sql).bind(now_ms());
+    for e in &events {
+        mark = mark.bind(&e.id);
+    }
+    mark.execute(db.pool()).await.context("marking events published")?;
+    Ok(events.len())
+}
+
+/// Runs [`relay_outbox`] until `shutdown`: at once after each full batch, else every `idle`.
+pub async fn run_relay(db: Database, bus: Bus, idle: Duration, shutdown: CancellationToken) {
+    loop {
+        let wait = match relay_outbox(&db, &bus, 100).await {
+            Ok(100) => Duration::ZERO,
+            Ok(_) => idle,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "outbox relay failed; retrying");
+                idle.max(Duration::from_secs(1))
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! RabbitMQ as the bus.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, after_effect};
+
+/// RabbitMQ as the bus: one durable topic exchange (`bookstore.events`, routing key = event
+/// type), a durable quorum queue per consuming service bound to it, persistent messages with
+/// publisher confirms, manual acknowledgements, and a dead-letter queue per consumer that the
+/// broker fills once a message was delivered `max_attempts` times without an ack. Publishing
+/// reconnects on the next call after a failure; consuming reconnects in a loop with backoff, so
+/// both survive a broker restart.
+pub struct RabbitBus {
+    url: String,
+    publisher: tokio::sync::Mutex<Option<(lapin::Connection, lapin::Channel)>>,
+    pub max_attempts: u32,
+    /// The event types (routing-key patterns) a consumer's queue is bound to: `#`, every event,
+    /// unless a consumer narrows it to what it handles, so the broker drops the rest for it.
+    pub topics: Vec<String>,
+    /// How long one broker operation may take (connecting and declaring, or publishing a batch
+    /// and collecting its confirmations) before the connection is given up as broken: a broker
+    /// that accepts connections but cannot serve a queue must fail a publish, not hang it.
+    pub timeout: Duration,
+}
+
+pub const EXCHANGE: &str = "bookstore.events";
+pub const DEAD_LETTER_EXCHANGE: &str = "bookstore.events.dead";
+
+impl RabbitBus {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            publisher: tokio::sync::Mutex::new(None),
+            max_attempts: 5,
+            topics: vec!["#".into()],
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// `work`, or an error naming `what` once [`Self::timeout`] has passed.
+    async fn within<T>(
+        &self,
+        what: &str,
+        work: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
+            Err(anyhow::anyhow!("{what}: RabbitMQ did not answer within {:?}", self.timeout))
+        })
+    }
+
+    async fn open(&self) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+        use lapin::options::ExchangeDeclareOptions;
+        let conn = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let channel = conn.create_channel().await.context("opening a channel")?;
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        for name in [EXCHANGE, DEAD_LETTER_EXCHANGE] {
+            channel
+                .exchange_declare(name.into(), lapin::ExchangeKind::Topic, durable, Default::default())
+                .await
+                .context("declaring the exchanges")?;
+        }
+        Ok((conn, channel))
+    }
+
+    /// Publishes each event persistently and waits for the broker's confirmation of all.
+    pub async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
+        let mut publisher = self.publisher.lock().await;
+        let result = self.within("publishing", self.publish_on(&mut publisher, events)).await;
+        if result.is_err() {
+            // Start afresh next time: the connection may be gone, or stuck.
+            *publisher = None;
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        publisher: &mut Option<(lapin::Connection, lapin::Channel)>,
+        events: &[Event],
+    ) -> anyhow::Result<()> {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        if publisher.as_ref().is_none_or(|(conn, _)| !conn.status().connected()) {
+            let (conn, channel) = self.open().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .context("enabling publisher confirms")?;
+            *publisher = Some((conn, channel));
+        }
+        let (_, channel) = publisher.as_ref().expect("connected above");
+        {
+            let mut confirms = Vec::with_capacity(events.len());
+            for e in events {
+                let properties = lapin::BasicProperties::default()
+                    .with_message_id(e.id.as_str().into())
+                    .with_type(e.event_type.as_str().into())
+                    .with_delivery_mode(2);
+                let confirm = channel
+                    .basic_publish(
+                        EXCHANGE.into(),
+                        e.event_type.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &e.body,
+                        properties,
+                    )
+                    .await
+                    .context("publishing an event")?;
+                confirms.push(confirm);
+            }
+            for confirm in confirms {
+                let confirmation = confirm.await.context("waiting for the broker's confirmation")?;
+                anyhow::ensure!(confirmation.is_ack(), "the broker refused an event");
+            }
+            Ok(())
+        }
+    }
+
+    /// Declares `consumer`'s queue (and its dead-letter queue), bound to [`Self::topics`].
+    /// Consuming does this too; calling it first makes sure nothing published meanwhile is missed.
+    pub async fn declare(&self, consumer: &str) -> anyhow::Result<()> {
+        self.within("declaring queues", async {
+            let (conn, channel) = self.open().await?;
+            declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
+            conn.close(200, "declared".into()).await.ok();
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn consume<F, Fut>(
+        &self,
+        consumer: &str,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.consume_once(consumer, &handler, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(consumer, error = %format!("{e:#}"), "RabbitMQ consumer lost; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of consuming: `Ok` on shutdown, `Err` when the connection broke.
+    async fn consume_once<F, Fut>(
+        &self,
+        consumer: &str,
+        handler: &F,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        use futures::StreamExt;
+        use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+        let (conn, mut deliveries) = self
+            .within("starting to consume", async {
+                let (conn, channel) = self.open().await?;
+                let queue = declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
+                channel.basic_qos(32, BasicQosOptions::default()).await.context("setting the prefetch")?;
+                let deliveries = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        consumer.into(),
+                        BasicConsumeOptions::default(),
+                        Default::default(),
+                    )
+                    .await
+                    .context("starting to consume")?;
+                Ok((conn, deliveries))
+            })
+            .await?;
+        loop {
+            let delivery = tokio::select! {
+                d = deliveries.next() => d,
+                () = shutdown.cancelled() => {
+                    conn.close(200, "shutting down".into()).await.ok();
+                    return Ok(());
+                }
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context("receiving")),
+                None => anyhow::bail!("the broker ended the consumer"),
+            };
+            let event = Event {
+                id: delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                event_type: delivery.routing_key.to_string(),
+                body: delivery.data.clone(),
+            };
+            match handler(event).await {
+                Ok(()) => {
+                    after_effect()?;
+                    delivery.acker.ack(BasicAckOptions::default()).await.context("acknowledging")?;
+                }
+                Err(e) => {
+                    tracing::debug!(consumer, error = %format!("{e:#}"), "event failed; the broker will redeliver");
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                        .await
+                        .context("rejecting")?;
+                }
+            }
+        }
+    }
+}
+
+impl RabbitBus {
+    /// Takes every message from `consumer`'s dead-letter queue; returns their event ids.
+    pub async fn drain_dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<String>> {
+        use lapin::options::BasicGetOptions;
+        self.within("reading dead letters", async {
+            let (conn, channel) = self.open().await?;
+            let mut ids = Vec::new();
+            let queue = format!("bookstore.{consumer}.dead");
+            while let Some(message) = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .context("reading dead letters")?
+            {
+                let id = message.delivery.properties.message_id().as_ref().map(|s| s.to_string());
+                ids.push(id.unwrap_or_default());
+            }
+            conn.close(200, "done".into()).await.ok();
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// Removes `consumer`'s queues (tests clean up after themselves).
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn delete_queues(&self, consumer: &str) -> anyhow::Result<()> {
+        use lapin::options::QueueDeleteOptions;
+        self.within("deleting queues", async {
+            let (conn, channel) = self.open().await?;
+            for queue in [format!("bookstore.{consumer}"), format!("bookstore.{consumer}.dead")] {
+                channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .context("deleting a queue")?;
+            }
+            conn.close(200, "done".into()).await.ok();
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The consumer's quorum queue (dead-lettering after `max_attempts` deliveries) and its
+/// dead-letter queue; returns the queue's name.
+async fn declare_queues(
+    channel: &lapin::Channel,
+    consumer: &str,
+    max_attempts: u32,
+    topics: &[String],
+) -> anyhow::Result<String> {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let queue = format!("bookstore.{consumer}");
+    let dead = format!("{queue}.dead");
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .queue_declare(dead.as_str().into(), durable, FieldTable::default())
+        .await
+        .context("declaring the dead-letter queue")?;
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            consumer.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("binding the dead-letter queue")?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    // The broker counts returns, not deliveries: a limit of n allows n + 1 deliveries.
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(max_attempts.saturating_sub(1) as i32));
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(consumer.into()));
+    channel.queue_declare(queue.as_str().into(), durable, args).await.context("declaring the queue")?;
+    for topic in topics {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                EXCHANGE.into(),
+                topic.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("binding the queue")?;
+    }
+    Ok(queue)
+}

@@ -1,0 +1,396 @@
+//! The bus, the relay and the inbox, on both backends.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+use crate::db::{Backend, Database};
+use crate::testing::TestDatabase;
+
+/// A RabbitMQ bus for one test, with a consumer name nobody else uses, which is also the
+/// only event type its queue is bound to: the exchange is shared with every test running
+/// at the same time, and their events must not reach this one.
+fn rabbit() -> Option<(RabbitBus, String, String)> {
+    let url = crate::testing::amqp_url_or_skip()?;
+    let consumer = format!("test-{}", uuid::Uuid::new_v4().simple());
+    Some((isolated(&url, &consumer), consumer, url))
+}
+
+fn isolated(url: &str, consumer: &str) -> RabbitBus {
+    let mut bus = RabbitBus::new(url);
+    bus.topics = vec![consumer.to_owned()];
+    bus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_delivers_each_event_and_dead_letters_a_poison_one() {
+    let Some((mut bus, consumer, _)) = rabbit() else { return };
+    bus.max_attempts = 3;
+    let bus = Arc::new(bus);
+    bus.declare(&consumer).await.unwrap();
+    let ours = |n: usize| Event {
+        id: format!("{consumer}-e{n}"),
+        event_type: consumer.clone(),
+        body: vec![n as u8],
+    };
+    Bus::Rabbit(bus.clone()).publish(&[ours(1), ours(2), ours(3)]).await.unwrap();
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let poison_tries = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let (seen2, tries2, stop2) = (seen.clone(), poison_tries.clone(), stop.clone());
+    let poison = format!("{consumer}-e1");
+    let consuming_bus = Bus::Rabbit(bus.clone());
+    let run = consuming_bus.consume(
+        &consumer,
+        move |e: Event| {
+            let (seen, tries, stop, poison) = (seen2.clone(), tries2.clone(), stop2.clone(), poison.clone());
+            async move {
+                if e.id == poison {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    anyhow::bail!("poison");
+                }
+                let mut seen = seen.lock().unwrap();
+                seen.push(e.id);
+                if seen.len() == 2 && tries.load(Ordering::SeqCst) >= 3 {
+                    stop.cancel();
+                }
+                Ok(())
+            }
+        },
+        stop.clone(),
+    );
+    // The poison message may still be cycling when the good ones are done; give it time.
+    let stopper = {
+        let (stop, tries) = (stop.clone(), poison_tries.clone());
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                if tries.load(Ordering::SeqCst) >= 3 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stop.cancel();
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), run).await.expect("consumer stopped").unwrap();
+    stopper.await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, [format!("{consumer}-e2"), format!("{consumer}-e3")]);
+    assert_eq!(poison_tries.load(Ordering::SeqCst), 3, "delivered max_attempts times");
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead.extend(bus.drain_dead_letters(&consumer).await.unwrap());
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead, [format!("{consumer}-e1")], "the poison message is in the dead-letter queue");
+    bus.delete_queues(&consumer).await.unwrap();
+}
+
+/// A TCP proxy whose connections can be cut, like a broker restart seen from the client.
+async fn cuttable_proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<u64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, generation) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut generation = generation.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                generation.borrow_and_update();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = generation.changed() => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_connection_loss_mid_stream_loses_nothing_and_repeats_no_effect() {
+    let Some((_, consumer, url)) = rabbit() else { return };
+    let parsed = url::Url::parse(&url).unwrap();
+    let upstream = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap_or(5672));
+    let upstream: std::net::SocketAddr = tokio::net::lookup_host(upstream).await.unwrap().next().unwrap();
+    let (proxy, cut) = cuttable_proxy(upstream).await;
+    let mut via_proxy = parsed.clone();
+    via_proxy.set_port(Some(proxy.port())).unwrap();
+    via_proxy.set_host(Some("127.0.0.1")).unwrap();
+    let consumer_bus = isolated(via_proxy.as_str(), &consumer);
+    let publisher = RabbitBus::new(url.clone());
+    each_event_once_across(consumer_bus, publisher, &consumer, || async {
+        cut.send_modify(|g| *g += 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_restart_mid_stream_loses_nothing_and_repeats_no_effect() {
+    let Some(mut node) = crate::testing::RabbitNode::start_or_skip().await else { return };
+    let consumer = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let consumer_bus = isolated(&node.url(), &consumer);
+    let publisher = RabbitBus::new(node.url());
+    let node = &mut node;
+    each_event_once_across(consumer_bus, publisher, &consumer, || async move {
+        node.stop();
+        node.start().await.expect("restarting the broker");
+    })
+    .await;
+}
+
+/// Publishes 30 events, starts consuming them with an inbox, runs `disrupt` once 10 were
+/// handled, publishes 30 more (retrying while the broker is away), and checks that each of
+/// the 60 had exactly one effect.
+async fn each_event_once_across<D, Fut>(
+    consumer_bus: RabbitBus,
+    publisher: RabbitBus,
+    consumer: &str,
+    disrupt: D,
+) where
+    D: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let consumer_bus = Arc::new(consumer_bus);
+    let publisher = Bus::Rabbit(Arc::new(publisher));
+    consumer_bus.declare(consumer).await.unwrap();
+
+    let test_db = TestDatabase::sqlite();
+    let db = Database::connect(&test_db.url, &Default::default()).await.unwrap();
+    for ddl in [
+        "CREATE TABLE inbox (consumer TEXT NOT NULL, event_id TEXT NOT NULL, processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id))",
+        "CREATE TABLE effects (event_id TEXT NOT NULL)",
+    ] {
+        sqlx::query(ddl).execute(db.pool()).await.unwrap();
+    }
+    let events: Vec<Event> = (0..60)
+        .map(|n| Event { id: format!("{consumer}-{n}"), event_type: consumer.to_owned(), body: vec![] })
+        .collect();
+    publisher.publish(&events[..30]).await.unwrap();
+
+    let stop = CancellationToken::new();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (db2, stop2, handled2) = (db.clone(), stop.clone(), handled.clone());
+    let run = tokio::spawn({
+        let bus = Bus::Rabbit(consumer_bus.clone());
+        let consumer = consumer.to_owned();
+        async move {
+            bus.consume(
+                &consumer,
+                move |e: Event| {
+                    let (db, stop, handled) = (db2.clone(), stop2.clone(), handled2.clone());
+                    async move {
+                        if let Some(mut tx) = inbox_begin(&db, "effects", &e.id).await? {
+                            sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                                .bind(&e.id)
+                                .execute(&mut *tx)
+                                .await?;
+                            tx.commit().await?;
+                        }
+                        let count: i64 =
+                            sqlx::query_scalar("SELECT COUNT(*) FROM effects").fetch_one(db.pool()).await?;
+                        if count >= 60 {
+                            stop.cancel();
+                        }
+                        handled.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                },
+                stop.clone(),
+            )
+            .await
+        }
+    });
+    // Disrupt while messages are in flight, then publish the rest.
+    for _ in 0..500 {
+        if handled.load(Ordering::SeqCst) >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    disrupt().await;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(90);
+    while let Err(e) = publisher.publish(&events[30..]).await {
+        assert!(tokio::time::Instant::now() < give_up, "no publish succeeded for 90 s: {e:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(90), run).await {
+        Ok(finished) => finished.unwrap().expect("the consumer ends cleanly when stopped"),
+        Err(_) => {
+            let effects: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM effects").fetch_one(db.pool()).await.unwrap();
+            panic!(
+                "the consumer did not finish in 90 s: {} deliveries handled, {effects} of 60 effects",
+                handled.load(Ordering::SeqCst)
+            );
+        }
+    }
+
+    let effects: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM effects").fetch_all(db.pool()).await.unwrap();
+    let distinct: std::collections::HashSet<_> = effects.iter().collect();
+    assert_eq!(effects.len(), 60, "every event had an effect");
+    assert_eq!(distinct.len(), 60, "and only one");
+    consumer_bus.delete_queues(consumer).await.unwrap();
+}
+
+crate::backend_tests!(
+    the_log_delivers_each_event_once_in_order_and_resumes_where_it_stopped,
+    a_failing_event_is_retried_then_dead_lettered,
+    a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect,
+);
+
+fn event(n: usize) -> Event {
+    Event { id: format!("e{n}"), event_type: "Test".into(), body: vec![n as u8] }
+}
+
+async fn log(backend: Backend) -> Option<(TestDatabase, Bus, Database)> {
+    let test_db = TestDatabase::new(backend).await?;
+    let db = Database::connect(&test_db.url, &Default::default()).await.unwrap();
+    let log = EventLog::open(db.clone()).await.unwrap();
+    Some((test_db, Bus::Log(log), db))
+}
+
+/// Consumes until `n` events arrived (or 10 s passed), then stops.
+async fn collect(bus: &Bus, consumer: &str, n: usize) -> Vec<String> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let (seen2, stop2) = (seen.clone(), stop.clone());
+    let run = bus.consume(
+        consumer,
+        move |e: Event| {
+            let (seen, stop) = (seen2.clone(), stop2.clone());
+            async move {
+                let mut seen = seen.lock().unwrap();
+                seen.push(e.id);
+                if seen.len() >= n {
+                    stop.cancel();
+                }
+                Ok(())
+            }
+        },
+        stop.clone(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), run).await.expect("consumer finished").unwrap();
+    seen.lock().unwrap().clone()
+}
+
+async fn the_log_delivers_each_event_once_in_order_and_resumes_where_it_stopped(backend: Backend) {
+    let Some((_t, bus, _db)) = log(backend).await else { return };
+    bus.publish(&[event(1), event(2)]).await.unwrap();
+    bus.publish(&[event(2), event(3)]).await.unwrap(); // e2 again: deduplicated
+    assert_eq!(collect(&bus, "c1", 3).await, ["e1", "e2", "e3"]);
+    bus.publish(&[event(4)]).await.unwrap();
+    assert_eq!(collect(&bus, "c1", 1).await, ["e4"], "a restarted consumer resumes after its position");
+    assert_eq!(collect(&bus, "c2", 4).await, ["e1", "e2", "e3", "e4"], "each consumer has its own position");
+}
+
+async fn a_failing_event_is_retried_then_dead_lettered(backend: Backend) {
+    let Some((_t, _bus, db)) = log(backend).await else { return };
+    let mut log = EventLog::open(db).await.unwrap();
+    log.max_attempts = 3;
+    let bus = Bus::Log(log.clone());
+    bus.publish(&[event(1), event(2)]).await.unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let (a, s) = (attempts.clone(), stop.clone());
+    bus.consume(
+        "c",
+        move |e: Event| {
+            let (a, s) = (a.clone(), s.clone());
+            async move {
+                if e.id == "e1" {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    anyhow::bail!("poison");
+                }
+                s.cancel();
+                Ok(())
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "tried max_attempts times");
+    let dead = log.dead_letters("c").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, "e1");
+    assert!(dead[0].1.contains("poison"));
+}
+
+async fn a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect(backend: Backend) {
+    let Some((_t, bus, db)) = log(backend).await else { return };
+    // The outbox and inbox as platform ships them, beside the log's own tables.
+    db.migrate_all(&[&LOG_MIGRATIONS, &OUTBOX_MIGRATIONS]).await.unwrap();
+    sqlx::query("CREATE TABLE effects (event_id TEXT NOT NULL)").execute(db.pool()).await.unwrap();
+    for n in 0..20 {
+        let mut tx = db.begin_write().await.unwrap();
+        outbox::write(&mut tx, &[event(n)]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    // The relay dies after publishing the first 5 and before marking them: they stay
+    // unpublished in the outbox, and the next run publishes them again.
+    let first: Vec<Event> = (0..5).map(event).collect();
+    bus.publish(&first).await.unwrap();
+    while relay_outbox(&db, &bus, 7).await.unwrap() > 0 {}
+
+    // The consumer applies each effect with its inbox record, but "crashes" before
+    // acknowledging every third event the first time, so those are delivered again.
+    let crashed = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let stop = CancellationToken::new();
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let (db2, crashed2, stop2, delivered2) = (db.clone(), crashed.clone(), stop.clone(), delivered.clone());
+    bus.consume(
+        "effects",
+        move |e: Event| {
+            let (db, crashed, stop, delivered) =
+                (db2.clone(), crashed2.clone(), stop2.clone(), delivered2.clone());
+            async move {
+                delivered.fetch_add(1, Ordering::SeqCst);
+                if let Some(mut tx) = inbox_begin(&db, "effects", &e.id).await? {
+                    sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                        .bind(&e.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+                let n: usize = e.id[1..].parse()?;
+                if n.is_multiple_of(3) && crashed.lock().unwrap().insert(e.id.clone()) {
+                    anyhow::bail!("crashed before the ack");
+                }
+                // Done once every event has its effect (the relay's order is the outbox's).
+                let effects: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM effects").fetch_one(db.pool()).await?;
+                if effects == 20 {
+                    stop.cancel();
+                }
+                Ok(())
+            }
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(delivered.load(Ordering::SeqCst) > 20, "some events were delivered twice");
+    let effects: Vec<String> = sqlx::query_scalar("SELECT event_id FROM effects ORDER BY event_id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = (0..20).map(|n| format!("e{n}")).collect();
+    expected.sort();
+    assert_eq!(effects, expected, "every event has exactly one effect");
+    let unpublished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(unpublished, 0);
+}
