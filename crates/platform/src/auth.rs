@@ -135,6 +135,7 @@ impl Verifier {
     /// `min_refresh` is the least time between two fetches prompted by unknown key ids (one
     /// minute in production; tests shorten it).
     pub fn new(source: JwksSource, min_refresh: Duration) -> Self {
+        crate::jwt_crypto::install();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);

@@ -14,6 +14,7 @@
 //!   and the caller's deadline passed on.
 //! - [`auth`]: who is calling: access-token verification against the users service's JWKS,
 //!   roles, and the middleware that puts the caller's [`auth::Identity`] on each request.
+//! - [`jwt_crypto`]: EdDSA for `jsonwebtoken`, without compiling RSA.
 //! - [`trace`]: W3C trace context, continued from the caller or started, carried by every
 //!   outgoing call and every event.
 //! - `testing` (feature `testing`, tests only): fresh databases on either backend, test
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod db;
 pub mod events;
 pub mod grpc;
+pub mod jwt_crypto;
 pub mod server;
 pub mod service;
 pub mod settings;

@@ -271,6 +271,7 @@ impl Default for TestIssuer {
 
 impl TestIssuer {
     pub fn new() -> Self {
+        crate::jwt_crypto::install();
         use ed25519_dalek::pkcs8::EncodePrivateKey;
         let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let der = signing.to_pkcs8_der().expect("encoding a test key");

@@ -42,6 +42,7 @@ impl Keyring {
     /// Loads (or, on first start, creates) the keys. Fails with a clear message if the keys
     /// were wrapped by another master key.
     pub async fn load(store: &UserStore, master: MasterKey, access_ttl: Duration) -> anyhow::Result<Self> {
+        bookstore_platform::jwt_crypto::install();
         let data = single_key(store, &master, KeyPurpose::Data).await?;
         let blind = single_key(store, &master, KeyPurpose::BlindIndex).await?;
         let keyring = Self {
