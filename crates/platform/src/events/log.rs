@@ -24,8 +24,8 @@ pub static LOG_MIGRATIONS: Migrations = Migrations {
 /// consumer reading "everything after my position" needs; it is the bus of `bookstore up`.
 #[derive(Clone)]
 pub struct EventLog {
-    db: Database,
-    appended: Arc<Notify>,
+    pub(super) db: Database,
+    pub(super) appended: Arc<Notify>,
     /// Attempts per event before it goes to the dead letters.
     pub max_attempts: u32,
 }

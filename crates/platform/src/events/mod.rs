@@ -9,6 +9,9 @@
 //!   database of its own, for `bookstore up`), or [`rabbit`], RabbitMQ ([`RabbitBus`]) for real
 //!   deployments, behind the same interface.
 //!
+//! Besides those competing consumers (one queue per service), [`subscribe`] gives every
+//! replica every event of the types it names, from a position it chooses ([`Bus::subscribe`]).
+//!
 //! Platform owns the outbox and inbox tables: a service whose spec uses the bus gets
 //! [`OUTBOX_MIGRATIONS`] applied to its database with its own, instead of declaring them.
 
@@ -16,6 +19,7 @@ pub mod inbox;
 pub mod log;
 pub mod outbox;
 pub mod rabbit;
+pub mod subscribe;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ pub use inbox::inbox_begin;
 pub use log::{EventLog, LOG_MIGRATIONS};
 pub use outbox::{OUTBOX_MIGRATIONS, relay_outbox, run_relay};
 pub use rabbit::{DEAD_LETTER_EXCHANGE, EXCHANGE, RabbitBus};
+pub use subscribe::{StartAt, Subscription};
 
 /// An event as it travels: its id (for deduplication), its type (for routing) and its body
 /// (the encoded envelope).
@@ -66,6 +71,33 @@ impl Bus {
         match self {
             Bus::Log(log) => log.consume(consumer, handler, shutdown).await,
             Bus::Rabbit(rabbit) => rabbit.consume(consumer, handler, shutdown).await,
+        }
+    }
+
+    /// Makes sure events of `subscription`'s types are kept for it from now on, before any
+    /// subscriber runs (on RabbitMQ: declares and binds its stream; the log keeps everything).
+    pub async fn declare_subscription(&self, subscription: &Subscription) -> anyhow::Result<()> {
+        match self {
+            Bus::Log(_) => Ok(()),
+            Bus::Rabbit(rabbit) => rabbit.declare_subscription(subscription).await,
+        }
+    }
+
+    /// Delivers to this replica every event of `subscription`'s types, from its start, with
+    /// each event's position, until `shutdown` ([`subscribe`]).
+    pub async fn subscribe<F, Fut>(
+        &self,
+        subscription: &Subscription,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event, i64) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        match self {
+            Bus::Log(log) => log.subscribe(subscription, handler, shutdown).await,
+            Bus::Rabbit(rabbit) => rabbit.subscribe(subscription, handler, shutdown).await,
         }
     }
 }

@@ -42,7 +42,7 @@ impl RabbitBus {
     }
 
     /// `work`, or an error naming `what` once [`Self::timeout`] has passed.
-    async fn within<T>(
+    pub(super) async fn within<T>(
         &self,
         what: &str,
         work: impl Future<Output = anyhow::Result<T>>,
@@ -52,7 +52,7 @@ impl RabbitBus {
         })
     }
 
-    async fn open(&self) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+    pub(super) async fn open(&self) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
         use lapin::options::ExchangeDeclareOptions;
         let conn = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
             .await

@@ -247,6 +247,7 @@ crate::backend_tests!(
     the_log_delivers_each_event_once_in_order_and_resumes_where_it_stopped,
     a_failing_event_is_retried_then_dead_lettered,
     a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect,
+    every_subscriber_on_the_log_gets_its_types_and_catches_up_from_its_position,
 );
 
 fn event(n: usize) -> Event {
@@ -393,4 +394,93 @@ async fn a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect(backen
         .await
         .unwrap();
     assert_eq!(unpublished, 0);
+}
+
+/// What one subscriber was handed: (event id, position).
+type Handed = Arc<Mutex<Vec<(String, i64)>>>;
+
+/// Subscribes on `bus` in the background; returns what it is handed and its stop.
+fn subscriber(bus: &Bus, subscription: Subscription) -> (Handed, CancellationToken) {
+    let handed: Handed = Arc::default();
+    let stop = CancellationToken::new();
+    let (bus, sink, until) = (bus.clone(), handed.clone(), stop.clone());
+    tokio::spawn(async move {
+        bus.subscribe(
+            &subscription,
+            move |e: Event, position| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push((e.id, position));
+                    Ok(())
+                }
+            },
+            until,
+        )
+        .await
+        .unwrap();
+    });
+    (handed, stop)
+}
+
+/// Waits (30 s at most) until `handed` holds `n` events; returns their ids.
+async fn ids_once(handed: &Handed, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids: Vec<String> = handed.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        if ids.len() >= n {
+            return ids;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {ids:?} of {n} events arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two replicas from the beginning each get every event of their type, in order, and nothing
+/// of another type; a third, started later after the first event's position, catches up on the
+/// rest and then gets what is published while it runs.
+async fn subscriptions_fan_out_and_catch_up(bus: &Bus, name: &str) {
+    let (wanted, other) = (format!("{name}.Wanted"), format!("{name}.Other"));
+    let ev = |kind: &str, n: u32| Event {
+        id: format!("{name}-{kind}-{n}"),
+        event_type: kind.to_owned(),
+        body: vec![],
+    };
+    let subscription = |start| Subscription { name: name.to_owned(), types: vec![wanted.clone()], start };
+    // The subscription exists before the first publish, as it does once a service that
+    // subscribes has started.
+    bus.declare_subscription(&subscription(StartAt::Now)).await.unwrap();
+    let published = [ev(&wanted, 1), ev(&other, 1), ev(&wanted, 2), ev(&other, 2), ev(&wanted, 3)];
+    bus.publish(&published).await.unwrap();
+    let expected: Vec<String> = [1, 2, 3].iter().map(|n| format!("{name}-{wanted}-{n}")).collect();
+    let (first, stop_first) = subscriber(bus, subscription(StartAt::Beginning));
+    let (second, stop_second) = subscriber(bus, subscription(StartAt::Beginning));
+    assert_eq!(ids_once(&first, 3).await, expected, "from the beginning: every event of its type, in order");
+    assert_eq!(ids_once(&second, 3).await, expected, "every replica gets every one");
+
+    let after_first = second.lock().unwrap()[0].1;
+    let (third, stop_third) = subscriber(bus, subscription(StartAt::After(after_first)));
+    assert_eq!(ids_once(&third, 2).await, expected[1..], "caught up after the position it gave");
+    bus.publish(&[ev(&other, 3), ev(&wanted, 4)]).await.unwrap();
+    let fourth = format!("{name}-{wanted}-4");
+    assert_eq!(ids_once(&third, 3).await.last(), Some(&fourth), "and then gets what comes next");
+    assert_eq!(ids_once(&second, 4).await.last(), Some(&fourth), "every replica does");
+    assert_eq!(ids_once(&first, 4).await.last(), Some(&fourth));
+    assert_eq!(second.lock().unwrap().len(), 4, "nothing of the other type");
+    for stop in [stop_first, stop_second, stop_third] {
+        stop.cancel();
+    }
+}
+
+async fn every_subscriber_on_the_log_gets_its_types_and_catches_up_from_its_position(backend: Backend) {
+    let Some((_t, bus, _db)) = log(backend).await else { return };
+    subscriptions_fan_out_and_catch_up(&bus, "fanout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_on_rabbitmq_gets_its_types_and_catches_up_from_its_position() {
+    let Some(url) = crate::testing::amqp_url_or_skip() else { return };
+    let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let rabbit = Arc::new(RabbitBus::new(url));
+    subscriptions_fan_out_and_catch_up(&Bus::Rabbit(rabbit.clone()), &name).await;
+    rabbit.delete_stream(&name).await.unwrap();
 }

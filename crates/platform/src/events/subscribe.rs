@@ -1,0 +1,290 @@
+//! Per-instance subscriptions: every replica that subscribes receives every event of the types
+//! it names (the competing consumers of [`Bus::consume`](super::Bus::consume) share one queue per
+//! service instead). For state each replica keeps for itself: revoked tokens, cache entries to
+//! drop, live views to update.
+//!
+//! A subscriber says where to start ([`StartAt`]) and gets each event with its position, so a
+//! replica that restarts can catch up from the last position it handled, or from the beginning
+//! of what the bus keeps.
+//!
+//! - On the embedded log the position is the log's sequence number; each subscriber reads the
+//!   log on its own, with no stored offset.
+//! - On RabbitMQ a subscription is a *stream* queue (`bookstore.<name>.stream`, kept seven days),
+//!   bound to the exchange for its types and read by every replica with its own offset
+//!   (`x-stream-offset`); the position is the stream offset. A classic queue per replica would
+//!   deliver only what arrives while the replica is connected, which is no catching up.
+//!
+//! Delivery is at least once; a handler that fails is retried a few times and then the event is
+//! skipped with a warning (what a replica keeps for itself can be rebuilt; nothing is
+//! dead-lettered).
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, EventLog, RabbitBus};
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest event the bus still keeps.
+    Beginning,
+    /// Only events published from now on.
+    Now,
+    /// The first event after this position (one a handler was given before).
+    After(i64),
+}
+
+/// A per-instance subscription to some event types.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Names the stream on RabbitMQ; replicas of one service share it (one stream, each
+    /// reading it from its own offset).
+    pub name: String,
+    /// The event types delivered; others never reach the handler.
+    pub types: Vec<String>,
+    pub start: StartAt,
+}
+
+/// Runs `handler` for one event, retrying a few times; `false` when it gave up on it.
+async fn handle<F, Fut>(name: &str, handler: &F, event: Event, position: i64) -> bool
+where
+    F: Fn(Event, i64) -> Fut + Send + Sync,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    for attempt in 1..=5u64 {
+        match handler(event.clone(), position).await {
+            Ok(()) => return true,
+            Err(e) if attempt == 5 => {
+                tracing::warn!(subscription = name, event = %event.id, error = %format!("{e:#}"), "event skipped after retries");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20 * attempt)).await,
+        }
+    }
+    false
+}
+
+impl EventLog {
+    /// Delivers every event of the subscription's types from its start, until `shutdown`.
+    pub async fn subscribe<F, Fut>(
+        &self,
+        subscription: &Subscription,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event, i64) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        if subscription.types.is_empty() {
+            return Ok(());
+        }
+        let mut after = match subscription.start {
+            StartAt::Beginning => 0,
+            StartAt::After(position) => position,
+            StartAt::Now => sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM event_log")
+                .fetch_one(self.db.pool())
+                .await
+                .context("finding the end of the event log")?
+                .unwrap_or(0),
+        };
+        let placeholders: Vec<String> =
+            (0..subscription.types.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT seq, id, event_type, body FROM event_log WHERE seq > $1 AND event_type IN ({}) \
+             ORDER BY seq LIMIT 100",
+            placeholders.join(", ")
+        );
+        loop {
+            // Register for the wake-up before reading, so an append in between is not missed.
+            let appended = self.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let mut query = sqlx::query(&sql).bind(after);
+            for event_type in &subscription.types {
+                query = query.bind(event_type);
+            }
+            let rows = query.fetch_all(self.db.pool()).await.context("reading the event log")?;
+            if rows.is_empty() {
+                tokio::select! {
+                    () = appended => continue,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            for row in rows {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                let seq: i64 = row.try_get(0)?;
+                let event = Event { id: row.try_get(1)?, event_type: row.try_get(2)?, body: row.try_get(3)? };
+                handle(&subscription.name, &handler, event, seq).await;
+                after = seq;
+            }
+        }
+    }
+}
+
+impl RabbitBus {
+    /// Delivers every event of the subscription's types from its start, until `shutdown`;
+    /// reconnects after a broker restart and resumes after the last position handled.
+    pub async fn subscribe<F, Fut>(
+        &self,
+        subscription: &Subscription,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event, i64) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let mut start = subscription.start;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.subscribe_once(subscription, &mut start, &handler, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(subscription = %subscription.name, error = %format!("{e:#}"), "RabbitMQ subscription lost; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of [`Self::subscribe`]; `start` moves past each event handled.
+    async fn subscribe_once<F, Fut>(
+        &self,
+        subscription: &Subscription,
+        start: &mut StartAt,
+        handler: &F,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event, i64) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        use futures::StreamExt;
+        use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+        use lapin::types::{AMQPValue, FieldTable};
+        let offset = match *start {
+            StartAt::Beginning => AMQPValue::LongString("first".into()),
+            StartAt::Now => AMQPValue::LongString("next".into()),
+            StartAt::After(position) => AMQPValue::LongLongInt(position + 1),
+        };
+        let (conn, mut deliveries) = self
+            .within("starting a subscription", async {
+                let (conn, channel) = self.open().await?;
+                let stream = declare_stream(&channel, subscription).await?;
+                // A stream is read with a prefetch window and acknowledgements (which move the
+                // window, not the data).
+                channel.basic_qos(64, BasicQosOptions::default()).await.context("setting the prefetch")?;
+                let mut args = FieldTable::default();
+                args.insert("x-stream-offset".into(), offset);
+                let deliveries = channel
+                    .basic_consume(stream.as_str().into(), "".into(), BasicConsumeOptions::default(), args)
+                    .await
+                    .context("starting to read the stream")?;
+                Ok((conn, deliveries))
+            })
+            .await?;
+        loop {
+            let delivery = tokio::select! {
+                d = deliveries.next() => d,
+                () = shutdown.cancelled() => {
+                    conn.close(200, "shutting down".into()).await.ok();
+                    return Ok(());
+                }
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context("receiving")),
+                None => anyhow::bail!("the broker ended the subscription"),
+            };
+            let position = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-stream-offset").cloned())
+                .and_then(|v| match v {
+                    AMQPValue::LongLongInt(n) => Some(n),
+                    AMQPValue::LongInt(n) => Some(i64::from(n)),
+                    _ => None,
+                })
+                .context("a stream message without its offset")?;
+            let event = Event {
+                id: delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                event_type: delivery.routing_key.to_string(),
+                body: delivery.data.clone(),
+            };
+            // The stream may be bound to more types for another replica's version; deliver
+            // only what this subscriber named.
+            if subscription.types.contains(&event.event_type) {
+                handle(&subscription.name, handler, event, position).await;
+            }
+            *start = StartAt::After(position);
+            delivery.acker.ack(BasicAckOptions::default()).await.context("acknowledging")?;
+        }
+    }
+
+    /// Declares the subscription's stream and its bindings, so events are kept for it.
+    pub async fn declare_subscription(&self, subscription: &Subscription) -> anyhow::Result<()> {
+        self.within("declaring a subscription", async {
+            let (conn, channel) = self.open().await?;
+            declare_stream(&channel, subscription).await?;
+            conn.close(200, "done".into()).await.ok();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a subscription's stream (tests clean up after themselves).
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn delete_stream(&self, name: &str) -> anyhow::Result<()> {
+        use lapin::options::QueueDeleteOptions;
+        self.within("deleting a stream", async {
+            let (conn, channel) = self.open().await?;
+            let stream = format!("bookstore.{name}.stream");
+            channel
+                .queue_delete(stream.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .context("deleting")?;
+            conn.close(200, "done".into()).await.ok();
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The subscription's stream, bound to the exchange for its types; returns its name.
+async fn declare_stream(channel: &lapin::Channel, subscription: &Subscription) -> anyhow::Result<String> {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let stream = format!("bookstore.{}.stream", subscription.name);
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    // What a replica can catch up on: a week, or 1 GB, whichever ends first.
+    args.insert("x-max-age".into(), AMQPValue::LongString("7D".into()));
+    args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(1_000_000_000));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(stream.as_str().into(), durable, args).await.context("declaring the stream")?;
+    for event_type in &subscription.types {
+        channel
+            .queue_bind(
+                stream.as_str().into(),
+                super::EXCHANGE.into(),
+                event_type.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("binding the stream")?;
+    }
+    Ok(stream)
+}
