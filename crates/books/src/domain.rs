@@ -3,13 +3,7 @@
 
 use std::fmt;
 
-/// Why a value was refused, naming the field so the client knows what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidField {
-    pub field: &'static str,
-    pub reason: String,
-}
+pub use bookstore_platform::status::InvalidField;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
     InvalidField { field, reason: reason.into() }

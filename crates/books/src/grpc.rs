@@ -5,6 +5,7 @@ use bookstore_api::books::v1 as pb;
 use bookstore_api::books::v1::book_service_server::BookService;
 use bookstore_platform::auth::{Role, require};
 use bookstore_platform::grpc::timestamp;
+use bookstore_platform::status::{self, Shortfall};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{
@@ -33,7 +34,7 @@ impl BooksGrpc {
 }
 
 fn invalid(err: InvalidField) -> Status {
-    Status::invalid_argument(err.to_string())
+    err.into()
 }
 
 impl From<StoreError> for Status {
@@ -53,13 +54,16 @@ impl From<StoreError> for Status {
                     })
                     .collect::<Vec<_>>()
                     .join("; ");
-                let mut status = Status::failed_precondition(format!("not enough stock: {detail}"));
-                if let Ok(json) = serde_json::to_string(lines)
-                    && let Ok(value) = json.parse()
-                {
-                    status.metadata_mut().insert("x-failed-lines", value);
-                }
-                status
+                let shortfalls: Vec<Shortfall> = lines
+                    .iter()
+                    .map(|l| Shortfall {
+                        book_id: l.book_id.clone(),
+                        reason: l.reason.to_owned(),
+                        requested: l.requested,
+                        available: l.available,
+                    })
+                    .collect();
+                status::out_of_stock(format!("not enough stock: {detail}"), &shortfalls)
             }
             StoreError::ReservationReleased(_) => Status::failed_precondition(err.to_string()),
             StoreError::NoReservation(_) => Status::not_found(err.to_string()),

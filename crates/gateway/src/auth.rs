@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bookstore_platform::auth::{AuthError, Identity, Verifier, bearer};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// A verified caller and the token it presented.
 #[derive(Debug, Clone)]
@@ -27,9 +27,9 @@ pub struct Auth(pub Option<Caller>);
 impl Auth {
     /// The caller, or 401.
     pub fn required(&self) -> Result<&Caller, ApiError> {
-        self.0
-            .as_ref()
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "sign in first"))
+        self.0.as_ref().ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, "sign in first")
+        })
     }
 
     /// Wraps a gRPC message with the caller's token.
@@ -64,13 +64,16 @@ pub async fn authenticate(
             request.extensions_mut().insert(Caller { identity, token });
             next.run(request).await
         }
-        Err(AuthError::KeysUnavailable) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "cannot verify tokens right now")
-                .into_response()
-        }
+        Err(AuthError::KeysUnavailable) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "cannot verify tokens right now",
+        )
+        .into_response(),
         Err(err) => {
             let mut response =
-                ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", err.to_string()).into_response();
+                ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, err.to_string())
+                    .into_response();
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer error=\"invalid_token\""),

@@ -15,15 +15,51 @@ use serde::Serialize;
 use tonic::Code;
 use utoipa::ToSchema;
 
+/// Every code the API answers with, as the envelope's `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// A field is missing or malformed (400; `details` lists the fields).
+    InvalidArgument,
+    /// A request the API cannot read at all (400).
+    BadRequest,
+    /// Not signed in, or the token is not valid (401).
+    Unauthenticated,
+    /// Signed in, but not allowed (403).
+    PermissionDenied,
+    /// No such resource, or not yours (404).
+    NotFound,
+    /// The method is not defined on this resource (405).
+    MethodNotAllowed,
+    /// Taken already, e.g. an ISBN or a username (409).
+    AlreadyExists,
+    /// The resource is not in a state that allows it, e.g. out of stock (409; `details` lists
+    /// the basket lines).
+    FailedPrecondition,
+    /// The body is larger than the limit (413).
+    PayloadTooLarge,
+    /// The body is not JSON (415).
+    UnsupportedMediaType,
+    /// Understood but refused, e.g. an idempotency key reused with another body (422).
+    Unprocessable,
+    /// Too many requests; see `Retry-After` (429).
+    ResourceExhausted,
+    /// Something failed on our side (500).
+    Internal,
+    /// A service behind the gateway is not answering (503).
+    Unavailable,
+    /// A service behind the gateway took too long (504, or 408 for a slow client).
+    DeadlineExceeded,
+}
+
 /// What every error response carries.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Structured detail for some errors (e.g. the basket lines that were out of stock).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
-    /// A stable, machine-readable code, e.g. `INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`.
-    #[schema(example = "NOT_FOUND")]
-    pub code: String,
+    /// A stable, machine-readable code.
+    pub code: ErrorCode,
     /// What went wrong, for a person.
     #[schema(example = "no book with id 0190b6a2-...")]
     pub message: String,
@@ -34,7 +70,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Seconds a throttled client should wait (sent as `Retry-After`).
     pub retry_after: Option<u64>,
@@ -42,32 +78,34 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), retry_after: None, details: None }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// The envelope for a status that no handler described (a layer's or the router's own).
     fn for_status(status: StatusCode) -> Self {
         let (code, message) = match status {
-            StatusCode::NOT_FOUND => ("NOT_FOUND", "no such resource"),
-            StatusCode::METHOD_NOT_ALLOWED => ("METHOD_NOT_ALLOWED", "method not allowed on this resource"),
-            StatusCode::PAYLOAD_TOO_LARGE => ("PAYLOAD_TOO_LARGE", "request body is too large"),
-            StatusCode::REQUEST_TIMEOUT => ("DEADLINE_EXCEEDED", "request took too long"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ("UNSUPPORTED_MEDIA_TYPE", "expected Content-Type: application/json")
+            StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such resource"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                (ErrorCode::MethodNotAllowed, "method not allowed on this resource")
             }
-            StatusCode::TOO_MANY_REQUESTS => ("RESOURCE_EXHAUSTED", "too many requests"),
-            StatusCode::SERVICE_UNAVAILABLE => ("UNAVAILABLE", "service unavailable"),
-            s if s.is_client_error() => ("BAD_REQUEST", "bad request"),
-            _ => ("INTERNAL", "internal error"),
+            StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body is too large"),
+            StatusCode::REQUEST_TIMEOUT => (ErrorCode::DeadlineExceeded, "request took too long"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (ErrorCode::UnsupportedMediaType, "expected Content-Type: application/json")
+            }
+            StatusCode::TOO_MANY_REQUESTS => (ErrorCode::ResourceExhausted, "too many requests"),
+            StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "service unavailable"),
+            s if s.is_client_error() => (ErrorCode::BadRequest, "bad request"),
+            _ => (ErrorCode::Internal, "internal error"),
         };
         Self::new(status, code, message)
     }
@@ -85,60 +123,64 @@ impl IntoResponse for ApiError {
 /// the service has logged them.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
+        use bookstore_platform::status::{reason, shortfalls};
+        use tonic_types::StatusExt;
         let message = status.message().to_owned();
-        // A service may ask for a precise HTTP status the gRPC code cannot carry.
-        if status.metadata().get("x-http-status").is_some_and(|v| v.as_bytes() == b"422") {
-            return Self::new(StatusCode::UNPROCESSABLE_ENTITY, "UNPROCESSABLE", message);
+        let details = status.get_error_details();
+        if details.error_info().is_some_and(|info| info.reason == reason::IDEMPOTENCY_KEY_REUSED) {
+            return Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Unprocessable, message);
         }
-        let details = status
-            .metadata()
-            .get("x-failed-lines")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
-        let mut error = Self::from_code(status, message);
-        error.details = details;
+        let mut error = Self::from_code(&status, message);
+        let lines = shortfalls(&status);
+        if !lines.is_empty() {
+            error.details = serde_json::to_value(lines).ok();
+        } else if let Some(bad_request) = details.bad_request() {
+            let fields: Vec<serde_json::Value> = bad_request
+                .field_violations
+                .iter()
+                .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+                .collect();
+            error.details = Some(serde_json::Value::Array(fields));
+        }
+        if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+            error.retry_after = Some(delay.as_secs().max(1));
+        }
         error
     }
 }
 
 impl ApiError {
-    fn from_code(status: tonic::Status, message: String) -> Self {
+    fn from_code(status: &tonic::Status, message: String) -> Self {
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => {
-                Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
+                Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message)
             }
-            Code::NotFound => Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message),
-            Code::AlreadyExists => Self::new(StatusCode::CONFLICT, "ALREADY_EXISTS", message),
+            Code::NotFound => Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message),
+            Code::AlreadyExists => Self::new(StatusCode::CONFLICT, ErrorCode::AlreadyExists, message),
             Code::FailedPrecondition | Code::Aborted => {
-                Self::new(StatusCode::CONFLICT, "FAILED_PRECONDITION", message)
+                Self::new(StatusCode::CONFLICT, ErrorCode::FailedPrecondition, message)
             }
-            Code::Unauthenticated => Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message),
-            Code::PermissionDenied => Self::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message),
+            Code::Unauthenticated => Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, message),
+            Code::PermissionDenied => Self::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, message),
             Code::ResourceExhausted => {
-                let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", message);
-                error.retry_after = status
-                    .metadata()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
-                error
+                Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::ResourceExhausted, message)
             }
             Code::DeadlineExceeded | Code::Cancelled => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                "DEADLINE_EXCEEDED",
+                ErrorCode::DeadlineExceeded,
                 "an upstream service took too long",
             ),
             Code::Unavailable => {
                 tracing::warn!(error = %message, "upstream unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
+                    ErrorCode::Unavailable,
                     "an upstream service is unavailable",
                 )
             }
             _ => {
                 tracing::error!(code = ?status.code(), error = %message, "upstream failed");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
             }
         }
     }
@@ -224,11 +266,10 @@ pub async fn envelope(request: Request, next: Next) -> Response {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         };
-        tracing::warn!(%status, code = error.code, request_id, detail, "request failed");
+        tracing::warn!(%status, code = ?error.code, request_id, detail, "request failed");
     }
     let retry_after = error.retry_after;
-    let body =
-        ErrorBody { code: error.code.to_owned(), message: error.message, request_id, details: error.details };
+    let body = ErrorBody { code: error.code, message: error.message, request_id, details: error.details };
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(seconds) = retry_after {
         parts.headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));

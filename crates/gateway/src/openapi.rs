@@ -57,6 +57,8 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ErrorBody,
+        crate::error::ErrorCode,
+        orders::OrderStatus,
         books::Book,
         books::BookPage,
         books::CreateBook,
@@ -64,6 +66,7 @@ impl Modify for BearerAuth {
         books::StockAdjustment,
         books::Money,
         users::User,
+        users::Role,
         users::UserPage,
         users::Register,
         users::Login,

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::auth::Auth;
 use crate::books::{Money, rfc3339};
-use crate::error::{ApiError, ErrorBody, Json, Path, Query};
+use crate::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderLine {
@@ -21,23 +21,55 @@ pub struct OrderLine {
     pub title: String,
 }
 
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Stock reserved, waiting for staff.
+    Placed,
+    Fulfilling,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// The name the orders service uses, which is the JSON name.
+    fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Placed => "PLACED",
+            OrderStatus::Fulfilling => "FULFILLING",
+            OrderStatus::Shipped => "SHIPPED",
+            OrderStatus::Delivered => "DELIVERED",
+            OrderStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    fn from_proto(status: &str) -> Result<Self, ApiError> {
+        serde_json::from_value(serde_json::Value::String(status.to_owned())).map_err(|_| {
+            tracing::error!(status, "the orders service sent a status the gateway does not know");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+        })
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Order {
     pub id: String,
     pub user_id: String,
     pub lines: Vec<OrderLine>,
     pub total: Money,
-    /// PLACED, FULFILLING, SHIPPED, DELIVERED or CANCELLED.
-    #[schema(example = "PLACED")]
-    pub status: String,
+    pub status: OrderStatus,
     pub created_at: String,
     pub updated_at: String,
 }
 
-impl From<pb::Order> for Order {
-    fn from(o: pb::Order) -> Self {
+impl TryFrom<pb::Order> for Order {
+    type Error = ApiError;
+
+    fn try_from(o: pb::Order) -> Result<Self, ApiError> {
         let total = o.total.unwrap_or_default();
-        Self {
+        Ok(Self {
             id: o.id,
             user_id: o.user_id,
             lines: o
@@ -54,10 +86,10 @@ impl From<pb::Order> for Order {
                 })
                 .collect(),
             total: Money { amount_minor: total.amount_minor, currency: total.currency },
-            status: o.status,
+            status: OrderStatus::from_proto(&o.status)?,
             created_at: rfc3339(o.create_time),
             updated_at: rfc3339(o.update_time),
-        }
+        })
     }
 }
 
@@ -89,7 +121,7 @@ pub struct CreateOrder {
 pub struct StatusChange {
     /// FULFILLING, SHIPPED or DELIVERED, one step at a time.
     #[schema(example = "FULFILLING")]
-    pub status: String,
+    pub status: OrderStatus,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -97,7 +129,7 @@ pub struct StatusChange {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Staff only: one status.
-    pub status: Option<String>,
+    pub status: Option<OrderStatus>,
     pub page: Option<i32>,
     pub limit: Option<i32>,
 }
@@ -134,7 +166,7 @@ pub async fn create_order(
         idempotency_key,
     };
     let order: Order =
-        state.orders.clone().create_order(state.request(request, &auth)).await?.into_inner().into();
+        state.orders.clone().create_order(state.request(request, &auth)).await?.into_inner().try_into()?;
     let location = format!("/api/v1/orders/{}", order.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(order)))
 }
@@ -150,7 +182,7 @@ pub async fn get_order(
 ) -> Result<Json<Order>, ApiError> {
     auth.required()?;
     let order = state.orders.clone().get_order(state.request(pb::GetOrderRequest { id }, &auth)).await?;
-    Ok(Json(order.into_inner().into()))
+    Ok(Json(order.into_inner().try_into()?))
 }
 
 /// Your orders, newest first; staff see everyone's and may filter by status.
@@ -165,11 +197,11 @@ pub async fn list_orders(
     let request = pb::ListOrdersRequest {
         page: params.page.unwrap_or(1),
         limit: params.limit.unwrap_or(20),
-        status: params.status.unwrap_or_default(),
+        status: params.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
     };
     let page = state.orders.clone().list_orders(state.request(request, &auth)).await?.into_inner();
     Ok(Json(OrderPage {
-        items: page.orders.into_iter().map(Order::from).collect(),
+        items: page.orders.into_iter().map(Order::try_from).collect::<Result<_, _>>()?,
         total: page.total,
         page: page.page,
         limit: page.limit,
@@ -189,7 +221,7 @@ pub async fn cancel_order(
     auth.required()?;
     let order =
         state.orders.clone().cancel_order(state.request(pb::CancelOrderRequest { id }, &auth)).await?;
-    Ok(Json(order.into_inner().into()))
+    Ok(Json(order.into_inner().try_into()?))
 }
 
 /// Move an order to its next status (staff).
@@ -204,7 +236,7 @@ pub async fn update_status(
     Json(body): Json<StatusChange>,
 ) -> Result<Json<Order>, ApiError> {
     auth.required()?;
-    let request = pb::UpdateOrderStatusRequest { id, status: body.status };
+    let request = pb::UpdateOrderStatusRequest { id, status: body.status.as_str().to_owned() };
     let order = state.orders.clone().update_order_status(state.request(request, &auth)).await?;
-    Ok(Json(order.into_inner().into()))
+    Ok(Json(order.into_inner().try_into()?))
 }

@@ -25,10 +25,38 @@ pub struct User {
     #[schema(example = "Ada Lovelace")]
     pub full_name: String,
     pub address: String,
-    /// Any of `customer`, `staff`, `admin`.
-    pub roles: Vec<String>,
+    pub roles: Vec<Role>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Browses, buys, sees its own orders.
+    Customer,
+    /// Also manages the catalog and moves orders along.
+    Staff,
+    /// Also manages accounts.
+    Admin,
+    /// Another service, calling with its own credentials.
+    Service,
+}
+
+/// The roles as the users service names them; one the gateway does not know is left out and
+/// logged (it grants nothing here).
+fn roles(names: Vec<String>) -> Vec<Role> {
+    names
+        .into_iter()
+        .filter_map(|name| match serde_json::from_value(serde_json::Value::String(name.clone())) {
+            Ok(role) => Some(role),
+            Err(_) => {
+                tracing::error!(role = name, "the users service sent a role the gateway does not know");
+                None
+            }
+        })
+        .collect()
 }
 
 impl From<pb::User> for User {
@@ -39,7 +67,7 @@ impl From<pb::User> for User {
             email: u.email,
             full_name: u.full_name,
             address: u.address,
-            roles: u.roles,
+            roles: roles(u.roles),
             created_at: rfc3339(u.create_time),
             updated_at: rfc3339(u.update_time),
         }

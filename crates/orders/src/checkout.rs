@@ -87,10 +87,11 @@ impl Checkout {
                     return Err(Status::aborted("a request with this idempotency key is in progress"));
                 }
                 KeyClaim::Mismatch => {
-                    let mut status =
-                        Status::failed_precondition("this idempotency key was used with a different request");
-                    status.metadata_mut().insert("x-http-status", "422".parse().expect("digits"));
-                    return Err(status);
+                    return Err(bookstore_platform::status::with_reason(
+                        Code::FailedPrecondition,
+                        "this idempotency key was used with a different request",
+                        bookstore_platform::status::reason::IDEMPOTENCY_KEY_REUSED,
+                    ));
                 }
             }
         }
@@ -162,7 +163,7 @@ impl Checkout {
                     .map(|()| order)
                     .map_err(internal)
             }
-            Err(e) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => Err(e.into()),
         };
         match placed {
             Ok(order) => {

@@ -98,12 +98,7 @@ impl Settle {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidField {
-    pub field: &'static str,
-    pub reason: String,
-}
+pub use bookstore_platform::status::InvalidField;
 
 /// A basket line as the client sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,14 +78,11 @@ impl OrderService for OrdersGrpc {
         let basket = parse_basket(
             req.lines.into_iter().map(|l| BasketLine { book_id: l.book_id, quantity: l.quantity }).collect(),
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(Status::from)?;
         let key = if req.idempotency_key.is_empty() {
             None
         } else {
-            Some(
-                parse_idempotency_key(&req.idempotency_key)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            )
+            Some(parse_idempotency_key(&req.idempotency_key).map_err(Status::from)?)
         };
         let order = self.checkout.place(&who, &basket, key, deadline).await?;
         Ok(Response::new(to_proto(&order)))

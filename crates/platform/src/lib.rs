@@ -5,6 +5,7 @@
 //!   pool gauges.
 //! - [`service`]: the service contract (a spec, a context in, what to serve out), the tracked
 //!   background tasks, and the process that serves services and stops them in order.
+//! - [`status`]: errors across service boundaries, with gRPC's standard rich details.
 //! - [`settings`]: configuration keys, each defined once (struct, default, flag, variable, help).
 //! - [`server`]: what every listener shares: one listener that speaks gRPC and HTTP/1, gRPC
 //!   health, the admin endpoints (`/healthz`, `/readyz`, `/metrics`), graceful draining.
@@ -30,6 +31,7 @@ pub mod jwt_crypto;
 pub mod server;
 pub mod service;
 pub mod settings;
+pub mod status;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

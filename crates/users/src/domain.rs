@@ -2,12 +2,7 @@
 
 use bookstore_platform::auth::Role;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidField {
-    pub field: &'static str,
-    pub reason: String,
-}
+pub use bookstore_platform::status::InvalidField;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
     InvalidField { field, reason: reason.into() }

@@ -20,7 +20,7 @@ use crate::{Users, UsersConfig};
 use bookstore_platform::clock::now_ms;
 
 fn invalid(err: InvalidField) -> Status {
-    Status::invalid_argument(err.to_string())
+    err.into()
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
@@ -59,9 +59,10 @@ fn unauthenticated_login() -> Status {
 
 fn throttled(wait: std::time::Duration) -> Status {
     let secs = wait.as_secs().max(1);
-    let mut status = Status::resource_exhausted(format!("too many failed logins; try again in {secs} s"));
-    status.metadata_mut().insert("retry-after", secs.to_string().parse().expect("digits are valid metadata"));
-    status
+    bookstore_platform::status::retry_after(
+        format!("too many failed logins; try again in {secs} s"),
+        std::time::Duration::from_secs(secs),
+    )
 }
 
 /// The gRPC face of the users service.

@@ -74,6 +74,8 @@ async fn bad_input_gets_400_in_the_envelope(backend: Backend) {
     let body =
         assert_envelope(post(bad_isbn).await.unwrap(), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT").await;
     assert_eq!(body["message"], "isbn: check digit does not match");
+    // The books service named the field in a standard BadRequest detail; the envelope lists it.
+    assert_eq!(body["details"], json!([{"field": "isbn", "description": "check digit does not match"}]));
 
     let mut float_price = book_json(1, "X");
     float_price["price"] = json!(19.99);
