@@ -184,51 +184,7 @@ pub fn parse_stock_delta(delta: i64) -> Result<i64, InvalidField> {
     }
 }
 
-/// Which slice of a listing to return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageRequest {
-    page: u32,
-    limit: u32,
-}
-
-impl PageRequest {
-    pub const DEFAULT_LIMIT: u32 = 20;
-    pub const MAX_LIMIT: u32 = 100;
-    /// Deep pages cost a scan each; past this, clients should narrow the query.
-    pub const MAX_PAGE: u32 = 10_000;
-
-    /// `0` means "the default" for both, as proto3 cannot tell unset from zero.
-    pub fn parse(page: i32, limit: i32) -> Result<Self, InvalidField> {
-        let page = match page {
-            0 => 1,
-            p if p < 0 => return Err(invalid("page", "must be 1 or more")),
-            p => p as u32,
-        };
-        if page > Self::MAX_PAGE {
-            return Err(invalid("page", format!("must be at most {}", Self::MAX_PAGE)));
-        }
-        let limit = match limit {
-            0 => Self::DEFAULT_LIMIT,
-            l if l < 0 || l as u32 > Self::MAX_LIMIT => {
-                return Err(invalid("limit", format!("must be between 1 and {}", Self::MAX_LIMIT)));
-            }
-            l => l as u32,
-        };
-        Ok(Self { page, limit })
-    }
-
-    pub fn page(&self) -> u32 {
-        self.page
-    }
-
-    pub fn limit(&self) -> u32 {
-        self.limit
-    }
-
-    pub fn offset(&self) -> i64 {
-        i64::from(self.page - 1) * i64::from(self.limit)
-    }
-}
+pub use bookstore_platform::page::PageRequest;
 
 /// A full-text query: the words of the input (letters and digits), at most 16 of them.
 /// Both backends get the same words and match books that contain all of them.
@@ -375,18 +331,6 @@ mod tests {
     }
 
     #[test]
-    fn paging_defaults_and_bounds() {
-        let p = PageRequest::parse(0, 0).unwrap();
-        assert_eq!((p.page(), p.limit(), p.offset()), (1, 20, 0));
-        let p = PageRequest::parse(3, 10).unwrap();
-        assert_eq!(p.offset(), 20);
-        assert_eq!(PageRequest::parse(-1, 10).unwrap_err().field, "page");
-        assert_eq!(PageRequest::parse(1, 101).unwrap_err().field, "limit");
-        assert_eq!(PageRequest::parse(1, -5).unwrap_err().field, "limit");
-        assert_eq!(PageRequest::parse(10_001, 10).unwrap_err().field, "page");
-    }
-
-    #[test]
     fn search_queries_keep_words_only_and_quote_them_for_fts5() {
         let q = SearchQuery::parse("Rust: \"programming\" OR -language*").unwrap();
         assert_eq!(q.words(), ["rust", "programming", "or", "language"]);
@@ -452,23 +396,9 @@ pub struct ReserveLine {
     pub quantity: i64,
 }
 
-/// The most lines one order may have, and units per line.
-pub const MAX_ORDER_LINES: usize = 100;
-pub const MAX_LINE_QUANTITY: i64 = 1000;
-
-/// Validates an order's lines: 1..=100 of them, each 1..=1000 units, no book twice.
+/// Checks a reservation's lines by the basket rules every service shares
+/// ([`bookstore_platform::basket`]).
 pub fn parse_reserve_lines(lines: Vec<ReserveLine>) -> Result<Vec<ReserveLine>, InvalidField> {
-    if lines.is_empty() || lines.len() > MAX_ORDER_LINES {
-        return Err(invalid("lines", format!("must have 1 to {MAX_ORDER_LINES} lines")));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for line in &lines {
-        if !(1..=MAX_LINE_QUANTITY).contains(&line.quantity) {
-            return Err(invalid("lines.quantity", format!("must be between 1 and {MAX_LINE_QUANTITY}")));
-        }
-        if !seen.insert(line.book_id.as_str()) {
-            return Err(invalid("lines.book_id", format!("{} appears twice", line.book_id)));
-        }
-    }
+    bookstore_platform::basket::check(lines.iter().map(|l| (l.book_id.as_str(), l.quantity)))?;
     Ok(lines)
 }

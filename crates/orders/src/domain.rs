@@ -107,27 +107,9 @@ pub struct BasketLine {
     pub quantity: i64,
 }
 
-pub const MAX_LINES: usize = 100;
-pub const MAX_QUANTITY: i64 = 1000;
-
-/// 1 to 100 lines, 1 to 1000 units each, each book once.
+/// Checks a basket by the rules every service shares ([`bookstore_platform::basket`]).
 pub fn parse_basket(lines: Vec<BasketLine>) -> Result<Vec<BasketLine>, InvalidField> {
-    let bad = |field, reason: String| InvalidField { field, reason };
-    if lines.is_empty() || lines.len() > MAX_LINES {
-        return Err(bad("lines", format!("must have 1 to {MAX_LINES} lines")));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for l in &lines {
-        if l.book_id.is_empty() || l.book_id.len() > 64 {
-            return Err(bad("lines.book_id", "must be 1 to 64 characters".into()));
-        }
-        if !(1..=MAX_QUANTITY).contains(&l.quantity) {
-            return Err(bad("lines.quantity", format!("must be between 1 and {MAX_QUANTITY}")));
-        }
-        if !seen.insert(l.book_id.as_str()) {
-            return Err(bad("lines.book_id", format!("{} appears twice", l.book_id)));
-        }
-    }
+    bookstore_platform::basket::check(lines.iter().map(|l| (l.book_id.as_str(), l.quantity)))?;
     Ok(lines)
 }
 

@@ -6,6 +6,7 @@ use bookstore_api::orders::v1::order_service_server::OrderService;
 use bookstore_platform::auth::{Identity, Role, require};
 use bookstore_platform::grpc::deadline_of;
 use bookstore_platform::grpc::timestamp;
+use bookstore_platform::page::PageRequest;
 use tonic::{Request, Response, Status};
 
 use crate::checkout::Checkout;
@@ -99,11 +100,8 @@ impl OrderService for OrdersGrpc {
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let who = require(&request, ANYONE)?.clone();
         let req = request.into_inner();
-        let page = if req.page == 0 { 1 } else { req.page };
-        let limit = if req.limit == 0 { 20 } else { req.limit };
-        if page < 1 || !(1..=100).contains(&limit) {
-            return Err(Status::invalid_argument("page must be 1 or more, limit between 1 and 100"));
-        }
+        let paging = PageRequest::parse(req.page, req.limit).map_err(Status::from)?;
+        let (page, limit) = (paging.page() as i32, paging.limit() as i32);
         let status = if req.status.is_empty() {
             None
         } else {
@@ -116,7 +114,7 @@ impl OrderService for OrdersGrpc {
             )
         };
         let user = if who.has_any(STAFF) { None } else { Some(who.subject.as_str()) };
-        let offset = i64::from(page - 1) * i64::from(limit);
+        let offset = paging.offset();
         let (orders, total) =
             self.checkout.store().list(user, status, i64::from(limit), offset).await.map_err(internal)?;
         Ok(Response::new(pb::ListOrdersResponse {

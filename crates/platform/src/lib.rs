@@ -15,6 +15,8 @@
 //!   and the caller's deadline passed on.
 //! - [`auth`]: who is calling: access-token verification against the users service's JWKS,
 //!   roles, and the middleware that puts the caller's [`auth::Identity`] on each request.
+//! - [`basket`]: the rules of a basket, for the services that take one.
+//! - [`page`]: paging of listings, one rule for every service.
 //! - [`jwt_crypto`]: EdDSA for `jsonwebtoken`, without compiling RSA.
 //! - [`trace`]: W3C trace context, continued from the caller or started, carried by every
 //!   outgoing call and every event.
@@ -23,11 +25,13 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod basket;
 pub mod clock;
 pub mod db;
 pub mod events;
 pub mod grpc;
 pub mod jwt_crypto;
+pub mod page;
 pub mod server;
 pub mod service;
 pub mod settings;

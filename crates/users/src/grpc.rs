@@ -18,6 +18,7 @@ use crate::store::{StoreError, UserRow};
 use crate::tokens::{access_token, random_secret};
 use crate::{Users, UsersConfig};
 use bookstore_platform::clock::now_ms;
+use bookstore_platform::page::PageRequest;
 
 fn invalid(err: InvalidField) -> Status {
     err.into()
@@ -250,13 +251,10 @@ impl UserService for UsersGrpc {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         require(&request, &[Role::Admin])?;
         let req = request.into_inner();
-        let page = if req.page == 0 { 1 } else { req.page };
-        let limit = if req.limit == 0 { 20 } else { req.limit };
-        if page < 1 || !(1..=100).contains(&limit) {
-            return Err(Status::invalid_argument("page must be 1 or more, limit between 1 and 100"));
-        }
-        let offset = i64::from(page - 1) * i64::from(limit);
-        let (rows, total) = self.users.store.list_users(i64::from(limit), offset).await.map_err(internal)?;
+        let paging = PageRequest::parse(req.page, req.limit).map_err(invalid)?;
+        let (page, limit) = (paging.page() as i32, paging.limit() as i32);
+        let (rows, total) =
+            self.users.store.list_users(i64::from(limit), paging.offset()).await.map_err(internal)?;
         let users = rows
             .iter()
             .map(|r| self.users.decrypt(r).map(to_proto))
