@@ -92,25 +92,12 @@ impl EventLog {
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
         loop {
-            // Register for the wake-up before reading, so an append in between is not missed.
-            let appended = self.appended.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
             let after = self.position(consumer).await?;
-            let rows = sqlx::query(
+            let query = sqlx::query(
                 "SELECT seq, id, event_type, body FROM event_log WHERE seq > $1 ORDER BY seq LIMIT 100",
             )
-            .bind(after)
-            .fetch_all(self.db.pool())
-            .await
-            .context("reading the event log")?;
-            if rows.is_empty() {
-                tokio::select! {
-                    () = appended => continue,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-            }
+            .bind(after);
+            let Some(rows) = self.read_or_wait(query, &shutdown).await? else { return Ok(()) };
             for row in rows {
                 if shutdown.is_cancelled() {
                     return Ok(());
@@ -150,6 +137,28 @@ impl EventLog {
                 self.advance(consumer, seq).await?;
             }
         }
+    }
+
+    /// Runs `query` (a page of the log); when it finds nothing, waits for the next append (or a
+    /// second) and answers `Some(empty)`, so the caller reads again; `None` once `shutdown`.
+    pub(super) async fn read_or_wait<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Vec<sqlx::any::AnyRow>>> {
+        // Register for the wake-up before reading, so an append in between is not missed.
+        let appended = self.appended.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        let rows = query.fetch_all(self.db.pool()).await.context("reading the event log")?;
+        if rows.is_empty() {
+            tokio::select! {
+                () = appended => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => return Ok(None),
+            }
+        }
+        Ok(Some(rows))
     }
 
     /// Events a consumer gave up on: (event id, error).

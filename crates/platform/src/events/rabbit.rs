@@ -143,20 +143,7 @@ impl RabbitBus {
         F: Fn(Event) -> Fut + Send + Sync,
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.consume_once(consumer, &handler, &shutdown).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(consumer, error = %format!("{e:#}"), "RabbitMQ consumer lost; reconnecting");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        self.reconnecting(consumer, &shutdown, || self.consume_once(consumer, &handler, &shutdown)).await
     }
 
     /// One connection's worth of consuming: `Ok` on shutdown, `Err` when the connection broke.
@@ -170,7 +157,6 @@ impl RabbitBus {
         F: Fn(Event) -> Fut + Send + Sync,
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
-        use futures::StreamExt;
         use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
         let (conn, mut deliveries) = self
             .within("starting to consume", async {
@@ -189,24 +175,8 @@ impl RabbitBus {
                 Ok((conn, deliveries))
             })
             .await?;
-        loop {
-            let delivery = tokio::select! {
-                d = deliveries.next() => d,
-                () = shutdown.cancelled() => {
-                    conn.close(200, "shutting down".into()).await.ok();
-                    return Ok(());
-                }
-            };
-            let delivery = match delivery {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(anyhow::Error::new(e).context("receiving")),
-                None => anyhow::bail!("the broker ended the consumer"),
-            };
-            let event = Event {
-                id: delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
-                event_type: delivery.routing_key.to_string(),
-                body: delivery.data.clone(),
-            };
+        while let Some(delivery) = next_delivery(&conn, &mut deliveries, shutdown).await? {
+            let event = event_of(&delivery);
             match handler(event).await {
                 Ok(()) => {
                     after_effect()?;
@@ -222,6 +192,68 @@ impl RabbitBus {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+impl RabbitBus {
+    /// Runs `once` (a connection's worth of consuming) again after each failure, with backoff,
+    /// until it ends cleanly or `shutdown`: consumers survive a broker restart.
+    pub(super) async fn reconnecting<F, Fut>(
+        &self,
+        name: &str,
+        shutdown: &CancellationToken,
+        once: F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match once().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(consumer = name, error = %format!("{e:#}"), "RabbitMQ consumer lost; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// The next delivery, or `None` once `shutdown` (after closing the connection); an error when
+/// the broker ends the consumer or the connection breaks.
+pub(super) async fn next_delivery(
+    conn: &lapin::Connection,
+    deliveries: &mut lapin::Consumer,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<lapin::message::Delivery>> {
+    use futures::StreamExt;
+    let delivery = tokio::select! {
+        d = deliveries.next() => d,
+        () = shutdown.cancelled() => {
+            conn.close(200, "shutting down".into()).await.ok();
+            return Ok(None);
+        }
+    };
+    match delivery {
+        Some(Ok(d)) => Ok(Some(d)),
+        Some(Err(e)) => Err(anyhow::Error::new(e).context("receiving")),
+        None => anyhow::bail!("the broker ended the consumer"),
+    }
+}
+
+/// The event a delivery carries.
+pub(super) fn event_of(delivery: &lapin::message::Delivery) -> Event {
+    Event {
+        id: delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        event_type: delivery.routing_key.to_string(),
+        body: delivery.data.clone(),
     }
 }
 

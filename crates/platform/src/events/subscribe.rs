@@ -99,22 +99,11 @@ impl EventLog {
             placeholders.join(", ")
         );
         loop {
-            // Register for the wake-up before reading, so an append in between is not missed.
-            let appended = self.appended.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
             let mut query = sqlx::query(&sql).bind(after);
             for event_type in &subscription.types {
                 query = query.bind(event_type);
             }
-            let rows = query.fetch_all(self.db.pool()).await.context("reading the event log")?;
-            if rows.is_empty() {
-                tokio::select! {
-                    () = appended => continue,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-            }
+            let Some(rows) = self.read_or_wait(query, &shutdown).await? else { return Ok(()) };
             for row in rows {
                 if shutdown.is_cancelled() {
                     return Ok(());
@@ -141,28 +130,18 @@ impl RabbitBus {
         F: Fn(Event, i64) -> Fut + Send + Sync,
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
-        let mut start = subscription.start;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.subscribe_once(subscription, &mut start, &handler, &shutdown).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(subscription = %subscription.name, error = %format!("{e:#}"), "RabbitMQ subscription lost; reconnecting");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let start = std::sync::Mutex::new(subscription.start);
+        self.reconnecting(&subscription.name, &shutdown, || {
+            self.subscribe_once(subscription, &start, &handler, &shutdown)
+        })
+        .await
     }
 
     /// One connection's worth of [`Self::subscribe`]; `start` moves past each event handled.
     async fn subscribe_once<F, Fut>(
         &self,
         subscription: &Subscription,
-        start: &mut StartAt,
+        start: &std::sync::Mutex<StartAt>,
         handler: &F,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()>
@@ -170,10 +149,10 @@ impl RabbitBus {
         F: Fn(Event, i64) -> Fut + Send + Sync,
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
-        use futures::StreamExt;
         use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
         use lapin::types::{AMQPValue, FieldTable};
-        let offset = match *start {
+        let from = *start.lock().expect("subscription position");
+        let offset = match from {
             StartAt::Beginning => AMQPValue::LongString("first".into()),
             StartAt::Now => AMQPValue::LongString("next".into()),
             StartAt::After(position) => AMQPValue::LongLongInt(position + 1),
@@ -194,19 +173,7 @@ impl RabbitBus {
                 Ok((conn, deliveries))
             })
             .await?;
-        loop {
-            let delivery = tokio::select! {
-                d = deliveries.next() => d,
-                () = shutdown.cancelled() => {
-                    conn.close(200, "shutting down".into()).await.ok();
-                    return Ok(());
-                }
-            };
-            let delivery = match delivery {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(anyhow::Error::new(e).context("receiving")),
-                None => anyhow::bail!("the broker ended the subscription"),
-            };
+        while let Some(delivery) = super::rabbit::next_delivery(&conn, &mut deliveries, shutdown).await? {
             let position = delivery
                 .properties
                 .headers()
@@ -218,19 +185,16 @@ impl RabbitBus {
                     _ => None,
                 })
                 .context("a stream message without its offset")?;
-            let event = Event {
-                id: delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
-                event_type: delivery.routing_key.to_string(),
-                body: delivery.data.clone(),
-            };
+            let event = super::rabbit::event_of(&delivery);
             // The stream may be bound to more types for another replica's version; deliver
             // only what this subscriber named.
             if subscription.types.contains(&event.event_type) {
                 handle(&subscription.name, handler, event, position).await;
             }
-            *start = StartAt::After(position);
+            *start.lock().expect("subscription position") = StartAt::After(position);
             delivery.acker.ack(BasicAckOptions::default()).await.context("acknowledging")?;
         }
+        Ok(())
     }
 
     /// Declares the subscription's stream and its bindings, so events are kept for it.
