@@ -389,6 +389,52 @@ mod tests {
     }
 }
 
+/// Where a reservation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationState {
+    /// Units taken off the shelf for an order, until it confirms or the hold expires.
+    Held,
+    /// Sold to the order.
+    Confirmed,
+    /// Back on the shelf: the order was cancelled, failed, or its hold expired.
+    Released,
+}
+
+impl ReservationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationState::Held => "held",
+            ReservationState::Confirmed => "confirmed",
+            ReservationState::Released => "released",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [ReservationState::Held, ReservationState::Confirmed, ReservationState::Released]
+            .into_iter()
+            .find(|state| state.as_str() == s)
+    }
+}
+
+/// How a reservation is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Sell the held units.
+    Confirm,
+    /// Put the units back on the shelf (sold ones too: a cancelled order's books go back on sale).
+    Release,
+}
+
+impl Settlement {
+    /// The state a reservation is in once settled this way.
+    pub fn target(self) -> ReservationState {
+        match self {
+            Settlement::Confirm => ReservationState::Confirmed,
+            Settlement::Release => ReservationState::Released,
+        }
+    }
+}
+
 /// One line of a reservation request: a book and how many.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReserveLine {

@@ -9,8 +9,8 @@ use bookstore_platform::status::{self, Shortfall};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{
-    Author, Book, BookPatch, Description, InvalidField, Isbn, Money, NewBook, PageRequest, ReserveLine,
-    SearchQuery, Title, parse_reserve_lines, parse_stock, parse_stock_delta,
+    Author, Book, BookPatch, Description, InvalidField, Isbn, Money, NewBook, PageRequest, ReservationState,
+    ReserveLine, SearchQuery, Settlement, Title, parse_reserve_lines, parse_stock, parse_stock_delta,
 };
 use crate::store::{BookStore, StoreError};
 
@@ -230,8 +230,8 @@ impl BookService for BooksGrpc {
         request: Request<pb::ReservationRequest>,
     ) -> Result<Response<pb::ReservationResponse>, Status> {
         require(&request, SAGA_CALLERS)?;
-        let state = self.store.settle(&request.into_inner().order_id, true).await?;
-        Ok(Response::new(pb::ReservationResponse { state }))
+        let state = self.store.settle(&request.into_inner().order_id, Settlement::Confirm).await?;
+        Ok(Response::new(pb::ReservationResponse { state: state.as_str().to_owned() }))
     }
 
     async fn confirm_reservations(
@@ -247,7 +247,11 @@ impl BookService for BooksGrpc {
         Ok(Response::new(pb::ConfirmReservationsResponse {
             outcomes: outcomes
                 .into_iter()
-                .map(|(order_id, state)| pb::ReservationOutcome { order_id, state })
+                // "missing": books has no reservation for the order.
+                .map(|(order_id, state)| pb::ReservationOutcome {
+                    order_id,
+                    state: state.map_or("missing", ReservationState::as_str).to_owned(),
+                })
                 .collect(),
         }))
     }
@@ -257,7 +261,7 @@ impl BookService for BooksGrpc {
         request: Request<pb::ReservationRequest>,
     ) -> Result<Response<pb::ReservationResponse>, Status> {
         require(&request, SAGA_CALLERS)?;
-        let state = self.store.settle(&request.into_inner().order_id, false).await?;
-        Ok(Response::new(pb::ReservationResponse { state }))
+        let state = self.store.settle(&request.into_inner().order_id, Settlement::Release).await?;
+        Ok(Response::new(pb::ReservationResponse { state: state.as_str().to_owned() }))
     }
 }

@@ -7,7 +7,9 @@ use bookstore_platform::db::{Backend, Database, unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::domain::{Author, Book, BookPatch, NewBook, PageRequest, SearchQuery};
+use crate::domain::{
+    Author, Book, BookPatch, NewBook, PageRequest, ReservationState, SearchQuery, Settlement,
+};
 
 /// A line that could not be reserved, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -78,6 +80,11 @@ impl std::fmt::Debug for BookStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BookStore").field("db", &self.db).field("cached", &self.cache.is_some()).finish()
     }
+}
+
+fn reservation_state(row: &AnyRow) -> Result<ReservationState, StoreError> {
+    let state: String = row.try_get(2).context("decoding a reservation")?;
+    Ok(ReservationState::parse(&state).with_context(|| format!("unknown reservation state {state}"))?)
 }
 
 fn book_from_row(row: &AnyRow) -> Result<Book, sqlx::Error> {
@@ -402,8 +409,8 @@ impl BookStore {
         .await
         .context("reading an existing reservation")?;
         if !existing.is_empty() {
-            let state: String = existing[0].try_get(2).context("decoding a reservation")?;
-            if state == "released" {
+            let state = reservation_state(&existing[0])?;
+            if state == ReservationState::Released {
                 return Err(StoreError::ReservationReleased(order_id.to_owned()));
             }
             let expires_at: i64 = existing[0].try_get(3).context("decoding a reservation")?;
@@ -490,7 +497,7 @@ impl BookStore {
     /// Moves held units to sold (`confirm`) or back to the shelf (`release`). Idempotent: a
     /// reservation already in the target state is left as it is. Releasing a confirmed
     /// reservation returns its units too (a cancelled order's books go back on sale).
-    pub async fn settle(&self, order_id: &str, confirm: bool) -> Result<String, StoreError> {
+    pub async fn settle(&self, order_id: &str, how: Settlement) -> Result<ReservationState, StoreError> {
         let mut tx = self.db.begin_write().await.context("starting to settle a reservation")?;
         let rows = sqlx::query(
             "SELECT book_id, quantity, state FROM reservations WHERE order_id = $1 ORDER BY book_id",
@@ -502,12 +509,12 @@ impl BookStore {
         if rows.is_empty() {
             return Err(StoreError::NoReservation(order_id.to_owned()));
         }
-        let state: String = rows[0].try_get(2).context("decoding a reservation")?;
-        let target = if confirm { "confirmed" } else { "released" };
+        let state = reservation_state(&rows[0])?;
+        let target = how.target();
         if state == target {
             return Ok(state);
         }
-        if confirm && state == "released" {
+        if how == Settlement::Confirm && state == ReservationState::Released {
             return Err(StoreError::ReservationReleased(order_id.to_owned()));
         }
         // The state change is the guard: of two racing settlements, only the one whose UPDATE
@@ -515,28 +522,28 @@ impl BookStore {
         // other commits; SQLite runs them one at a time).
         let claimed = sqlx::query("UPDATE reservations SET state = $2 WHERE order_id = $1 AND state = $3")
             .bind(order_id)
-            .bind(target)
-            .bind(&state)
+            .bind(target.as_str())
+            .bind(state.as_str())
             .execute(&mut *tx)
             .await
             .context("recording the settlement")?;
         if claimed.rows_affected() == 0 {
             tx.rollback().await.context("rolling back a settlement")?;
-            return Box::pin(self.settle(order_id, confirm)).await;
+            return Box::pin(self.settle(order_id, how)).await;
         }
         let now = now_ms();
         let mut settled = Vec::with_capacity(rows.len());
         for row in &rows {
             let book_id: String = row.try_get(0).context("decoding a reservation")?;
             let quantity: i64 = row.try_get(1).context("decoding a reservation")?;
-            let sql = match (confirm, state.as_str()) {
-                (true, _) => {
+            let sql = match (how, state) {
+                (Settlement::Confirm, _) => {
                     "UPDATE books SET reserved = reserved - $2, sold = sold + $2, updated_at = $3 WHERE id = $1"
                 }
-                (false, "confirmed") => {
+                (Settlement::Release, ReservationState::Confirmed) => {
                     "UPDATE books SET sold = sold - $2, stock = stock + $2, updated_at = $3 WHERE id = $1"
                 }
-                (false, _) => {
+                (Settlement::Release, _) => {
                     "UPDATE books SET reserved = reserved - $2, stock = stock + $2, updated_at = $3 WHERE id = $1"
                 }
             };
@@ -553,14 +560,17 @@ impl BookStore {
         for book_id in &settled {
             self.evict(book_id);
         }
-        Ok(target.to_owned())
+        Ok(target)
     }
 
     /// Confirms many orders' reservations in one transaction; for each order, in the order
-    /// given: `confirmed` (now or before), `released` (too late: expired or cancelled) or
-    /// `missing`. The books' rows are updated in id order, with each book's units summed, as
+    /// given: confirmed (now or before), released (too late: expired or cancelled), or `None`
+    /// when there is no reservation for it. The books' rows are updated in id order, with each book's units summed, as
     /// every other writer of several books does, so this never deadlocks with them.
-    pub async fn confirm_many(&self, order_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn confirm_many(
+        &self,
+        order_ids: &[String],
+    ) -> Result<Vec<(String, Option<ReservationState>)>, StoreError> {
         let mut tx = self.db.begin_write().await.context("starting to confirm reservations")?;
         let mut outcomes = Vec::with_capacity(order_ids.len());
         let mut units: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
@@ -568,13 +578,14 @@ impl BookStore {
             // The state change is the guard, as in `settle`: only an UPDATE that still finds the
             // reservation held moves its units (PostgreSQL re-checks the WHERE after a racing
             // settlement commits).
-            let claimed = sqlx::query(
-                "UPDATE reservations SET state = 'confirmed' WHERE order_id = $1 AND state = 'held'",
-            )
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await
-            .context("recording a confirmation")?;
+            let claimed =
+                sqlx::query("UPDATE reservations SET state = $2 WHERE order_id = $1 AND state = $3")
+                    .bind(order_id)
+                    .bind(ReservationState::Confirmed.as_str())
+                    .bind(ReservationState::Held.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .context("recording a confirmation")?;
             if claimed.rows_affected() > 0 {
                 let lines = sqlx::query("SELECT book_id, quantity FROM reservations WHERE order_id = $1")
                     .bind(order_id)
@@ -586,7 +597,7 @@ impl BookStore {
                     let quantity: i64 = line.try_get(1).context("decoding a reservation")?;
                     *units.entry(book_id).or_default() += quantity;
                 }
-                outcomes.push((order_id.clone(), "confirmed".to_owned()));
+                outcomes.push((order_id.clone(), Some(ReservationState::Confirmed)));
                 continue;
             }
             let state: Option<String> =
@@ -595,7 +606,12 @@ impl BookStore {
                     .fetch_optional(&mut *tx)
                     .await
                     .context("reading a reservation")?;
-            outcomes.push((order_id.clone(), state.unwrap_or_else(|| "missing".to_owned())));
+            let state = state
+                .map(|s| {
+                    ReservationState::parse(&s).with_context(|| format!("unknown reservation state {s}"))
+                })
+                .transpose()?;
+            outcomes.push((order_id.clone(), state));
         }
         let now = now_ms();
         for (book_id, quantity) in &units {
@@ -620,14 +636,15 @@ impl BookStore {
     /// orders were released.
     pub async fn release_expired(&self) -> Result<usize, StoreError> {
         let orders: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT order_id FROM reservations WHERE state = 'held' AND expires_at < $1 LIMIT 500",
+            "SELECT DISTINCT order_id FROM reservations WHERE state = $2 AND expires_at < $1 LIMIT 500",
         )
         .bind(now_ms())
+        .bind(ReservationState::Held.as_str())
         .fetch_all(self.db.pool())
         .await
         .context("finding expired reservations")?;
         for order in &orders {
-            self.settle(order, false).await?;
+            self.settle(order, Settlement::Release).await?;
         }
         Ok(orders.len())
     }

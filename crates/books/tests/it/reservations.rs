@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bookstore_books::domain::ReserveLine;
+use bookstore_books::domain::{ReservationState, ReserveLine, Settlement};
 use bookstore_books::store::{BookStore, StoreError};
 use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
@@ -75,20 +75,31 @@ async fn confirm_and_release_move_units_and_keep_the_total(backend: Backend) {
     let a = store.create(new_book(1, "A", "X", "")).await.unwrap();
     store.reserve("sold", &[line(&a.id, 3)], HOLD).await.unwrap();
     store.reserve("dropped", &[line(&a.id, 2)], HOLD).await.unwrap();
-    assert_eq!(store.settle("sold", true).await.unwrap(), "confirmed");
-    assert_eq!(store.settle("sold", true).await.unwrap(), "confirmed", "idempotent");
-    assert_eq!(store.settle("dropped", false).await.unwrap(), "released");
-    assert_eq!(store.settle("dropped", false).await.unwrap(), "released", "idempotent");
+    assert_eq!(store.settle("sold", Settlement::Confirm).await.unwrap(), ReservationState::Confirmed);
+    assert_eq!(
+        store.settle("sold", Settlement::Confirm).await.unwrap(),
+        ReservationState::Confirmed,
+        "idempotent"
+    );
+    assert_eq!(store.settle("dropped", Settlement::Release).await.unwrap(), ReservationState::Released);
+    assert_eq!(
+        store.settle("dropped", Settlement::Release).await.unwrap(),
+        ReservationState::Released,
+        "idempotent"
+    );
     assert_eq!(units(&store, &a.id).await, (7, 0, 3));
-    assert!(matches!(store.settle("dropped", true).await, Err(StoreError::ReservationReleased(_))));
+    assert!(matches!(
+        store.settle("dropped", Settlement::Confirm).await,
+        Err(StoreError::ReservationReleased(_))
+    ));
     assert!(matches!(
         store.reserve("dropped", &[line(&a.id, 1)], HOLD).await,
         Err(StoreError::ReservationReleased(_))
     ));
-    assert!(matches!(store.settle("never", true).await, Err(StoreError::NoReservation(_))));
+    assert!(matches!(store.settle("never", Settlement::Confirm).await, Err(StoreError::NoReservation(_))));
 
     // Cancelling a confirmed order puts its books back on sale.
-    assert_eq!(store.settle("sold", false).await.unwrap(), "released");
+    assert_eq!(store.settle("sold", Settlement::Release).await.unwrap(), ReservationState::Released);
     assert_eq!(units(&store, &a.id).await, (10, 0, 0));
 }
 
@@ -107,7 +118,13 @@ async fn concurrent_baskets_never_oversell(backend: Backend) {
                 let result = store.reserve(&order, &basket, HOLD).await;
                 // Every other successful order is confirmed, the rest released: all three paths race.
                 if result.is_ok() {
-                    store.settle(&order, i.is_multiple_of(2)).await.unwrap();
+                    store
+                        .settle(
+                            &order,
+                            if i.is_multiple_of(2) { Settlement::Confirm } else { Settlement::Release },
+                        )
+                        .await
+                        .unwrap();
                 }
                 result.map(|_| basket)
             })
@@ -147,7 +164,10 @@ async fn expired_holds_go_back_on_the_shelf(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(store.release_expired().await.unwrap(), 1);
     assert_eq!(units(&store, &a.id).await, (9, 1, 0));
-    assert!(matches!(store.settle("short", true).await, Err(StoreError::ReservationReleased(_))));
+    assert!(matches!(
+        store.settle("short", Settlement::Confirm).await,
+        Err(StoreError::ReservationReleased(_))
+    ));
 }
 
 async fn a_group_confirmation_settles_each_order_once_and_reports_each(backend: Backend) {
@@ -157,14 +177,15 @@ async fn a_group_confirmation_settles_each_order_once_and_reports_each(backend: 
     store.reserve("one", &[line(&a.id, 2), line(&b.id, 1)], HOLD).await.unwrap();
     store.reserve("two", &[line(&a.id, 3)], HOLD).await.unwrap();
     store.reserve("gone", &[line(&b.id, 4)], HOLD).await.unwrap();
-    store.settle("gone", false).await.unwrap();
+    store.settle("gone", Settlement::Release).await.unwrap();
     store.reserve("done", &[line(&b.id, 1)], HOLD).await.unwrap();
-    store.settle("done", true).await.unwrap();
+    store.settle("done", Settlement::Confirm).await.unwrap();
 
     let ids: Vec<String> = ["one", "ghost", "gone", "two", "done", "one"].map(String::from).to_vec();
     let outcomes = store.confirm_many(&ids).await.unwrap();
-    let states: Vec<&str> = outcomes.iter().map(|(_, s)| s.as_str()).collect();
-    assert_eq!(states, ["confirmed", "missing", "released", "confirmed", "confirmed", "confirmed"]);
+    let states: Vec<Option<ReservationState>> = outcomes.iter().map(|(_, s)| *s).collect();
+    let (confirmed, released) = (Some(ReservationState::Confirmed), Some(ReservationState::Released));
+    assert_eq!(states, [confirmed, None, released, confirmed, confirmed, confirmed]);
     assert_eq!(units(&store, &a.id).await, (5, 0, 5), "each order's units moved once");
     assert_eq!(units(&store, &b.id).await, (8, 0, 2));
     assert_eq!(store.confirm_many(&ids).await.unwrap(), outcomes, "idempotent");
@@ -196,7 +217,7 @@ async fn group_confirmations_racing_releases_keep_the_total(backend: Backend) {
     }
     for order in orders.iter().step_by(3) {
         let (store, order) = (store.clone(), order.clone());
-        tasks.push(tokio::spawn(async move { store.settle(&order, false).await.map(|_| ()) }));
+        tasks.push(tokio::spawn(async move { store.settle(&order, Settlement::Release).await.map(|_| ()) }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
