@@ -92,25 +92,6 @@ pub struct GatewayConfig {
     pub client: ClientConfig,
 }
 
-impl GatewayConfig {
-    pub fn new(
-        books_url: impl Into<String>,
-        users_url: impl Into<String>,
-        orders_url: impl Into<String>,
-    ) -> Self {
-        Self {
-            books_url: books_url.into(),
-            users_url: users_url.into(),
-            orders_url: orders_url.into(),
-            max_body_bytes: 64 * 1024,
-            request_timeout: Duration::from_secs(10),
-            cors_allowed_origins: Vec::new(),
-            trusted_proxies: Vec::new(),
-            client: ClientConfig::default(),
-        }
-    }
-}
-
 /// Shared by every handler; cheap to clone (clients share their HTTP/2 connections).
 #[derive(Clone)]
 pub struct AppState {
