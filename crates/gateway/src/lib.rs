@@ -56,12 +56,20 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         trusted_proxies: settings.trusted_proxies()?,
         client: ClientConfig { call_timeout: ctx.request_timeout, ..ClientConfig::default() },
     };
-    let router = router(&config, ctx.verifier.clone())?;
+    // One channel per peer, shared by the API and the readiness checks.
     let (books, users, orders) = (
         grpc::channel(&config.books_url, &config.client)?,
         grpc::channel(&config.users_url, &config.client)?,
         grpc::channel(&config.orders_url, &config.client)?,
     );
+    let state = AppState {
+        books: BookServiceClient::new(books.clone()),
+        users: UserServiceClient::new(users.clone()),
+        orders: OrderServiceClient::new(orders.clone()),
+        request_timeout: config.request_timeout,
+        trusted_proxies: config.trusted_proxies.clone().into(),
+    };
+    let router = router(&config, state, ctx.verifier.clone())?;
     Ok(Built::new(router).ready_when(move || {
         let (books, users, orders) = (books.clone(), users.clone(), orders.clone());
         async move {
@@ -115,20 +123,9 @@ impl AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole gateway as one router. `verifier` checks access tokens (it fetches its keys from
-/// the users service).
-pub fn router(config: &GatewayConfig, verifier: Arc<Verifier>) -> anyhow::Result<Router> {
-    let books_channel = grpc::channel(&config.books_url, &config.client)?;
-    let users_channel = grpc::channel(&config.users_url, &config.client)?;
-    let orders_channel = grpc::channel(&config.orders_url, &config.client)?;
-    let state = AppState {
-        books: BookServiceClient::new(books_channel.clone()),
-        users: UserServiceClient::new(users_channel.clone()),
-        orders: OrderServiceClient::new(orders_channel.clone()),
-        request_timeout: config.request_timeout,
-        trusted_proxies: config.trusted_proxies.clone().into(),
-    };
-
+/// The whole gateway as one router over the clients in `state`. `verifier` checks access
+/// tokens (it fetches its keys from the users service).
+pub fn router(config: &GatewayConfig, state: AppState, verifier: Arc<Verifier>) -> anyhow::Result<Router> {
     let api = Router::new()
         .route("/api/v1/books", get(books::list_books).post(books::create_book))
         .route(
