@@ -5,10 +5,6 @@ use std::fmt;
 
 pub use bookstore_platform::status::InvalidField;
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
-    InvalidField { field, reason: reason.into() }
-}
-
 /// An ISBN-13 with a valid check digit, kept as its 13 digits. Hyphens and spaces in the input
 /// are ignored (`978-0-441-17271-9` and `9780441172719` are the same book).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -18,14 +14,14 @@ impl Isbn {
     pub fn parse(input: &str) -> Result<Self, InvalidField> {
         let digits: String = input.chars().filter(|c| !matches!(c, '-' | ' ')).collect();
         if digits.len() != 13 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid("isbn", "must be an ISBN-13: 13 digits, hyphens allowed"));
+            return Err(InvalidField::new("isbn", "must be an ISBN-13: 13 digits, hyphens allowed"));
         }
         if !(digits.starts_with("978") || digits.starts_with("979")) {
-            return Err(invalid("isbn", "an ISBN-13 starts with 978 or 979"));
+            return Err(InvalidField::new("isbn", "an ISBN-13 starts with 978 or 979"));
         }
         let bytes = digits.as_bytes();
         if check_digit(&bytes[..12]) != bytes[12] - b'0' {
-            return Err(invalid("isbn", "check digit does not match"));
+            return Err(InvalidField::new("isbn", "check digit does not match"));
         }
         Ok(Self(digits))
     }
@@ -60,7 +56,7 @@ impl Currency {
         if input.len() == 3 && input.bytes().all(|b| b.is_ascii_alphabetic()) {
             Ok(Self(input.to_ascii_uppercase()))
         } else {
-            Err(invalid("price.currency", "must be a three-letter ISO 4217 code such as USD"))
+            Err(InvalidField::new("price.currency", "must be a three-letter ISO 4217 code such as USD"))
         }
     }
 
@@ -82,7 +78,7 @@ pub const MAX_PRICE_MINOR: i64 = 100_000_000;
 impl Money {
     pub fn parse(amount_minor: i64, currency: &str) -> Result<Self, InvalidField> {
         if !(0..=MAX_PRICE_MINOR).contains(&amount_minor) {
-            return Err(invalid(
+            return Err(InvalidField::new(
                 "price.amount_minor",
                 format!("must be between 0 and {MAX_PRICE_MINOR} (minor units, e.g. cents)"),
             ));
@@ -91,49 +87,7 @@ impl Money {
     }
 }
 
-/// Trimmed text with a length in characters between `min` and `max`, without control
-/// characters other than newlines and tabs.
-fn bounded_text(field: &'static str, input: &str, min: usize, max: usize) -> Result<String, InvalidField> {
-    let text = input.trim();
-    let len = text.chars().count();
-    if len < min {
-        return Err(invalid(
-            field,
-            if min == 1 {
-                "must not be empty".to_owned()
-            } else {
-                format!("must be at least {min} characters")
-            },
-        ));
-    }
-    if len > max {
-        return Err(invalid(field, format!("must be at most {max} characters")));
-    }
-    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(invalid(field, "must not contain control characters"));
-    }
-    Ok(text.to_owned())
-}
-
-macro_rules! text_type {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $min:expr, $max:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $name(String);
-
-        impl $name {
-            pub const MAX_CHARS: usize = $max;
-
-            pub fn parse(input: &str) -> Result<Self, InvalidField> {
-                bounded_text($field, input, $min, $max).map(Self)
-            }
-
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-    };
-}
+use bookstore_platform::text_type;
 
 text_type!(
     /// A book's title, 1 to 300 characters.
@@ -169,16 +123,16 @@ pub fn parse_stock(stock: i64) -> Result<i64, InvalidField> {
     if (0..=MAX_STOCK).contains(&stock) {
         Ok(stock)
     } else {
-        Err(invalid("stock", format!("must be between 0 and {MAX_STOCK}")))
+        Err(InvalidField::new("stock", format!("must be between 0 and {MAX_STOCK}")))
     }
 }
 
 /// A change of stock: not zero, and not beyond what stock can hold.
 pub fn parse_stock_delta(delta: i64) -> Result<i64, InvalidField> {
     if delta == 0 {
-        Err(invalid("delta", "must not be zero"))
+        Err(InvalidField::new("delta", "must not be zero"))
     } else if delta.unsigned_abs() > MAX_STOCK as u64 {
-        Err(invalid("delta", format!("must be between -{MAX_STOCK} and {MAX_STOCK}")))
+        Err(InvalidField::new("delta", format!("must be between -{MAX_STOCK} and {MAX_STOCK}")))
     } else {
         Ok(delta)
     }
@@ -199,7 +153,7 @@ impl SearchQuery {
 
     pub fn parse(input: &str) -> Result<Self, InvalidField> {
         if input.chars().count() > Self::MAX_CHARS {
-            return Err(invalid("q", format!("must be at most {} characters", Self::MAX_CHARS)));
+            return Err(InvalidField::new("q", format!("must be at most {} characters", Self::MAX_CHARS)));
         }
         let words: Vec<String> = input
             .split(|c: char| !c.is_alphanumeric())
@@ -207,10 +161,10 @@ impl SearchQuery {
             .map(str::to_lowercase)
             .collect();
         if words.is_empty() {
-            return Err(invalid("q", "must contain at least one word"));
+            return Err(InvalidField::new("q", "must contain at least one word"));
         }
         if words.len() > Self::MAX_WORDS {
-            return Err(invalid("q", format!("must have at most {} words", Self::MAX_WORDS)));
+            return Err(InvalidField::new("q", format!("must have at most {} words", Self::MAX_WORDS)));
         }
         Ok(Self { words })
     }

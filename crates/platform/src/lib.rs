@@ -17,6 +17,7 @@
 //!   roles, and the middleware that puts the caller's [`auth::Identity`] on each request.
 //! - [`basket`]: the rules of a basket, for the services that take one.
 //! - [`page`]: paging of listings, one rule for every service.
+//! - [`text`]: one rule for free text (names, titles, addresses) and newtypes over it.
 //! - [`jwt_crypto`]: EdDSA for `jsonwebtoken`, without compiling RSA.
 //! - [`trace`]: W3C trace context, continued from the caller or started, carried by every
 //!   outgoing call and every event.
@@ -39,6 +40,7 @@ pub mod status;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod text;
 pub mod trace;
 
 /// Arms the crash points named in `FAILPOINTS` (`name=action;...`, the `fail` crate's syntax)

@@ -1,12 +1,9 @@
 //! Accounts' types and rules; no I/O. Every value past `parse` is valid.
 
 use bookstore_platform::auth::Role;
+use bookstore_platform::text_type;
 
 pub use bookstore_platform::status::InvalidField;
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
-    InvalidField { field, reason: reason.into() }
-}
 
 /// 3 to 32 characters of lower-case letters, digits, `.`, `_` and `-`, starting with a letter
 /// or digit. Stored lower-case; unique.
@@ -17,14 +14,14 @@ impl Username {
     pub fn parse(input: &str) -> Result<Self, InvalidField> {
         let name = input.trim().to_lowercase();
         if !(3..=32).contains(&name.chars().count()) {
-            return Err(invalid("username", "must be 3 to 32 characters"));
+            return Err(InvalidField::new("username", "must be 3 to 32 characters"));
         }
         if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
         {
-            return Err(invalid("username", "may contain only letters, digits, '.', '_' and '-'"));
+            return Err(InvalidField::new("username", "may contain only letters, digits, '.', '_' and '-'"));
         }
         if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-            return Err(invalid("username", "must start with a letter or digit"));
+            return Err(InvalidField::new("username", "must start with a letter or digit"));
         }
         Ok(Self(name))
     }
@@ -42,7 +39,7 @@ pub struct Email(String);
 impl Email {
     pub fn parse(input: &str) -> Result<Self, InvalidField> {
         let email = input.trim();
-        let bad = || invalid("email", "must look like name@example.com");
+        let bad = || InvalidField::new("email", "must look like name@example.com");
         if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad());
         }
@@ -75,47 +72,14 @@ impl Email {
     }
 }
 
-fn bounded(field: &'static str, input: &str, min: usize, max: usize) -> Result<String, InvalidField> {
-    let text = input.trim();
-    let len = text.chars().count();
-    if len < min {
-        return Err(invalid(field, "must not be empty"));
-    }
-    if len > max {
-        return Err(invalid(field, format!("must be at most {max} characters")));
-    }
-    if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(invalid(field, "must not contain control characters"));
-    }
-    Ok(text.to_owned())
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FullName(String);
-
-impl FullName {
-    pub fn parse(input: &str) -> Result<Self, InvalidField> {
-        bounded("full_name", input, 1, 200).map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A postal address; may be empty until the first order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Address(String);
-
-impl Address {
-    pub fn parse(input: &str) -> Result<Self, InvalidField> {
-        bounded("address", input, 0, 500).map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+text_type!(
+    /// A person's name as they want it written, 1 to 200 characters.
+    FullName, "full_name", 1, 200
+);
+text_type!(
+    /// A postal address; may be empty until the first order.
+    Address, "address", 0, 500
+);
 
 /// A password that passed the policy. Never logged, never stored: only its argon2id hash is.
 pub struct Password(String);
@@ -136,10 +100,10 @@ impl Password {
     pub fn parse(input: &str, user_inputs: &[&str]) -> Result<Self, InvalidField> {
         let len = input.chars().count();
         if len < Self::MIN_CHARS {
-            return Err(invalid("password", format!("must be at least {} characters", Self::MIN_CHARS)));
+            return Err(InvalidField::new("password", format!("must be at least {} characters", Self::MIN_CHARS)));
         }
         if len > Self::MAX_CHARS {
-            return Err(invalid("password", format!("must be at most {} characters", Self::MAX_CHARS)));
+            return Err(InvalidField::new("password", format!("must be at most {} characters", Self::MAX_CHARS)));
         }
         let estimate = zxcvbn::zxcvbn(input, user_inputs);
         if (estimate.score() as u8) < 3 {
@@ -147,7 +111,7 @@ impl Password {
                 .feedback()
                 .and_then(|f| f.warning().map(|w| w.to_string()))
                 .unwrap_or_else(|| "it is too easy to guess".to_owned());
-            return Err(invalid(
+            return Err(InvalidField::new(
                 "password",
                 format!("is too weak: {hint}; a few unrelated words make a strong one"),
             ));
@@ -208,14 +172,14 @@ pub fn parse_person_roles(input: &[String]) -> Result<Vec<Role>, InvalidField> {
     for r in input {
         match Role::parse(r.trim()) {
             Some(Role::Service) | None => {
-                return Err(invalid("roles", format!("{r:?} is not one of customer, staff, admin")));
+                return Err(InvalidField::new("roles", format!("{r:?} is not one of customer, staff, admin")));
             }
             Some(role) if !roles.contains(&role) => roles.push(role),
             Some(_) => {}
         }
     }
     if roles.is_empty() {
-        return Err(invalid("roles", "must name at least one role"));
+        return Err(InvalidField::new("roles", "must name at least one role"));
     }
     Ok(roles)
 }
