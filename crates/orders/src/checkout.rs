@@ -73,14 +73,13 @@ impl Checkout {
         deadline: Deadline,
     ) -> Result<Order, Status> {
         if let Some(key) = key {
-            match self.store.claim_key(&who.subject, key, &basket_hash(basket)).await.map_err(internal)? {
+            match self.store.claim_key(&who.subject, key, &basket_hash(basket)).await? {
                 KeyClaim::Claimed => {}
                 KeyClaim::Done(order_id) => {
                     return self
                         .store
                         .get(&order_id)
-                        .await
-                        .map_err(internal)?
+                        .await?
                         .ok_or_else(|| internal("answered order is gone"));
                 }
                 KeyClaim::InFlight => {
@@ -161,7 +160,7 @@ impl Checkout {
                     .insert_order(&order, idempotency, &events::order_placed(&order))
                     .await
                     .map(|()| order)
-                    .map_err(internal)
+                    .map_err(Status::from)
             }
             Err(e) => Err(e.into()),
         };
@@ -199,7 +198,7 @@ impl Checkout {
             Err(s) if s.code() == Code::NotFound && how == Settle::Release => {}
             Err(s) => return Err(s),
         }
-        self.store.set_stock_state(order_id, how.outcome()).await.map_err(internal)
+        Ok(self.store.set_stock_state(order_id, how.outcome()).await?)
     }
 
     /// Settles up to `limit` orders a crash or an outage left unsettled (the sweeper's pass).
@@ -235,7 +234,7 @@ impl Checkout {
         } else {
             events::order_status_changed(&moved, order.status)
         };
-        if !self.store.transition(&order.id, order.status, to, &event).await.map_err(internal)? {
+        if !self.store.transition(&order.id, order.status, to, &event).await? {
             return Err(Status::aborted("the order changed meanwhile; read it again"));
         }
         Ok(moved)

@@ -108,6 +108,6 @@ async fn confirm_group(
         .filter(|(_, s)| **s == Some(StockState::Confirmed))
         .map(|(id, _)| id.as_str())
         .collect();
-    store.set_stock_states(&confirmed, StockState::Confirmed).await.map_err(crate::grpc::internal)?;
+    store.set_stock_states(&confirmed, StockState::Confirmed).await?;
     Ok(states)
 }

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::checkout::Checkout;
 use crate::domain::{BasketLine, Order, Status as OrderStatus, parse_basket, parse_idempotency_key};
+use crate::store::StoreError;
 
 const STAFF: &[Role] = &[Role::Staff, Role::Admin];
 /// The deadline of a checkout whose caller sent none.
@@ -21,6 +22,13 @@ const ANYONE: &[Role] = &[Role::Customer, Role::Staff, Role::Admin];
 pub(crate) fn internal(err: impl std::fmt::Display) -> Status {
     tracing::error!(error = %err, "orders service failed");
     Status::internal("internal error")
+}
+
+impl From<StoreError> for Status {
+    /// Nothing the store raises is the caller's doing: logged in full, answered as INTERNAL.
+    fn from(err: StoreError) -> Self {
+        internal(format!("{:#}", anyhow::Error::from(err)))
+    }
 }
 
 pub fn to_proto(o: &Order) -> pb::Order {
@@ -59,7 +67,7 @@ impl OrdersGrpc {
     }
 
     async fn visible(&self, who: &Identity, id: &str) -> Result<Order, Status> {
-        let order = self.checkout.store().get(id).await.map_err(internal)?;
+        let order = self.checkout.store().get(id).await?;
         match order {
             Some(o) if o.user_id == who.subject || who.has_any(STAFF) => Ok(o),
             _ => Err(Status::not_found(format!("no order with id {id}"))),
@@ -115,8 +123,7 @@ impl OrderService for OrdersGrpc {
         };
         let user = if who.has_any(STAFF) { None } else { Some(who.subject.as_str()) };
         let offset = paging.offset();
-        let (orders, total) =
-            self.checkout.store().list(user, status, i64::from(limit), offset).await.map_err(internal)?;
+        let (orders, total) = self.checkout.store().list(user, status, i64::from(limit), offset).await?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.iter().map(to_proto).collect(),
             total,

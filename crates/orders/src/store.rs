@@ -21,6 +21,21 @@ pub enum KeyClaim {
     Mismatch,
 }
 
+/// What can go wrong in the store. Every outcome a caller acts on (a claimed key, a lost
+/// race, a missing order) is a value, not an error; what is left is the database failing or
+/// holding a row this code cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("order {id} has a status this version does not know: {status:?}")]
+    UnknownStatus { id: String, status: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
 /// How long an idempotency key is remembered.
 pub const KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 
@@ -39,7 +54,7 @@ impl OrderStore {
     }
 
     /// Claims `key` for `user_id`'s request `hash`. Keys older than a day are forgotten first.
-    pub async fn claim_key(&self, user_id: &str, key: &str, hash: &str) -> anyhow::Result<KeyClaim> {
+    pub async fn claim_key(&self, user_id: &str, key: &str, hash: &str) -> Result<KeyClaim> {
         let now = now_ms();
         sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < $3")
             .bind(user_id)
@@ -60,7 +75,7 @@ impl OrderStore {
         match inserted {
             Ok(_) => return Ok(KeyClaim::Claimed),
             Err(e) if unique_violation(&e).is_some() => {}
-            Err(e) => return Err(anyhow::Error::new(e).context("claiming an idempotency key")),
+            Err(e) => return Err(anyhow::Error::new(e).context("claiming an idempotency key").into()),
         }
         let row = sqlx::query(
             "SELECT request_hash, order_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
@@ -84,7 +99,7 @@ impl OrderStore {
     }
 
     /// Forgets a key whose request failed, so a retry runs again.
-    pub async fn release_key(&self, user_id: &str, key: &str) -> anyhow::Result<()> {
+    pub async fn release_key(&self, user_id: &str, key: &str) -> Result<()> {
         sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND order_id IS NULL")
             .bind(user_id)
             .bind(key)
@@ -101,7 +116,7 @@ impl OrderStore {
         order: &Order,
         idempotency: Option<(&str, &str)>,
         event: &Event,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let mut tx = self.db.begin_write().await.context("starting an order")?;
         sqlx::query(
             "INSERT INTO orders (id, user_id, status, total_minor, currency, stock_state, created_at, updated_at) \
@@ -146,7 +161,7 @@ impl OrderStore {
         Ok(())
     }
 
-    pub async fn get(&self, id: &str) -> anyhow::Result<Option<Order>> {
+    pub async fn get(&self, id: &str) -> Result<Option<Order>> {
         let row = sqlx::query(
             "SELECT id, user_id, status, total_minor, currency, created_at, updated_at FROM orders WHERE id = $1",
         )
@@ -161,7 +176,7 @@ impl OrderStore {
     }
 
     /// Fills in the lines of every order in `orders` with one query.
-    async fn fill_lines(&self, orders: &mut [Order]) -> anyhow::Result<()> {
+    async fn fill_lines(&self, orders: &mut [Order]) -> Result<()> {
         if orders.is_empty() {
             return Ok(());
         }
@@ -201,7 +216,7 @@ impl OrderStore {
         status: Option<Status>,
         limit: i64,
         offset: i64,
-    ) -> anyhow::Result<(Vec<Order>, i64)> {
+    ) -> Result<(Vec<Order>, i64)> {
         let user = user_id.map(str::to_owned);
         let status = status.map(|s| s.as_str().to_owned());
         let rows = sqlx::query(
@@ -224,20 +239,14 @@ impl OrderStore {
         .fetch_one(self.db.pool())
         .await
         .context("counting orders")?;
-        let mut orders = rows.iter().map(order_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut orders = rows.iter().map(order_from_row).collect::<Result<Vec<_>>>()?;
         self.fill_lines(&mut orders).await?;
         Ok((orders, total))
     }
 
     /// Moves an order from `from` to `to` with its event, if it is still in `from`: `false`
     /// when another request moved it first.
-    pub async fn transition(
-        &self,
-        id: &str,
-        from: Status,
-        to: Status,
-        event: &Event,
-    ) -> anyhow::Result<bool> {
+    pub async fn transition(&self, id: &str, from: Status, to: Status, event: &Event) -> Result<bool> {
         let mut tx = self.db.begin_write().await.context("starting a transition")?;
         let done =
             sqlx::query("UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
@@ -256,7 +265,7 @@ impl OrderStore {
         Ok(true)
     }
 
-    pub async fn set_stock_state(&self, id: &str, state: StockState) -> anyhow::Result<()> {
+    pub async fn set_stock_state(&self, id: &str, state: StockState) -> Result<()> {
         sqlx::query("UPDATE orders SET stock_state = $2 WHERE id = $1")
             .bind(id)
             .bind(state.as_str())
@@ -267,7 +276,7 @@ impl OrderStore {
     }
 
     /// Records `state` for every order in `ids` with one statement.
-    pub async fn set_stock_states(&self, ids: &[&str], state: StockState) -> anyhow::Result<()> {
+    pub async fn set_stock_states(&self, ids: &[&str], state: StockState) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -283,7 +292,7 @@ impl OrderStore {
 
     /// Orders whose reservation is not settled the way their status needs, with the
     /// settlement each needs.
-    pub async fn unsettled(&self, limit: i64) -> anyhow::Result<Vec<(String, Settle)>> {
+    pub async fn unsettled(&self, limit: i64) -> Result<Vec<(String, Settle)>> {
         let rows = sqlx::query(
             "SELECT id, status FROM orders WHERE (status <> $1 AND stock_state = $2) \
              OR (status = $1 AND stock_state <> $3) ORDER BY created_at LIMIT $4",
@@ -297,20 +306,24 @@ impl OrderStore {
         .context("finding unsettled orders")?;
         rows.iter()
             .map(|r| {
-                let status: String = r.try_get(1)?;
-                let status = Status::parse(&status).with_context(|| format!("unknown status {status}"))?;
-                Ok((r.try_get::<String, _>(0)?, Settle::for_status(status)))
+                let id: String = r.try_get(0)?;
+                let status = parse_status(&id, r.try_get(1)?)?;
+                Ok((id, Settle::for_status(status)))
             })
             .collect()
     }
 }
 
-fn order_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Order> {
-    let status: String = row.try_get(2)?;
+fn parse_status(id: &str, status: String) -> Result<Status> {
+    Status::parse(&status).ok_or_else(|| StoreError::UnknownStatus { id: id.to_owned(), status })
+}
+
+fn order_from_row(row: &sqlx::any::AnyRow) -> Result<Order> {
+    let id: String = row.try_get(0)?;
     Ok(Order {
-        id: row.try_get(0)?,
+        status: parse_status(&id, row.try_get(2)?)?,
+        id,
         user_id: row.try_get(1)?,
-        status: Status::parse(&status).with_context(|| format!("unknown status {status}"))?,
         lines: Vec::new(),
         total_minor: row.try_get(3)?,
         currency: row.try_get(4)?,

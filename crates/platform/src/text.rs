@@ -11,7 +11,11 @@ pub fn bounded(field: &'static str, input: &str, min: usize, max: usize) -> Resu
     if len < min {
         return Err(InvalidField::new(
             field,
-            if min == 1 { "must not be empty".to_owned() } else { format!("must be at least {min} characters") },
+            if min == 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters")
+            },
         ));
     }
     if len > max {

@@ -100,10 +100,16 @@ impl Password {
     pub fn parse(input: &str, user_inputs: &[&str]) -> Result<Self, InvalidField> {
         let len = input.chars().count();
         if len < Self::MIN_CHARS {
-            return Err(InvalidField::new("password", format!("must be at least {} characters", Self::MIN_CHARS)));
+            return Err(InvalidField::new(
+                "password",
+                format!("must be at least {} characters", Self::MIN_CHARS),
+            ));
         }
         if len > Self::MAX_CHARS {
-            return Err(InvalidField::new("password", format!("must be at most {} characters", Self::MAX_CHARS)));
+            return Err(InvalidField::new(
+                "password",
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
         }
         let estimate = zxcvbn::zxcvbn(input, user_inputs);
         if (estimate.score() as u8) < 3 {
@@ -172,7 +178,10 @@ pub fn parse_person_roles(input: &[String]) -> Result<Vec<Role>, InvalidField> {
     for r in input {
         match Role::parse(r.trim()) {
             Some(Role::Service) | None => {
-                return Err(InvalidField::new("roles", format!("{r:?} is not one of customer, staff, admin")));
+                return Err(InvalidField::new(
+                    "roles",
+                    format!("{r:?} is not one of customer, staff, admin"),
+                ));
             }
             Some(role) if !roles.contains(&role) => roles.push(role),
             Some(_) => {}
