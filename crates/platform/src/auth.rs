@@ -302,7 +302,7 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 /// gRPC-side middleware: a request with a valid token carries its [`Identity`] in its
 /// extensions; one with an invalid token is answered UNAUTHENTICATED at once; one without a
 /// token goes on anonymous, and each method decides whether that is enough.
-pub async fn authenticate_grpc(
+pub(crate) async fn authenticate_grpc(
     State(verifier): State<Arc<Verifier>>,
     mut request: Request,
     next: Next,

@@ -5,11 +5,11 @@
 use crate::status::InvalidField;
 
 /// The most lines one basket may have.
-pub const MAX_LINES: usize = 100;
+pub(crate) const MAX_LINES: usize = 100;
 /// The most units of one book per basket.
-pub const MAX_QUANTITY: i64 = 1000;
+pub(crate) const MAX_QUANTITY: i64 = 1000;
 /// The longest book id a line may name.
-pub const MAX_BOOK_ID: usize = 64;
+pub(crate) const MAX_BOOK_ID: usize = 64;
 
 /// 1 to [`MAX_LINES`] lines of (book id, quantity), 1 to [`MAX_QUANTITY`] units each, each book
 /// once.

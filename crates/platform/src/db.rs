@@ -28,7 +28,7 @@ pub enum Backend {
 impl Backend {
     /// Tells the backend from a database URL; anything but `postgres://`, `postgresql://` and
     /// `sqlite:` is refused, so a typo fails at start instead of at the first query.
-    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+    pub(crate) fn from_url(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres)
         } else if url.starts_with("sqlite:") {
@@ -149,13 +149,13 @@ impl Database {
     }
 
     /// A cheap round trip, for readiness checks.
-    pub async fn ping(&self) -> anyhow::Result<()> {
+    pub(crate) async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await.context("database ping")?;
         Ok(())
     }
 
     /// Publishes the pool's size and idle connections as gauges; called on every scrape.
-    pub fn record_pool_gauges(&self, service: &'static str) {
+    pub(crate) fn record_pool_gauges(&self, service: &'static str) {
         metrics::gauge!("db_pool_connections", "service" => service).set(f64::from(self.pool.size()));
         metrics::gauge!("db_pool_idle_connections", "service" => service).set(self.pool.num_idle() as f64);
         metrics::gauge!("db_pool_max_connections", "service" => service)

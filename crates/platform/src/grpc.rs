@@ -81,7 +81,7 @@ pub fn deadline_of<T>(request: &tonic::Request<T>, fallback: Duration) -> Deadli
 /// answers DEADLINE_EXCEEDED when it passes, dropping the handler's future (and with it any
 /// query in flight). tonic's own server does this too; ours is shared with the HTTP endpoints,
 /// so it lives here.
-pub async fn enforce_grpc_deadline(
+pub(crate) async fn enforce_grpc_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {

@@ -31,7 +31,7 @@ pub type ScrapeHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The operational endpoints of a process, on its admin listener.
 #[derive(Clone)]
-pub struct Ops {
+pub(crate) struct Ops {
     /// Cancelled when the process starts to stop: readiness turns 503 at once.
     pub draining: CancellationToken,
     /// Every service's readiness checks, with its name.
@@ -42,7 +42,7 @@ pub struct Ops {
 /// `/healthz` (the process is alive), `/readyz` (every service in it can serve; 503 while
 /// shutting down) and `/metrics` (Prometheus text). These live on the admin listener
 /// (`admin_http`), off the public port.
-pub fn ops_router(ops: Ops) -> Router {
+pub(crate) fn ops_router(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -221,12 +221,6 @@ impl Tasks {
         });
     }
 
-    /// The tracker, for code that spawns work of its own (per-request helpers that must finish
-    /// before the pools close).
-    pub fn tracker(&self) -> &TaskTracker {
-        &self.tracker
-    }
-
     /// Tells every task to stop and waits until all have.
     pub async fn stop(&self) {
         self.stopping.cancel();

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The `ErrorInfo.domain` of every error the bookstore's services raise.
-pub const DOMAIN: &str = "bookstore";
+pub(crate) const DOMAIN: &str = "bookstore";
 
 /// `ErrorInfo.reason`s the gateway turns into API error codes of their own.
 pub mod reason {
@@ -42,7 +42,7 @@ impl From<InvalidField> for Status {
 }
 
 /// `INVALID_ARGUMENT` naming the field and what is wrong with it.
-pub fn invalid_field(field: &str, description: &str) -> Status {
+pub(crate) fn invalid_field(field: &str, description: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.add_bad_request_violation(field, description);
     Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)

@@ -37,7 +37,7 @@ pub fn init_logging() {
 }
 
 /// The process-wide Prometheus registry, installed on first use.
-pub fn metrics_handle() -> &'static PrometheusHandle {
+pub(crate) fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -57,7 +57,11 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 /// gRPC is recognised by its content type. Its status travels in the `grpc-status` header for
 /// errors (tonic sends them as trailers-only responses) and in trailers for successes, so a
 /// response without the header counts as OK.
-pub async fn track_requests(State(service): State<&'static str>, request: Request, next: Next) -> Response {
+pub(crate) async fn track_requests(
+    State(service): State<&'static str>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let is_grpc = request
         .headers()

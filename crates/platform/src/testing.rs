@@ -13,7 +13,7 @@ use sqlx::{Connection, Executor};
 
 use crate::db::{Backend, Database, Migrations, PoolConfig};
 
-pub const POSTGRES_URL_VAR: &str = "BOOKSTORE_TEST_POSTGRES_URL";
+pub(crate) const POSTGRES_URL_VAR: &str = "BOOKSTORE_TEST_POSTGRES_URL";
 
 /// A database that lives as long as the test holding it.
 pub struct TestDatabase {
@@ -84,7 +84,7 @@ impl Drop for TestDatabase {
     }
 }
 
-pub const AMQP_URL_VAR: &str = "BOOKSTORE_TEST_AMQP_URL";
+pub(crate) const AMQP_URL_VAR: &str = "BOOKSTORE_TEST_AMQP_URL";
 
 /// The RabbitMQ URL for tests; `None` with a loud note when unset outside CI; a panic when
 /// unset under CI.
@@ -101,7 +101,7 @@ pub fn amqp_url_or_skip() -> Option<String> {
     }
 }
 
-pub const RABBITMQ_SERVER_VAR: &str = "BOOKSTORE_TEST_RABBITMQ_SERVER";
+pub(crate) const RABBITMQ_SERVER_VAR: &str = "BOOKSTORE_TEST_RABBITMQ_SERVER";
 
 /// A RabbitMQ node of one test's own, so the test can crash and restart a broker without
 /// disturbing the shared one every other test uses. Started from the `rabbitmq-server` script
@@ -216,7 +216,7 @@ impl Drop for RabbitNode {
 
 /// The PostgreSQL server URL for tests; `None` with a loud note when unset outside CI; a panic
 /// when unset under CI.
-pub fn postgres_url_or_skip() -> Option<String> {
+pub(crate) fn postgres_url_or_skip() -> Option<String> {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var_os("CI").is_some() => {

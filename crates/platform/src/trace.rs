@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use rand::RngCore;
 
-pub const HEADER: &str = "traceparent";
+pub(crate) const HEADER: &str = "traceparent";
 
 /// One hop of a trace: the trace it belongs to, this hop's span id, and the sampled flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::clock::now_ms;
 use crate::db::{Database, Migrations};
 
 /// The embedded log's schema.
-pub static LOG_MIGRATIONS: Migrations = Migrations {
+pub(crate) static LOG_MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("./migrations/postgres"),
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
@@ -162,7 +162,8 @@ impl EventLog {
     }
 
     /// Events a consumer gave up on: (event id, error).
-    pub async fn dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<(String, String)>> {
+    #[cfg(test)]
+    pub(crate) async fn dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<(String, String)>> {
         let rows = sqlx::query("SELECT id, error FROM event_dead_letters WHERE consumer = $1 ORDER BY seq")
             .bind(consumer)
             .fetch_all(self.db.pool())

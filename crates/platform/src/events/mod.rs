@@ -27,9 +27,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use inbox::inbox_begin;
-pub use log::{EventLog, LOG_MIGRATIONS};
-pub use outbox::{OUTBOX_MIGRATIONS, relay_outbox, run_relay};
-pub use rabbit::{DEAD_LETTER_EXCHANGE, EXCHANGE, RabbitBus};
+pub use log::EventLog;
+pub use outbox::{OUTBOX_MIGRATIONS, run_relay};
+pub use rabbit::RabbitBus;
 pub use subscribe::{StartAt, Subscription};
 
 /// An event as it travels: its id (for deduplication), its type (for routing) and its body

@@ -37,7 +37,7 @@ pub async fn write(tx: &mut sqlx::Transaction<'static, sqlx::Any>, events: &[Eve
 /// Publishes up to `batch` unpublished events from `db`'s outbox, oldest first, then marks them
 /// published; returns how many. A crash between the two publishes them again on the next run,
 /// which consumers absorb.
-pub async fn relay_outbox(db: &Database, bus: &Bus, batch: i64) -> anyhow::Result<usize> {
+pub(crate) async fn relay_outbox(db: &Database, bus: &Bus, batch: i64) -> anyhow::Result<usize> {
     let rows = sqlx::query(
         "SELECT id, event_type, payload FROM outbox WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1",
     )

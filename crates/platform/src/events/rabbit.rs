@@ -27,8 +27,8 @@ pub struct RabbitBus {
     pub timeout: Duration,
 }
 
-pub const EXCHANGE: &str = "bookstore.events";
-pub const DEAD_LETTER_EXCHANGE: &str = "bookstore.events.dead";
+pub(crate) const EXCHANGE: &str = "bookstore.events";
+pub(crate) const DEAD_LETTER_EXCHANGE: &str = "bookstore.events.dead";
 
 impl RabbitBus {
     pub fn new(url: impl Into<String>) -> Self {
@@ -257,9 +257,11 @@ pub(super) fn event_of(delivery: &lapin::message::Delivery) -> Event {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl RabbitBus {
     /// Takes every message from `consumer`'s dead-letter queue; returns their event ids.
-    pub async fn drain_dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<String>> {
+    #[cfg(test)]
+    pub(crate) async fn drain_dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<String>> {
         use lapin::options::BasicGetOptions;
         self.within("reading dead letters", async {
             let (conn, channel) = self.open().await?;
@@ -280,7 +282,6 @@ impl RabbitBus {
     }
 
     /// Removes `consumer`'s queues (tests clean up after themselves).
-    #[cfg(any(test, feature = "testing"))]
     pub async fn delete_queues(&self, consumer: &str) -> anyhow::Result<()> {
         use lapin::options::QueueDeleteOptions;
         self.within("deleting queues", async {

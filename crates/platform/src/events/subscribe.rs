@@ -209,8 +209,8 @@ impl RabbitBus {
     }
 
     /// Removes a subscription's stream (tests clean up after themselves).
-    #[cfg(any(test, feature = "testing"))]
-    pub async fn delete_stream(&self, name: &str) -> anyhow::Result<()> {
+    #[cfg(test)]
+    pub(crate) async fn delete_stream(&self, name: &str) -> anyhow::Result<()> {
         use lapin::options::QueueDeleteOptions;
         self.within("deleting a stream", async {
             let (conn, channel) = self.open().await?;
@@ -242,7 +242,7 @@ async fn declare_stream(channel: &lapin::Channel, subscription: &Subscription) -
         channel
             .queue_bind(
                 stream.as_str().into(),
-                super::EXCHANGE.into(),
+                super::rabbit::EXCHANGE.into(),
                 event_type.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),

@@ -4,6 +4,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::log::LOG_MIGRATIONS;
+use super::outbox::relay_outbox;
 use super::*;
 use crate::db::{Backend, Database};
 use crate::testing::TestDatabase;
