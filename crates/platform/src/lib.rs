@@ -26,9 +26,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod balance;
 pub mod basket;
+pub mod breaker;
 pub mod clock;
 pub mod db;
+pub mod discovery;
 pub mod events;
 pub mod grpc;
 pub mod jwt_crypto;

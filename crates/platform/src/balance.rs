@@ -1,0 +1,588 @@
+//! The client side of a peer with many replicas: one [`PeerChannel`] per peer, which every
+//! generated gRPC client wraps (`BookServiceClient<PeerChannel>`).
+//!
+//! - **Discovery**: it follows the peer's [`Source`](crate::discovery::Source) and keeps the
+//!   state of replicas that stay in the set.
+//! - **Balancing**: power of two choices, as linkerd and Finagle do. Two replicas are drawn at
+//!   random; the call goes to the one with the lower cost, `peak-EWMA latency × (requests in
+//!   flight + 1)`. The latency estimate decays towards zero while a replica is not chosen, so
+//!   one that was slow gets tried again. With static weights that differ, a weighted draw over
+//!   `weight / (requests in flight + 1)` instead, as Envoy's least-request balancer does.
+//! - **Circuit breakers** per replica ([`crate::breaker`]): an open breaker takes its replica
+//!   out of the draw; with every breaker open the call fails fast with `UNAVAILABLE`.
+//! - **Outlier ejection** as Envoy does it: after `eject_after` consecutive failures a replica
+//!   is out for `ejection × times ejected` (capped), never more than `max_ejected_percent` of
+//!   the set at once.
+//! - **Retries** are the caller's choice, made per call with [`PeerChannel::retrying`], because
+//!   only the caller knows a call is safe to repeat; a retry budget caps them.
+//!
+//! Failures, for breakers and ejection, are transport errors, calls over their time, and the
+//! statuses that mean the replica (not the request) is unwell: `UNAVAILABLE`, `INTERNAL`,
+//! `UNKNOWN`, `DATA_LOSS` and `DEADLINE_EXCEEDED`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tonic::Code;
+use tonic::body::Body;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerEvent, BreakerState, CallResult, Permit};
+use crate::discovery::{Source, Target};
+use crate::grpc::Deadline;
+
+type HttpRequest = http::Request<Body>;
+type HttpResponse = http::Response<Body>;
+/// One replica's transport: a tonic channel, or a stand-in in tests.
+pub type Transport = BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>;
+/// Builds the transport to a target.
+pub type Connector = Arc<dyn Fn(&Target) -> anyhow::Result<Transport> + Send + Sync>;
+
+/// How a peer's client balances, trips, ejects and retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResilienceConfig {
+    /// The longest one call may take, whatever deadline its caller has.
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub breaker: BreakerConfig,
+    /// Consecutive failures that eject a replica.
+    pub eject_after: u32,
+    /// How long a first ejection lasts; the n-th lasts n times as long.
+    pub ejection: Duration,
+    pub max_ejection: Duration,
+    /// The largest share of the set that may be ejected at once.
+    pub max_ejected_percent: u32,
+    /// Retries allowed on top of the calls made, over a sliding window of ten seconds.
+    pub retry_percent: f32,
+    /// Retries always allowed per second, so a quiet client can still retry.
+    pub retry_min_per_sec: u32,
+    /// Attempts of one retried call, the first included.
+    pub max_attempts: u32,
+    /// The first backoff's ceiling; it doubles each attempt (full jitter: a random wait up to it).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            breaker: BreakerConfig::default(),
+            eject_after: 5,
+            ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+            retry_percent: 0.2,
+            retry_min_per_sec: 10,
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How long a latency sample keeps its weight (the EWMA's time constant).
+const DECAY: Duration = Duration::from_secs(10);
+/// The latency a replica is assumed to have before its first answer.
+const DEFAULT_RTT: Duration = Duration::from_millis(5);
+
+/// One replica as the client sees it.
+struct Member {
+    target: Target,
+    transport: Transport,
+    in_flight: AtomicU32,
+    health: Mutex<Health>,
+}
+
+struct Health {
+    breaker: Breaker,
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+    /// Peak-EWMA latency, in seconds, as of `rtt_at`.
+    rtt: f64,
+    rtt_at: Instant,
+}
+
+impl Health {
+    fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|until| now < until)
+    }
+
+    fn rtt_now(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.rtt_at).as_secs_f64();
+        self.rtt * (-elapsed / DECAY.as_secs_f64()).exp()
+    }
+
+    fn observe_rtt(&mut self, sample: Duration, now: Instant) {
+        let sample = sample.as_secs_f64();
+        let current = self.rtt_now(now);
+        self.rtt = if sample > current {
+            sample
+        } else {
+            let w = (-(now.saturating_duration_since(self.rtt_at).as_secs_f64()) / DECAY.as_secs_f64()).exp();
+            current * w + sample * (1.0 - w)
+        };
+        self.rtt_at = now;
+    }
+}
+
+impl Member {
+    fn cost(&self, now: Instant) -> f64 {
+        let health = self.health.lock().expect("health lock");
+        let in_flight = f64::from(self.in_flight.load(Ordering::Relaxed));
+        (health.rtt_now(now) + 1e-6) * (in_flight + 1.0)
+    }
+
+    fn eligible(&self, now: Instant) -> bool {
+        let health = self.health.lock().expect("health lock");
+        !health.ejected(now) && health.breaker.would_allow(now)
+    }
+}
+
+/// What the status page shows of one replica.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointStatus {
+    pub url: String,
+    pub weight: u32,
+    pub breaker: &'static str,
+    pub ejected: bool,
+    pub in_flight: u32,
+    pub latency_ms: f64,
+}
+
+struct Shared {
+    /// The service that calls (the `service` label).
+    caller: &'static str,
+    peer: String,
+    config: ResilienceConfig,
+    connector: Connector,
+    members: Mutex<Arc<Vec<Arc<Member>>>>,
+    refresh: Arc<Notify>,
+    budget: TpsBudget,
+    _follow: tokio_util::sync::DropGuard,
+}
+
+/// A balanced, breaker-guarded channel to every replica of one peer. Cheap to clone; clones
+/// share their state.
+#[derive(Clone)]
+pub struct PeerChannel {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PeerChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerChannel").field("peer", &self.shared.peer).finish_non_exhaustive()
+    }
+}
+
+/// Lazily connected tonic channels: the first call connects, and a service can start before its
+/// peers do.
+pub fn tonic_connector(config: &ResilienceConfig) -> Connector {
+    let connect_timeout = config.connect_timeout;
+    Arc::new(move |target: &Target| {
+        let endpoint = tonic::transport::Endpoint::from_shared(target.url.clone())?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        Ok(BoxCloneSyncService::new(channel.map_err(BoxError::from)))
+    })
+}
+
+impl PeerChannel {
+    /// A channel to the peer `peer` at `url` (see [`crate::discovery`]), for `caller`.
+    pub async fn connect(
+        caller: &'static str,
+        peer: &str,
+        url: &str,
+        config: ResilienceConfig,
+    ) -> anyhow::Result<Self> {
+        let source = Source::parse(url).map_err(|e| anyhow::anyhow!("{peer}_url: {e:#}"))?;
+        Self::with_connector(caller, peer, source, config, tonic_connector(&config)).await
+    }
+
+    /// As [`PeerChannel::connect`], with the transports made by `connector`.
+    pub async fn with_connector(
+        caller: &'static str,
+        peer: &str,
+        source: Source,
+        config: ResilienceConfig,
+        connector: Connector,
+    ) -> anyhow::Result<Self> {
+        let (mut targets, refresh) = source.watch().await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shared = Arc::new(Shared {
+            caller,
+            peer: peer.to_owned(),
+            config,
+            connector,
+            members: Mutex::new(Arc::new(Vec::new())),
+            refresh,
+            budget: TpsBudget::new(Duration::from_secs(10), config.retry_min_per_sec, config.retry_percent),
+            _follow: stop.clone().drop_guard(),
+        });
+        shared.update(&targets.borrow_and_update())?;
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = targets.changed() => if changed.is_err() { return },
+                }
+                let Some(shared) = weak.upgrade() else { return };
+                if let Err(e) = shared.update(&targets.borrow_and_update()) {
+                    tracing::error!(peer = shared.peer, error = %format!("{e:#}"), "could not follow a peer's replicas");
+                }
+            }
+        });
+        Ok(Self { shared })
+    }
+
+    /// The peer's replicas as this client sees them now.
+    pub fn status(&self) -> Vec<EndpointStatus> {
+        let now = now();
+        let members = self.shared.members();
+        members
+            .iter()
+            .map(|m| {
+                let health = m.health.lock().expect("health lock");
+                EndpointStatus {
+                    url: m.target.url.clone(),
+                    weight: m.target.weight,
+                    breaker: health.breaker.state(now).as_str(),
+                    ejected: health.ejected(now),
+                    in_flight: m.in_flight.load(Ordering::Relaxed),
+                    latency_ms: health.rtt_now(now) * 1000.0,
+                }
+            })
+            .collect()
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// Runs `call`, and again when it fails with `UNAVAILABLE` (the request did not reach a
+    /// replica that could answer), with exponential backoff and full jitter, never past
+    /// `deadline`, and only while the retry budget allows. Use it for calls that are safe to
+    /// repeat: reads, and writes that carry an idempotency key or a reservation id.
+    pub async fn retrying<T, F, Fut>(&self, deadline: Deadline, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let config = &self.shared.config;
+        self.shared.budget.deposit();
+        let mut ceiling = config.backoff_base;
+        let mut attempt = 1;
+        loop {
+            let status = match call().await {
+                Ok(answer) => return Ok(answer),
+                Err(status) => status,
+            };
+            if status.code() != Code::Unavailable || attempt >= config.max_attempts {
+                return Err(status);
+            }
+            let wait = Duration::from_secs_f64(rand::thread_rng().gen_range(0.0..=ceiling.as_secs_f64()));
+            if deadline.remaining() <= wait {
+                return Err(status);
+            }
+            if !self.shared.budget.withdraw() {
+                metrics::counter!("grpc_client_retries_total", "service" => self.shared.caller, "peer" => self.shared.peer.clone(), "outcome" => "over_budget").increment(1);
+                return Err(status);
+            }
+            metrics::counter!("grpc_client_retries_total", "service" => self.shared.caller, "peer" => self.shared.peer.clone(), "outcome" => "retried").increment(1);
+            tokio::time::sleep(wait).await;
+            ceiling = (ceiling * 2).min(config.backoff_max);
+            attempt += 1;
+        }
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Shared {
+    fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        self.members.lock().expect("members lock").clone()
+    }
+
+    /// Takes a new set of targets, keeping the state of replicas that stay.
+    fn update(&self, targets: &[Target]) -> anyhow::Result<()> {
+        let old = self.members();
+        let mut next = Vec::with_capacity(targets.len());
+        for target in targets {
+            if let Some(kept) = old.iter().find(|m| m.target == *target) {
+                next.push(kept.clone());
+                continue;
+            }
+            let url = target.url.clone();
+            let (caller, peer) = (self.caller, self.peer.clone());
+            let listener = Arc::new(move |event: BreakerEvent| breaker_event(caller, &peer, &url, event));
+            next.push(Arc::new(Member {
+                target: target.clone(),
+                transport: (self.connector)(target)?,
+                in_flight: AtomicU32::new(0),
+                health: Mutex::new(Health {
+                    breaker: Breaker::new(self.config.breaker, listener),
+                    consecutive_failures: 0,
+                    ejected_until: None,
+                    ejections: 0,
+                    rtt: DEFAULT_RTT.as_secs_f64(),
+                    rtt_at: now(),
+                }),
+            }));
+        }
+        let urls: Vec<&str> = next.iter().map(|m| m.target.url.as_str()).collect();
+        tracing::info!(service = self.caller, peer = self.peer, replicas = ?urls, "peer replicas");
+        *self.members.lock().expect("members lock") = Arc::new(next);
+        Ok(())
+    }
+
+    /// Chooses a replica that may take a call, with the breaker's leave. With equal weights:
+    /// power of two choices on cost. With weights that differ: a weighted draw over
+    /// `weight / (in flight + 1)`, as Envoy's least-request balancer does, so a 3:1 split
+    /// holds when idle and load still counts when busy (two choices over two replicas would
+    /// always compare the same pair and leave the weights no say).
+    fn pick(&self, now: Instant) -> Option<(Arc<Member>, Permit)> {
+        let members = self.members();
+        let mut eligible: Vec<&Arc<Member>> = members.iter().filter(|m| m.eligible(now)).collect();
+        let weighted = eligible.windows(2).any(|w| w[0].target.weight != w[1].target.weight);
+        let mut rng = rand::thread_rng();
+        while !eligible.is_empty() {
+            let chosen = if weighted {
+                draw(&eligible, &mut rng, |m| {
+                    f64::from(m.target.weight) / f64::from(m.in_flight.load(Ordering::Relaxed) + 1)
+                })
+            } else if eligible.len() == 1 {
+                0
+            } else {
+                let first = rng.gen_range(0..eligible.len());
+                let mut second = rng.gen_range(0..eligible.len() - 1);
+                if second >= first {
+                    second += 1;
+                }
+                if eligible[second].cost(now) < eligible[first].cost(now) { second } else { first }
+            };
+            let member = eligible[chosen];
+            if let Some(permit) = member.health.lock().expect("health lock").breaker.try_acquire(now) {
+                return Some((member.clone(), permit));
+            }
+            // Its half-open trial was taken since we looked: choose again without it.
+            eligible.remove(chosen);
+        }
+        None
+    }
+
+    /// Records how a call to `member` ended: breaker, ejection, latency, metrics.
+    fn record(&self, member: &Member, permit: Permit, result: CallResult, took: Duration) {
+        let now = now();
+        let members = self.members();
+        let mut health = member.health.lock().expect("health lock");
+        // Back from its breaker or its ejection: what it did before says nothing of it now.
+        let returning = health.breaker.state(now) == BreakerState::HalfOpen
+            || health.ejected_until.is_some_and(|until| now >= until);
+        health.breaker.record(permit, result, now);
+        match result {
+            CallResult::Success => {
+                health.consecutive_failures = 0;
+                if returning {
+                    health.ejected_until = None;
+                    health.rtt = took.as_secs_f64();
+                    health.rtt_at = now;
+                } else {
+                    health.observe_rtt(took, now);
+                }
+                if !health.ejected(now) {
+                    health.ejections = health.ejections.saturating_sub(1);
+                }
+            }
+            CallResult::Failure | CallResult::Timeout => {
+                // A refused connection is fast, not a sign of speed; a timeout is slowness.
+                if result == CallResult::Timeout {
+                    health.observe_rtt(took, now);
+                }
+                health.consecutive_failures += 1;
+                if health.consecutive_failures >= self.config.eject_after && !health.ejected(now) {
+                    drop(health);
+                    self.try_eject(member, &members, now);
+                }
+            }
+            CallResult::Rejected => {}
+        }
+        metrics::histogram!("grpc_client_request_duration_seconds", "service" => self.caller, "peer" => self.peer.clone())
+            .record(took.as_secs_f64());
+    }
+
+    fn try_eject(&self, member: &Member, members: &[Arc<Member>], now: Instant) {
+        let ejected = members
+            .iter()
+            .filter(|m| {
+                !std::ptr::eq(m.as_ref(), member) && m.health.lock().expect("health lock").ejected(now)
+            })
+            .count();
+        let cap = members.len() * self.config.max_ejected_percent as usize / 100;
+        let mut health = member.health.lock().expect("health lock");
+        if ejected >= cap {
+            return;
+        }
+        health.ejections += 1;
+        let out_for = (self.config.ejection * health.ejections).min(self.config.max_ejection);
+        health.ejected_until = Some(now + out_for);
+        health.consecutive_failures = 0;
+        tracing::warn!(
+            service = self.caller,
+            peer = self.peer,
+            endpoint = member.target.url,
+            seconds = out_for.as_secs_f64(),
+            "replica ejected after consecutive failures"
+        );
+        metrics::counter!("grpc_client_ejections_total", "service" => self.caller, "peer" => self.peer.clone(), "endpoint" => member.target.url.clone()).increment(1);
+    }
+}
+
+/// Picks an index with probability proportional to `weight`.
+fn draw(members: &[&Arc<Member>], rng: &mut impl Rng, weight: impl Fn(&Member) -> f64) -> usize {
+    let weights: Vec<f64> = members.iter().map(|m| weight(m)).collect();
+    let mut at = rng.gen_range(0.0..weights.iter().sum::<f64>());
+    for (i, w) in weights.iter().enumerate() {
+        if at < *w {
+            return i;
+        }
+        at -= w;
+    }
+    members.len() - 1
+}
+
+fn breaker_event(caller: &'static str, peer: &str, url: &str, event: BreakerEvent) {
+    match event {
+        BreakerEvent::Entered(state) => {
+            let level_warn = state != BreakerState::Closed;
+            if level_warn {
+                tracing::warn!(
+                    service = caller,
+                    peer,
+                    endpoint = url,
+                    state = state.as_str(),
+                    "circuit breaker changed state"
+                );
+            } else {
+                tracing::info!(
+                    service = caller,
+                    peer,
+                    endpoint = url,
+                    state = state.as_str(),
+                    "circuit breaker changed state"
+                );
+            }
+            metrics::counter!("grpc_client_breaker_transitions_total", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => state.as_str()).increment(1);
+            for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+                metrics::gauge!("grpc_client_breaker_state", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => s.as_str())
+                    .set(if s == state { 1.0 } else { 0.0 });
+            }
+        }
+        BreakerEvent::Call(result) => {
+            metrics::counter!("grpc_client_requests_total", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "result" => result.as_str()).increment(1);
+        }
+    }
+}
+
+/// Whether a response's gRPC status says the replica, not the request, is unwell.
+fn classify(response: &HttpResponse) -> CallResult {
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from);
+    match code {
+        Some(Code::DeadlineExceeded) => CallResult::Timeout,
+        Some(Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss) => CallResult::Failure,
+        _ => CallResult::Success,
+    }
+}
+
+fn status_response(status: tonic::Status) -> HttpResponse {
+    status.into_http()
+}
+
+/// Decrements a replica's in-flight count however the call ends (cancellation included).
+struct InFlight(Arc<Member>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Service<HttpRequest> for PeerChannel {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is per replica, decided when the call is placed.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Some((member, permit)) = shared.pick(now()) else {
+                metrics::counter!("grpc_client_requests_total", "service" => shared.caller, "peer" => shared.peer.clone(), "endpoint" => "none", "result" => "rejected").increment(1);
+                shared.refresh.notify_one();
+                return Ok(status_response(tonic::Status::unavailable(format!(
+                    "no {} replica can take the call (every one is failing, or none is known)",
+                    shared.peer
+                ))));
+            };
+            let limit = request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| crate::grpc::parse_grpc_timeout(v.as_bytes()))
+                .map_or(shared.config.call_timeout, |t| t.min(shared.config.call_timeout));
+            member.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = InFlight(member.clone());
+            let started = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(limit, member.transport.clone().oneshot(request)).await;
+            let took = started.elapsed();
+            match answer {
+                Err(_elapsed) => {
+                    shared.record(&member, permit, CallResult::Timeout, took);
+                    Ok(status_response(tonic::Status::deadline_exceeded(format!(
+                        "{} at {} did not answer within {limit:?}",
+                        shared.peer, member.target.url
+                    ))))
+                }
+                Ok(Err(error)) => {
+                    shared.record(&member, permit, CallResult::Failure, took);
+                    shared.refresh.notify_one();
+                    Ok(status_response(tonic::Status::unavailable(format!(
+                        "{} at {}: {error}",
+                        shared.peer, member.target.url
+                    ))))
+                }
+                Ok(Ok(response)) => {
+                    shared.record(&member, permit, classify(&response), took);
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "balance_tests.rs"]
+mod tests;
