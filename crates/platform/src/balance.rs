@@ -9,7 +9,8 @@
 //!   one that was slow gets tried again. With static weights that differ, a weighted draw over
 //!   `weight / (requests in flight + 1)` instead, as Envoy's least-request balancer does.
 //! - **Circuit breakers** per replica ([`crate::breaker`]): an open breaker takes its replica
-//!   out of the draw; with every breaker open the call fails fast with `UNAVAILABLE`.
+//!   out of the draw; once half-open, the next call is its trial; with every breaker open the
+//!   call fails fast with `UNAVAILABLE`.
 //! - **Outlier ejection** as Envoy does it: after `eject_after` consecutive failures a replica
 //!   is out for `ejection × times ejected` (capped), never more than `max_ejected_percent` of
 //!   the set at once.
@@ -362,7 +363,14 @@ impl Shared {
         let weighted = eligible.windows(2).any(|w| w[0].target.weight != w[1].target.weight);
         let mut rng = rand::thread_rng();
         while !eligible.is_empty() {
-            let chosen = if weighted {
+            // A replica whose breaker waits for its trial gets this call: one call per reset
+            // timeout is what finding out costs, and waiting for the draw could take minutes.
+            let probe = eligible.iter().position(|m| {
+                m.health.lock().expect("health lock").breaker.state(now) == BreakerState::HalfOpen
+            });
+            let chosen = if let Some(probe) = probe {
+                probe
+            } else if weighted {
                 draw(&eligible, &mut rng, |m| {
                     f64::from(m.target.weight) / f64::from(m.in_flight.load(Ordering::Relaxed) + 1)
                 })
