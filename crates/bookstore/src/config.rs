@@ -16,6 +16,8 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 use serde::{Deserialize, Serialize};
 
+use bookstore_platform::balance::ResilienceConfig;
+use bookstore_platform::breaker::BreakerConfig;
 use bookstore_platform::settings::{Key, Section, Source, check_database_url, check_url};
 
 bookstore_platform::settings! {
@@ -35,6 +37,24 @@ bookstore_platform::settings! {
         amqp_url: Option<String> = None, flag amqp_url "URL";
         /// Least time between JWKS refetches for unknown key ids, ms.
         jwks_refresh_ms: u64 = 60_000, flag jwks_refresh_ms "MS";
+        /// Consecutive failures (or calls over their time) that open a replica's circuit breaker.
+        breaker_max_failures: u32 = 5, flag breaker_max_failures "N";
+        /// How long an open breaker fails fast before its trial call, ms.
+        breaker_reset_timeout_ms: u64 = 1_000, flag breaker_reset_timeout_ms "MS";
+        /// What a failed trial multiplies the open time by.
+        breaker_backoff: f64 = 2.0, flag breaker_backoff "X";
+        /// The longest a breaker stays open, ms.
+        breaker_max_reset_timeout_ms: u64 = 30_000, flag breaker_max_reset_timeout_ms "MS";
+        /// Consecutive failures that eject a replica from its peer's set.
+        eject_after_failures: u32 = 5, flag eject_after_failures "N";
+        /// How long a first ejection lasts (the n-th lasts n times as long, up to 5 min), ms.
+        ejection_ms: u64 = 10_000, flag ejection_ms "MS";
+        /// The largest share of a peer's replicas ejected at once, percent.
+        max_ejected_percent: u32 = 50, flag max_ejected_percent "PCT";
+        /// Retries allowed on top of the calls made (10 s window), percent.
+        retry_budget_percent: u32 = 20, flag retry_budget_percent "PCT";
+        /// Attempts of a call that is safe to retry, the first included.
+        retry_max_attempts: u32 = 3, flag retry_max_attempts "N";
     }
 }
 
@@ -46,6 +66,22 @@ fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
     anyhow::ensure!(
         s.request_timeout_ms >= 1,
         "invalid configuration: request_timeout_ms must be at least 1"
+    );
+    anyhow::ensure!(
+        s.breaker_max_failures >= 1 && s.eject_after_failures >= 1 && s.retry_max_attempts >= 1,
+        "invalid configuration: breaker_max_failures, eject_after_failures and retry_max_attempts must be at least 1"
+    );
+    anyhow::ensure!(
+        s.breaker_reset_timeout_ms >= 1 && s.breaker_max_reset_timeout_ms >= s.breaker_reset_timeout_ms,
+        "invalid configuration: breaker_reset_timeout_ms must be at least 1 and at most breaker_max_reset_timeout_ms"
+    );
+    anyhow::ensure!(
+        (1.0..=100.0).contains(&s.breaker_backoff),
+        "invalid configuration: breaker_backoff must be between 1 and 100"
+    );
+    anyhow::ensure!(
+        s.max_ejected_percent <= 100 && s.retry_budget_percent <= 1000,
+        "invalid configuration: max_ejected_percent is at most 100, retry_budget_percent at most 1000"
     );
     if let Some(url) = &s.event_log_url {
         check_database_url("event_log_url", url)?;
@@ -210,6 +246,26 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.process.request_timeout_ms)
+    }
+
+    /// How clients of peers balance, trip, eject and retry.
+    pub fn resilience(&self) -> ResilienceConfig {
+        let p = &self.process;
+        ResilienceConfig {
+            call_timeout: self.request_timeout(),
+            breaker: BreakerConfig {
+                max_failures: p.breaker_max_failures,
+                reset_timeout: Duration::from_millis(p.breaker_reset_timeout_ms),
+                backoff: p.breaker_backoff,
+                max_reset_timeout: Duration::from_millis(p.breaker_max_reset_timeout_ms),
+            },
+            eject_after: p.eject_after_failures,
+            ejection: Duration::from_millis(p.ejection_ms),
+            max_ejected_percent: p.max_ejected_percent,
+            retry_percent: p.retry_budget_percent as f32 / 100.0,
+            max_attempts: p.retry_max_attempts,
+            ..ResilienceConfig::default()
+        }
     }
 
     /// A database in the data folder: `sqlite://<data_dir>/<file>`.

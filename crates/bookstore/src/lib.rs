@@ -21,9 +21,9 @@ use anyhow::Context as _;
 use bookstore_api::users::v1::GetJwksRequest;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::{JwksSource, Verifier};
+use bookstore_platform::balance::{PeerChannel, ResilienceConfig};
 use bookstore_platform::db::{Database, Migrations, PoolConfig};
 use bookstore_platform::events::{Bus, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
-use bookstore_platform::grpc::ClientConfig;
 use bookstore_platform::service::{Built, Context, Endpoint, LocalTokens, Mode, Process, Spec, Tasks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -133,7 +133,12 @@ impl App {
             };
             peers.insert(entry.name(), url);
         }
-        let verifier = verifier(&peers["users"], Duration::from_millis(config.process.jwks_refresh_ms))?;
+        let verifier = verifier(
+            &peers["users"],
+            Duration::from_millis(config.process.jwks_refresh_ms),
+            config.resilience(),
+        )
+        .await?;
 
         let tasks = Tasks::new();
         let mut process = Process::new(tasks.clone());
@@ -165,6 +170,8 @@ impl App {
                 verifier: verifier.clone(),
                 local_tokens: local_tokens.clone(),
                 request_timeout: config.request_timeout(),
+                resilience: config.resilience(),
+                board: process.board(),
                 tasks: tasks.clone(),
             };
             let built =
@@ -251,8 +258,12 @@ pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
 }
 
 /// A token verifier whose keys come from the users service at `users_url`.
-pub fn verifier(users_url: &str, min_refresh: Duration) -> anyhow::Result<Arc<Verifier>> {
-    let channel = bookstore_platform::grpc::channel(users_url, &ClientConfig::default())?;
+pub async fn verifier(
+    users_url: &str,
+    min_refresh: Duration,
+    resilience: ResilienceConfig,
+) -> anyhow::Result<Arc<Verifier>> {
+    let channel = PeerChannel::connect("auth", "users", users_url, resilience).await?;
     let source: JwksSource = Arc::new(move || {
         let mut client = UserServiceClient::new(channel.clone());
         Box::pin(async move {

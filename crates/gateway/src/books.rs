@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use bookstore_api::books::v1 as pb;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -166,7 +166,7 @@ pub async fn list_books(
     State(state): State<AppState>,
     auth: Auth,
     Query(params): Query<ListParams>,
-) -> Result<Json<BookPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let page = params.page.unwrap_or(1);
     let limit = params.limit.unwrap_or(0);
     if page < 1 {
@@ -175,20 +175,27 @@ pub async fn list_books(
     if params.limit.is_some_and(|l| l < 1) {
         return Err(ApiError::invalid("limit: must be between 1 and 100"));
     }
-    let mut client = state.books.clone();
-    let response = match params.q {
+    let (peer, client) = (&state.peers.books, &state.books);
+    let (key, answer) = match params.q {
         Some(query) => {
             if params.author.is_some() {
                 return Err(ApiError::invalid("q and author cannot be combined"));
             }
-            client.search_books(state.request(pb::SearchBooksRequest { query, page, limit }, &auth)).await?
+            let request = pb::SearchBooksRequest { query, page, limit };
+            let key = format!("search {request:?}");
+            let answer =
+                state.read(peer, client, &auth, request, |mut c, r| async move { c.search_books(r).await });
+            (key, answer.await)
         }
         None => {
             let request = pb::ListBooksRequest { page, limit, author: params.author };
-            client.list_books(state.request(request, &auth)).await?
+            let key = format!("list {request:?}");
+            let answer =
+                state.read(peer, client, &auth, request, |mut c, r| async move { c.list_books(r).await });
+            (key, answer.await)
         }
     };
-    Ok(Json(response.into_inner().into()))
+    state.stale.serve(key, answer.map(BookPage::from))
 }
 
 /// One book.
@@ -204,9 +211,13 @@ pub async fn get_book(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-) -> Result<Json<Book>, ApiError> {
-    let book = state.books.clone().get_book(state.request(pb::GetBookRequest { id }, &auth)).await?;
-    Ok(Json(book.into_inner().into()))
+) -> Result<Response, ApiError> {
+    let key = format!("book {id}");
+    let request = pb::GetBookRequest { id };
+    let answer = state.read(&state.peers.books, &state.books, &auth, request, |mut c, r| async move {
+        c.get_book(r).await
+    });
+    state.stale.serve(key, answer.await.map(Book::from))
 }
 
 /// Add a book to the catalog.

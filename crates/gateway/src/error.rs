@@ -172,11 +172,15 @@ impl ApiError {
             ),
             Code::Unavailable => {
                 tracing::warn!(error = %message, "upstream unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    "an upstream service is unavailable",
-                )
+                // Fail fast and say when to come back: about when a breaker tries again.
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::Unavailable,
+                        "an upstream service is unavailable",
+                    )
+                }
             }
             _ => {
                 tracing::error!(code = ?status.code(), error = %message, "upstream failed");

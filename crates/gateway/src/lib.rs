@@ -13,6 +13,7 @@ pub mod error;
 pub mod openapi;
 pub mod orders;
 pub mod settings;
+pub mod stale;
 pub mod users;
 
 use std::sync::Arc;
@@ -26,10 +27,10 @@ use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_api::orders::v1::order_service_client::OrderServiceClient;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::Verifier;
-use bookstore_platform::grpc::{self, ClientConfig, Deadline};
+use bookstore_platform::balance::PeerChannel;
+use bookstore_platform::grpc::Deadline;
 use bookstore_platform::server::with_request_metrics;
 use bookstore_platform::service::{Built, Context, Spec};
-use tonic::transport::Channel;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,6 +41,10 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use settings::Settings;
 
 pub const SERVICE: &str = "gateway";
+
+/// How many catalog reads the gateway remembers to serve stale, and for how long.
+pub const STALE_ENTRIES: u64 = 10_000;
+pub const STALE_FOR: Duration = Duration::from_secs(3600);
 
 pub static SPEC: Spec = Spec { name: SERVICE, migrations: None, uses_bus: false };
 
@@ -54,18 +59,16 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         request_timeout: ctx.request_timeout,
         cors_allowed_origins: settings.cors_origins(),
         trusted_proxies: settings.trusted_proxies()?,
-        client: ClientConfig { call_timeout: ctx.request_timeout, ..ClientConfig::default() },
     };
     // One channel per peer, shared by the API and the readiness checks.
-    let (books, users, orders) = (
-        grpc::channel(&config.books_url, &config.client)?,
-        grpc::channel(&config.users_url, &config.client)?,
-        grpc::channel(&config.orders_url, &config.client)?,
-    );
+    let (books, users, orders) =
+        (ctx.channel("books").await?, ctx.channel("users").await?, ctx.channel("orders").await?);
     let state = AppState {
         books: BookServiceClient::new(books.clone()),
         users: UserServiceClient::new(users.clone()),
         orders: OrderServiceClient::new(orders.clone()),
+        peers: Peers { books: books.clone(), users: users.clone(), orders: orders.clone() },
+        stale: stale::StaleCache::new(STALE_ENTRIES, STALE_FOR),
         request_timeout: config.request_timeout,
         trusted_proxies: config.trusted_proxies.clone().into(),
     };
@@ -97,18 +100,29 @@ pub struct GatewayConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub client: ClientConfig,
 }
 
 /// Shared by every handler; cheap to clone (clients share their HTTP/2 connections).
 #[derive(Clone)]
 pub struct AppState {
-    pub books: BookServiceClient<Channel>,
-    pub users: UserServiceClient<Channel>,
-    pub orders: OrderServiceClient<Channel>,
+    pub books: BookServiceClient<PeerChannel>,
+    pub users: UserServiceClient<PeerChannel>,
+    pub orders: OrderServiceClient<PeerChannel>,
+    /// The channels under the clients: their retries and their status.
+    pub peers: Peers,
+    /// Last good catalog reads, served when books cannot answer.
+    pub stale: stale::StaleCache,
     pub request_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` names the client ([`client`]).
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+}
+
+/// The gateway's channel to each peer.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    pub books: PeerChannel,
+    pub users: PeerChannel,
+    pub orders: PeerChannel,
 }
 
 impl AppState {
@@ -118,6 +132,34 @@ impl AppState {
         let mut request = Deadline::after(self.request_timeout).request(message);
         auth.attach(&mut request);
         request
+    }
+
+    /// Calls `call` on `client` with `message`, again when the peer was unavailable, as
+    /// [`PeerChannel::retrying`] allows: for calls that are safe to repeat (reads). Every
+    /// attempt shares one deadline and carries the caller's token.
+    pub async fn read<C, M, R, F, Fut>(
+        &self,
+        peer: &PeerChannel,
+        client: &C,
+        auth: &auth::Auth,
+        message: M,
+        call: F,
+    ) -> Result<R, tonic::Status>
+    where
+        C: Clone,
+        M: Clone,
+        F: Fn(C, tonic::Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let deadline = Deadline::after(self.request_timeout);
+        let answer = peer
+            .retrying(deadline, || {
+                let mut request = deadline.request(message.clone());
+                auth.attach(&mut request);
+                call(client.clone(), request)
+            })
+            .await?;
+        Ok(answer.into_inner())
     }
 }
 
@@ -203,7 +245,7 @@ pub(crate) fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>
 }
 
 /// Ready when the service answers the standard gRPC health check with SERVING.
-async fn check_serving(channel: Channel, service: &str) -> anyhow::Result<()> {
+async fn check_serving(channel: PeerChannel, service: &str) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     let mut request =

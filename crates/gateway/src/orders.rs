@@ -181,8 +181,11 @@ pub async fn get_order(
     Path(id): Path<String>,
 ) -> Result<Json<Order>, ApiError> {
     auth.required()?;
-    let order = state.orders.clone().get_order(state.request(pb::GetOrderRequest { id }, &auth)).await?;
-    Ok(Json(order.into_inner().try_into()?))
+    let request = pb::GetOrderRequest { id };
+    let order = state.read(&state.peers.orders, &state.orders, &auth, request, |mut c, r| async move {
+        c.get_order(r).await
+    });
+    Ok(Json(order.await?.try_into()?))
 }
 
 /// Your orders, newest first; staff see everyone's and may filter by status.
@@ -199,7 +202,12 @@ pub async fn list_orders(
         limit: params.limit.unwrap_or(20),
         status: params.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
     };
-    let page = state.orders.clone().list_orders(state.request(request, &auth)).await?.into_inner();
+    let page =
+        state
+            .read(&state.peers.orders, &state.orders, &auth, request, |mut c, r| async move {
+                c.list_orders(r).await
+            })
+            .await?;
     Ok(Json(OrderPage {
         items: page.orders.into_iter().map(Order::try_from).collect::<Result<_, _>>()?,
         total: page.total,

@@ -290,10 +290,16 @@ pub async fn token(
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
     responses((status = 200, description = "JWKS", content_type = "application/json", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let jwks = state.users.clone().get_jwks(state.request(pb::GetJwksRequest {}, &Auth::default())).await?;
+    let (request, anyone) = (pb::GetJwksRequest {}, Auth::default());
+    let jwks =
+        state
+            .read(&state.peers.users, &state.users, &anyone, request, |mut c, r| async move {
+                c.get_jwks(r).await
+            })
+            .await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "public, max-age=60")],
-        jwks.into_inner().jwks_json,
+        jwks.jwks_json,
     ))
 }
 
@@ -350,7 +356,12 @@ pub async fn list_users(
 ) -> Result<Json<UserPage>, ApiError> {
     auth.required()?;
     let request = pb::ListUsersRequest { page: params.page.unwrap_or(1), limit: params.limit.unwrap_or(20) };
-    let page = state.users.clone().list_users(state.request(request, &auth)).await?.into_inner();
+    let page =
+        state
+            .read(&state.peers.users, &state.users, &auth, request, |mut c, r| async move {
+                c.list_users(r).await
+            })
+            .await?;
     Ok(Json(UserPage {
         items: page.users.into_iter().map(User::from).collect(),
         total: page.total,
@@ -423,8 +434,10 @@ pub async fn create_service_account(
 }
 
 async fn get_user_by_id(state: &AppState, auth: &Auth, id: String) -> Result<Json<User>, ApiError> {
-    let user = state.users.clone().get_user(state.request(pb::GetUserRequest { id }, auth)).await?;
-    Ok(Json(user.into_inner().into()))
+    let request = pb::GetUserRequest { id };
+    let user = state
+        .read(&state.peers.users, &state.users, auth, request, |mut c, r| async move { c.get_user(r).await });
+    Ok(Json(user.await?.into()))
 }
 
 async fn update_user_by_id(

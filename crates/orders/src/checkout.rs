@@ -16,10 +16,10 @@ use std::time::Duration;
 use bookstore_api::books::v1 as books;
 use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_platform::auth::{Identity, ServiceToken};
+use bookstore_platform::balance::PeerChannel;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::grpc::Deadline;
 use bookstore_platform::service::Tasks;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::confirmer::Confirmer;
@@ -35,21 +35,19 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Checkout {
     store: OrderStore,
-    books: BookServiceClient<Channel>,
+    /// Books' replicas: its retries (every saga step is idempotent by order id).
+    peer: PeerChannel,
+    books: BookServiceClient<PeerChannel>,
     token: Arc<ServiceToken>,
     confirmer: Confirmer,
 }
 
 impl Checkout {
     /// The saga, with its confirmer running on `tasks`.
-    pub fn new(
-        store: OrderStore,
-        books: BookServiceClient<Channel>,
-        token: Arc<ServiceToken>,
-        tasks: &Tasks,
-    ) -> Self {
+    pub fn new(store: OrderStore, peer: PeerChannel, token: Arc<ServiceToken>, tasks: &Tasks) -> Self {
+        let books = BookServiceClient::new(peer.clone());
         let confirmer = Confirmer::start(store.clone(), books.clone(), token.clone(), SETTLE_TIMEOUT, tasks);
-        Self { store, books, token, confirmer }
+        Self { store, peer, books, token, confirmer }
     }
 
     pub fn store(&self) -> &OrderStore {
@@ -122,10 +120,12 @@ impl Checkout {
                 .collect(),
             hold_seconds: 0,
         };
+        // Idempotent by order id: a retry gets the same reservation.
         let reserved = self
-            .books
-            .clone()
-            .reserve_stock(self.books_request(reserve, deadline).await?)
+            .peer
+            .retrying(deadline, || async {
+                self.books.clone().reserve_stock(self.books_request(reserve.clone(), deadline).await?).await
+            })
             .await?
             .into_inner();
         let lines: Vec<Line> = reserved
@@ -186,12 +186,19 @@ impl Checkout {
     pub async fn settle(&self, order_id: &str, how: Settle) -> Result<(), Status> {
         let message = books::ReservationRequest { order_id: order_id.to_owned() };
         // Settling finishes what was started even if the client has gone: its own deadline.
-        let request = self.books_request(message, Deadline::after(SETTLE_TIMEOUT)).await?;
-        let mut client = self.books.clone();
-        let result = match how {
-            Settle::Confirm => client.confirm_reservation(request).await,
-            Settle::Release => client.release_reservation(request).await,
-        };
+        let deadline = Deadline::after(SETTLE_TIMEOUT);
+        // Both settlements are idempotent: safe to retry.
+        let result = self
+            .peer
+            .retrying(deadline, || async {
+                let request = self.books_request(message.clone(), deadline).await?;
+                let mut client = self.books.clone();
+                match how {
+                    Settle::Confirm => client.confirm_reservation(request).await,
+                    Settle::Release => client.release_reservation(request).await,
+                }
+            })
+            .await;
         match result {
             Ok(_) => {}
             // Nothing held (the reservation never happened or was swept): nothing to return.

@@ -10,10 +10,10 @@ use std::time::Duration;
 use bookstore_api::books::v1 as books;
 use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_platform::auth::ServiceToken;
+use bookstore_platform::balance::PeerChannel;
 use bookstore_platform::grpc::Deadline;
 use bookstore_platform::service::Tasks;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::domain::StockState;
 use crate::store::OrderStore;
@@ -34,7 +34,7 @@ impl Confirmer {
     /// (the service's router and sweeper), after answering every order it was handed.
     pub fn start(
         store: OrderStore,
-        books: BookServiceClient<Channel>,
+        books: BookServiceClient<PeerChannel>,
         token: Arc<ServiceToken>,
         timeout: Duration,
         tasks: &Tasks,
@@ -89,7 +89,7 @@ impl Confirmer {
 /// reservation for it), in `ids`' order.
 async fn confirm_group(
     store: &OrderStore,
-    books: &BookServiceClient<Channel>,
+    books: &BookServiceClient<PeerChannel>,
     token: &ServiceToken,
     timeout: Duration,
     ids: Vec<String>,

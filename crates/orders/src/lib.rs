@@ -24,7 +24,6 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_api::orders::v1::order_service_server::OrderServiceServer;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::{ServiceToken, TokenSource};
@@ -52,9 +51,8 @@ pub static SPEC: Spec = Spec { name: SERVICE, migrations: Some(&MIGRATIONS), use
 pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
     let store = OrderStore::new(db.clone());
-    let token = Arc::new(ServiceToken::new(token_source(&ctx, &settings)?));
-    let books = BookServiceClient::new(ctx.channel("books")?);
-    let checkout = Checkout::new(store.clone(), books, token, &ctx.tasks);
+    let token = Arc::new(ServiceToken::new(token_source(&ctx, &settings).await?));
+    let checkout = Checkout::new(store.clone(), ctx.channel("books").await?, token, &ctx.tasks);
 
     // Committed events reach the bus even if orders stopped right after committing them.
     let (relay_db, bus, stopping) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
@@ -76,7 +74,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
 
 /// Where the orders service gets its service token: minted in-process when users runs in this
 /// process, else by client credentials from users.
-fn token_source(ctx: &Context, settings: &Settings) -> anyhow::Result<TokenSource> {
+async fn token_source(ctx: &Context, settings: &Settings) -> anyhow::Result<TokenSource> {
     if let Some(local) = &ctx.local_tokens {
         return Ok(local(SERVICE));
     }
@@ -88,7 +86,7 @@ fn token_source(ctx: &Context, settings: &Settings) -> anyhow::Result<TokenSourc
              an admin creates one with POST /api/v1/service-accounts"
         );
     };
-    let channel = ctx.channel("users")?;
+    let channel = ctx.channel("users").await?;
     Ok(Arc::new(move || {
         let mut client = UserServiceClient::new(channel.clone());
         let request = bookstore_api::users::v1::IssueServiceTokenRequest {

@@ -161,6 +161,45 @@ pub struct EndpointStatus {
     pub latency_ms: f64,
 }
 
+/// The peer channels of one process, for its status page (`/status` on the admin listener).
+#[derive(Clone, Default)]
+pub struct Board {
+    channels: Arc<Mutex<Vec<std::sync::Weak<Shared>>>>,
+}
+
+impl Board {
+    pub fn register(&self, channel: &PeerChannel) {
+        let mut channels = self.channels.lock().expect("board lock");
+        channels.retain(|c| c.strong_count() > 0);
+        channels.push(Arc::downgrade(&channel.shared));
+    }
+
+    /// Every live channel: who calls, which peer, and its replicas.
+    pub fn snapshot(&self) -> Vec<PeerStatus> {
+        let channels = self.channels.lock().expect("board lock");
+        channels
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|shared| {
+                let channel = PeerChannel { shared };
+                PeerStatus {
+                    service: channel.shared.caller,
+                    peer: channel.shared.peer.clone(),
+                    endpoints: channel.status(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One client's view of one peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    pub service: &'static str,
+    pub peer: String,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
 struct Shared {
     /// The service that calls (the `service` label).
     caller: &'static str,

@@ -1,42 +1,8 @@
-//! The one place inter-service gRPC clients are built.
-//!
-//! Every channel gets a connect timeout and a per-call timeout, and every call carries the
-//! caller's deadline (`grpc-timeout`), so a request that the edge has given up on is not still
-//! working three services deep. Discovery, balancing and circuit breaking will join here as tower
-//! layers on the same [`Channel`].
+//! Deadlines between services: every call carries the caller's deadline (`grpc-timeout`), so
+//! a request that the edge has given up on is not still working three services deep. The
+//! channels themselves (discovery, balancing, breakers, retries) are [`crate::balance`]'s.
 
 use std::time::{Duration, Instant};
-
-use anyhow::Context;
-use tonic::transport::{Channel, Endpoint};
-
-/// Timeouts of one client.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientConfig {
-    pub connect_timeout: Duration,
-    /// The longest any single call may take, whatever deadline the caller has.
-    pub call_timeout: Duration,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(2), call_timeout: Duration::from_secs(5) }
-    }
-}
-
-/// A lazily connected channel to `url` (`http://host:port`): the first call connects, a broken
-/// connection is re-established on the next call, and the service can start before its
-/// dependencies do.
-pub fn channel(url: &str, config: &ClientConfig) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid service URL {url:?}"))?
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.call_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
-}
 
 /// A protobuf timestamp from Unix milliseconds.
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {

@@ -37,16 +37,19 @@ pub(crate) struct Ops {
     /// Every service's readiness checks, with its name.
     pub readiness: Vec<(&'static str, ReadinessCheck)>,
     pub on_scrape: Vec<ScrapeHook>,
+    /// The process's peer channels, for `/status`.
+    pub board: crate::balance::Board,
 }
 
 /// `/healthz` (the process is alive), `/readyz` (every service in it can serve; 503 while
-/// shutting down) and `/metrics` (Prometheus text). These live on the admin listener
+/// shutting down), `/metrics` (Prometheus text) and `/status` (peers' replicas, as JSON). These live on the admin listener
 /// (`admin_http`), off the public port.
 pub(crate) fn ops_router(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .with_state(Arc::new(ops))
 }
 
@@ -61,6 +64,12 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
         }
     }
     (StatusCode::OK, "ready".to_owned())
+}
+
+/// The process's clients of its peers: each replica's weight, breaker, ejection, calls in
+/// flight and latency estimate, as JSON.
+async fn status(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "peers": ops.board.snapshot() }))
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {

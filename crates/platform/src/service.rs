@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{TokenSource, Verifier};
+use crate::balance::{Board, PeerChannel, ResilienceConfig};
 use crate::db::{Database, Migrations};
 use crate::events::Bus;
-use crate::grpc::ClientConfig;
 use crate::server::ReadinessCheck;
 
 /// What the process must know of a service before building it.
@@ -81,6 +81,10 @@ pub struct Context {
     pub local_tokens: Option<LocalTokens>,
     /// How long a request may take end to end; peers' calls inherit it as their cap.
     pub request_timeout: Duration,
+    /// How clients of peers balance, trip, eject and retry.
+    pub resilience: ResilienceConfig,
+    /// The process's peer channels, shown on its status page.
+    pub board: Board,
     pub tasks: Tasks,
 }
 
@@ -106,10 +110,13 @@ impl Context {
             .ok_or_else(|| anyhow::anyhow!("no URL for the {peer} service"))
     }
 
-    /// A lazily connected channel to `peer`, each call capped at the request timeout.
-    pub fn channel(&self, peer: &str) -> anyhow::Result<tonic::transport::Channel> {
-        let config = ClientConfig { call_timeout: self.request_timeout, ..ClientConfig::default() };
-        crate::grpc::channel(self.peer_url(peer)?, &config)
+    /// A balanced, breaker-guarded channel to every replica of `peer` ([`PeerChannel`]), each
+    /// call capped at the request timeout.
+    pub async fn channel(&self, peer: &str) -> anyhow::Result<PeerChannel> {
+        let config = ResilienceConfig { call_timeout: self.request_timeout, ..self.resilience };
+        let channel = PeerChannel::connect(self.name, peer, self.peer_url(peer)?, config).await?;
+        self.board.register(&channel);
+        Ok(channel)
     }
 }
 
@@ -241,6 +248,7 @@ pub struct Process {
     on_scrape: Vec<crate::server::ScrapeHook>,
     tasks: Tasks,
     databases: Vec<Database>,
+    board: Board,
 }
 
 impl Process {
@@ -253,7 +261,13 @@ impl Process {
             on_scrape: Vec::new(),
             tasks,
             databases: Vec::new(),
+            board: Board::default(),
         }
+    }
+
+    /// Where the process's peer channels register for its status page.
+    pub fn board(&self) -> Board {
+        self.board.clone()
     }
 
     /// Closes `db` after every task has stopped.
@@ -286,6 +300,7 @@ impl Process {
             draining: self.draining.clone(),
             readiness: self.readiness.clone(),
             on_scrape: self.on_scrape.clone(),
+            board: self.board.clone(),
         };
         let router = crate::server::ops_router(ops);
         let stop = CancellationToken::new();

@@ -92,9 +92,9 @@ macro_rules! settings {
         $crate::settings! {
             $(#[$meta])*
             pub struct $name in $section, validate(|s: &$name| -> ::anyhow::Result<()> {
-                use $crate::settings::check_url;
                 if let Some(url) = &s.url {
-                    check_url(stringify!($url), url, &["http", "https"])?;
+                    $crate::discovery::Source::parse(url)
+                        .map_err(|e| ::anyhow::anyhow!("invalid configuration: {}: {e:#}", stringify!($url)))?;
                 }
                 if let Some(url) = &s.database_url {
                     $crate::settings::check_database_url(stringify!($database_url), url)?;
@@ -104,7 +104,7 @@ macro_rules! settings {
             }) {
                 #[doc = concat!("Where the ", $section, " service listens for gRPC.")]
                 grpc: ::std::net::SocketAddr = ::std::net::SocketAddr::from(([127, 0, 0, 1], $port)), flag $grpc "ADDR";
-                #[doc = concat!("URL of a ", $section, " service elsewhere [default: http://<", stringify!($grpc), ">]")]
+                #[doc = concat!("Where other processes find the ", $section, " service: http://host:port, a comma-separated list (each with ?weight=N), or dns://name:port [default: http://<", stringify!($grpc), ">]")]
                 url: Option<String> = None, flag $url "URL";
                 #[doc = concat!("The ", $section, " database, postgres://... or sqlite:... [default: <data-dir>/", $section, ".db]")]
                 database_url: Option<String> = None, flag $database_url "URL";

@@ -342,6 +342,8 @@ pub fn context(
         verifier,
         local_tokens: None,
         request_timeout: Duration::from_secs(10),
+        resilience: Default::default(),
+        board: Default::default(),
         tasks,
     }
 }
