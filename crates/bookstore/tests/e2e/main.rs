@@ -6,6 +6,7 @@ mod api;
 mod binary;
 mod lifecycle;
 mod orders;
+mod replicas;
 mod users;
 
 use bookstore::{App, Config};

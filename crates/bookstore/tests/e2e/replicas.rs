@@ -1,0 +1,206 @@
+//! Many replicas: two real `bookstore serve books` processes over one database, behind a
+//! gateway that knows both from a static list. One is killed (SIGKILL, no goodbye) during steady
+//! reads, then started again on its address.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bookstore::{App, Config};
+use bookstore_platform::db::Backend;
+use bookstore_platform::service::Mode;
+use bookstore_platform::testing::TestDatabase;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bookstore");
+
+/// A books process; killed when dropped.
+struct Replica {
+    child: Child,
+    grpc: String,
+    admin: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `bookstore serve books` on `grpc` (`127.0.0.1:0` for any port) over `database_url`.
+async fn start_books(database_url: &str, users_url: &str, grpc: &str, seed: bool) -> Replica {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BOOKSTORE_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("RUST_LOG", "error")
+        .args(["serve", "books", "--books-grpc", grpc, "--admin-http", "127.0.0.1:0"])
+        .args(["--books-database-url", database_url, "--users-url", users_url]);
+    if seed {
+        command.arg("--seed");
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (grpc, admin) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut grpc, mut admin) = (None, None);
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let word = |rest: &str| rest.split_whitespace().next().map(str::to_owned);
+            if let Some(rest) = line.strip_prefix("books    gRPC on http://") {
+                grpc = word(rest);
+            }
+            if let Some(rest) = line.strip_prefix("admin    http://") {
+                admin = word(rest);
+            }
+            if grpc.is_some() && admin.is_some() {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        (grpc.expect("serve prints the books address"), admin.expect("serve prints the admin address"))
+    })
+    .await
+    .unwrap();
+    Replica { child, grpc, admin }
+}
+
+/// Calls `books` has answered (`grpc_server_requests_total`), from its `/metrics`.
+async fn served(http: &reqwest::Client, replica: &Replica) -> f64 {
+    let Ok(response) = http.get(format!("http://{}/metrics", replica.admin)).send().await else { return 0.0 };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("grpc_server_requests_total{") && l.contains("service=\"books\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits for `condition`, checking every 50 ms, up to `limit`; fails the test with `what`.
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !condition().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+bookstore_platform::backend_tests!(
+    reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_when_restarted
+);
+
+async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_when_restarted(
+    backend: Backend,
+) {
+    let Some(books_db) = TestDatabase::new(backend).await else { return };
+    let Some(users_db) = TestDatabase::new(backend).await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config::default();
+    config.process.admin_http = port0;
+    config.process.data_dir = data_dir.path().to_owned();
+    // A replica back from the dead is tried again within a second (the default is ten).
+    config.process.ejection_ms = 1000;
+    config.gateway.http = port0;
+    config.users.grpc = port0;
+    config.users.database_url = Some(users_db.url.clone());
+    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
+    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
+    let users_url = format!("http://{}", users.addr("users").unwrap());
+    let first = start_books(&books_db.url, &users_url, "127.0.0.1:0", true).await;
+    let mut second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false).await;
+    config.books.url = Some(format!("http://{},http://{}", first.grpc, second.grpc));
+    config.users.url = Some(users_url);
+    let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
+    let base = format!("http://{}", gateway.addr("gateway").unwrap());
+    let admin = format!("http://{}", gateway.admin_addr);
+    let http = reqwest::Client::new();
+    let page: serde_json::Value =
+        http.get(format!("{base}/api/v1/books?limit=20")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<String> =
+        page["items"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_owned()).collect();
+    assert!(!ids.is_empty(), "seeded catalog: {page}");
+
+    // Steady reads, each recorded with when it finished and whether it succeeded.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|n| {
+            let (http, base, ids, stop) = (http.clone(), base.clone(), ids.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                let mut i = n;
+                while !stop.load(Ordering::Relaxed) {
+                    let path = if i % 2 == 0 {
+                        format!("/api/v1/books/{}", ids[i % ids.len()])
+                    } else {
+                        "/api/v1/books?limit=5".to_owned()
+                    };
+                    let ok = match http.get(format!("{base}{path}")).send().await {
+                        Ok(r) => r.status() == 200 && r.headers().get("x-degraded").is_none(),
+                        Err(_) => false,
+                    };
+                    results.push((Instant::now(), ok));
+                    i += 1;
+                }
+                results
+            })
+        })
+        .collect();
+
+    until("both replicas to serve reads", Duration::from_secs(30), || async {
+        served(&http, &first).await >= 20.0 && served(&http, &second).await >= 20.0
+    })
+    .await;
+
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+    let killed = Instant::now();
+    let second_addr = second.grpc.clone();
+    until("the killed replica's breaker to open", Duration::from_secs(30), || async {
+        let status: serde_json::Value =
+            http.get(format!("{admin}/status")).send().await.unwrap().json().await.unwrap();
+        status["peers"].as_array().unwrap().iter().filter(|p| p["peer"] == "books").any(|p| {
+            p["endpoints"].as_array().unwrap().iter().any(|e| {
+                e["url"] == format!("http://{second_addr}")
+                    && e["breaker"] != "closed"
+                    && e["ejected"] == true
+            })
+        })
+    })
+    .await;
+    let served_by_first = served(&http, &first).await;
+    until("reads to go on after the kill", Duration::from_secs(30), || async {
+        served(&http, &first).await >= served_by_first + 200.0
+    })
+    .await;
+
+    let users_url = format!("http://{}", users.addr("users").unwrap());
+    second = start_books(&books_db.url, &users_url, &second_addr, false).await;
+    until("the restarted replica to get traffic again", Duration::from_secs(30), || async {
+        served(&http, &second).await >= 20.0
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for reader in readers {
+        results.extend(reader.await.unwrap());
+    }
+    let failed = results.iter().filter(|(_, ok)| !ok).count();
+    let late = results.iter().filter(|(at, ok)| !ok && *at > killed + Duration::from_secs(1)).count();
+    eprintln!("{} reads, {failed} failed, {late} more than a second after the kill", results.len());
+    assert!(results.len() > 400, "{} reads", results.len());
+    assert!(failed * 100 < results.len(), "{failed} of {} reads failed", results.len());
+    assert_eq!(late, 0, "reads failed more than a second after the kill");
+    gateway.shutdown_token().cancel();
+    users.shutdown_token().cancel();
+}
