@@ -37,6 +37,8 @@ bookstore_platform::settings! {
         amqp_url: Option<String> = None, flag amqp_url "URL";
         /// Least time between JWKS refetches for unknown key ids, ms.
         jwks_refresh_ms: u64 = 60_000, flag jwks_refresh_ms "MS";
+        /// etcd (etcd://host:2379[,host:2379...]) where serve registers each of its services.
+        registry_url: Option<String> = None, flag registry_url "URL";
         /// Consecutive failures (or calls over their time) that open a replica's circuit breaker.
         breaker_max_failures: u32 = 5, flag breaker_max_failures "N";
         /// How long an open breaker fails fast before its trial call, ms.
@@ -85,6 +87,14 @@ fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
     );
     if let Some(url) = &s.event_log_url {
         check_database_url("event_log_url", url)?;
+    }
+    if let Some(url) = &s.registry_url {
+        let (_, path) = bookstore_platform::etcd::parse_url(url)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: registry_url: {e:#}"))?;
+        anyhow::ensure!(
+            path.is_empty(),
+            "invalid configuration: registry_url is etcd://host:port[,host:port], without a path"
+        );
     }
     if let Some(url) = &s.amqp_url {
         check_url("amqp_url", url, &["amqp", "amqps"])?;

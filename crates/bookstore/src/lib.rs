@@ -23,6 +23,7 @@ use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::{JwksSource, Verifier};
 use bookstore_platform::balance::{PeerChannel, ResilienceConfig};
 use bookstore_platform::db::{Database, Migrations, PoolConfig};
+use bookstore_platform::etcd::{Etcd, Registration};
 use bookstore_platform::events::{Bus, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
 use bookstore_platform::service::{Built, Context, Endpoint, LocalTokens, Mode, Process, Spec, Tasks};
 use tokio::net::TcpListener;
@@ -180,7 +181,23 @@ impl App {
                 local_tokens.clone_from(&built.local_tokens);
             }
             notices.extend(built.notices.iter().cloned());
-            addrs.insert(entry.name(), process.serve(entry.name(), listener, built)?);
+            let bound = process.serve(entry.name(), listener, built)?;
+            addrs.insert(entry.name(), bound);
+            if let (Mode::Serve, Some(registry), Some((advertised, weight))) =
+                (mode, &config.process.registry_url, (entry.endpoint)(config).announce())
+            {
+                let (endpoints, _) = bookstore_platform::etcd::parse_url(registry)?;
+                let registration = Registration {
+                    addr: advertised.map_or_else(|| bound.to_string(), str::to_owned),
+                    weight,
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                };
+                let (name, instance) = (entry.name(), uuid::Uuid::now_v7().simple().to_string());
+                let (etcd, draining) = (Etcd::new(endpoints), process.draining());
+                tasks.spawn("registration", async move {
+                    bookstore_platform::etcd::register(etcd, name, &instance, registration, draining).await;
+                });
+            }
         }
         let admin = TcpListener::bind(config.process.admin_http)
             .await

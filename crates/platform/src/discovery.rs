@@ -5,6 +5,8 @@
 //! - DNS: `dns://books.shop.svc.cluster.local:50051`, a name resolving to many addresses (a
 //!   Kubernetes headless Service), resolved again every [`DNS_REFRESH`] and at once when a
 //!   client reports a connection failure.
+//! - etcd: `etcd://10.0.0.1:2379,10.0.0.2:2379/books`, the instances registered there
+//!   ([`crate::etcd`]), watched.
 //!
 //! Each source feeds a `watch` channel of [`Target`]s that the balancer follows; a source that
 //! fails to resolve keeps the last targets it knew.
@@ -32,13 +34,29 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Static(Vec<Target>),
-    Dns { host: String, port: u16 },
+    Dns {
+        host: String,
+        port: u16,
+    },
+    /// The instances registered in etcd under `/bookstore/services/<service>/`.
+    Etcd {
+        endpoints: Vec<String>,
+        service: String,
+    },
 }
 
 impl Source {
     /// Parses a peer URL. Errors say what is wrong with which address.
     pub fn parse(spec: &str) -> anyhow::Result<Self> {
         let spec = spec.trim();
+        if spec.starts_with("etcd://") {
+            let (endpoints, service) = crate::etcd::parse_url(spec)?;
+            ensure!(
+                !service.is_empty() && !service.contains('/'),
+                "{spec:?}: name the service after the endpoints: etcd://host:2379/books"
+            );
+            return Ok(Self::Etcd { endpoints, service });
+        }
         if let Some(rest) = spec.strip_prefix("dns://") {
             let url = url::Url::parse(spec).with_context(|| format!("{spec:?} is not a URL"))?;
             let host = url.host_str().filter(|h| !h.is_empty()).context("a dns:// URL needs a name")?;
@@ -68,6 +86,9 @@ impl Source {
                 // Nothing will change: keep the sender alive as long as anyone listens.
                 tokio::spawn(async move { tx.closed().await });
                 (rx, refresh)
+            }
+            Self::Etcd { endpoints, service } => {
+                (crate::etcd::follow(crate::etcd::Etcd::new(endpoints), service).await, refresh)
             }
             Self::Dns { host, port } => {
                 let first = resolve(&host, port).await.unwrap_or_else(|e| {
@@ -115,7 +136,7 @@ fn parse_target(address: &str) -> anyhow::Result<Target> {
     let mut url = url::Url::parse(address).with_context(|| format!("{address:?} is not a URL"))?;
     ensure!(
         matches!(url.scheme(), "http" | "https"),
-        "{address:?}: a peer address is http:// or https:// (or the whole URL is dns://name:port)"
+        "{address:?}: a peer address is http:// or https:// (or the whole URL is dns://name:port or etcd://host:port/service)"
     );
     ensure!(url.host_str().is_some_and(|h| !h.is_empty()), "{address:?} has no host");
     let mut weight = 1;
@@ -176,7 +197,14 @@ mod tests {
         assert!(err("http://a:1?weight=x").contains("weight must be"));
         assert!(err("http://a:1?color=red").contains("unknown option"));
         assert!(err("dns://books").contains("needs a port"));
-        assert!(err("etcd://127.0.0.1:2379/books").contains("http:// or https://"));
+        assert!(err("etcd://127.0.0.1:2379").contains("name the service"));
+        assert_eq!(
+            Source::parse("etcd://127.0.0.1:2379,127.0.0.2:2379/books").unwrap(),
+            Source::Etcd {
+                endpoints: vec!["http://127.0.0.1:2379".into(), "http://127.0.0.2:2379".into()],
+                service: "books".into()
+            }
+        );
     }
 
     #[test]

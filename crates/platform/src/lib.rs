@@ -32,6 +32,7 @@ pub mod breaker;
 pub mod clock;
 pub mod db;
 pub mod discovery;
+pub mod etcd;
 pub mod events;
 pub mod grpc;
 pub mod jwt_crypto;

@@ -51,6 +51,11 @@ pub trait Endpoint {
     fn database_url(&self) -> Option<&str> {
         None
     }
+    /// How it announces itself in the registry: the address others dial (`None`: the bound
+    /// one) and its weight. `None` for what nobody discovers (the gateway).
+    fn announce(&self) -> Option<(Option<&str>, u32)> {
+        None
+    }
 }
 
 /// `bookstore up` (embedded conveniences for one machine) or `bookstore serve` (a deployment).
@@ -263,6 +268,11 @@ impl Process {
             databases: Vec::new(),
             board: Board::default(),
         }
+    }
+
+    /// Cancelled when the process starts to stop (before its listeners drain).
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
     }
 
     /// Where the process's peer channels register for its status page.

@@ -62,8 +62,9 @@ pub trait Section:
 
 /// Declares a configuration section: the struct, its `Default`, and its [`Section`] keys; an
 /// optional `validate(f)` gives a `fn(&Self) -> anyhow::Result<()>` for what types cannot
-/// check. `as grpc_service(port = .., grpc = .., url = .., database_url = ..)` adds the keys every
-/// gRPC service has (listen address, URL, database; flat names as given) and its
+/// check. `as grpc_service(port = .., grpc = .., url = .., database_url = .., advertise_addr = ..,
+/// weight = ..)` adds the keys every gRPC service has (listen address, URL, database, what it
+/// registers; flat names as given) and its
 /// [`Endpoint`](crate::service::Endpoint).
 ///
 /// ```ignore
@@ -84,7 +85,8 @@ macro_rules! settings {
     (
         $(#[$meta:meta])*
         pub struct $name:ident in $section:literal as grpc_service(
-            port = $port:literal, grpc = $grpc:ident, url = $url:ident, database_url = $database_url:ident
+            port = $port:literal, grpc = $grpc:ident, url = $url:ident, database_url = $database_url:ident,
+            advertise_addr = $advertise_addr:ident, weight = $weight:ident
         ) $(, validate($check:expr))? {
             $($keys:tt)*
         }
@@ -99,6 +101,13 @@ macro_rules! settings {
                 if let Some(url) = &s.database_url {
                     $crate::settings::check_database_url(stringify!($database_url), url)?;
                 }
+                if let Some(addr) = &s.advertise_addr {
+                    $crate::settings::check_host_port(stringify!($advertise_addr), addr)?;
+                }
+                ::anyhow::ensure!(
+                    (1..=$crate::discovery::MAX_WEIGHT).contains(&s.weight),
+                    "invalid configuration: {} must be from 1 to {}", stringify!($weight), $crate::discovery::MAX_WEIGHT
+                );
                 $(($check)(s)?;)?
                 Ok(())
             }) {
@@ -108,6 +117,10 @@ macro_rules! settings {
                 url: Option<String> = None, flag $url "URL";
                 #[doc = concat!("The ", $section, " database, postgres://... or sqlite:... [default: <data-dir>/", $section, ".db]")]
                 database_url: Option<String> = None, flag $database_url "URL";
+                #[doc = concat!("host:port other processes dial to reach this ", $section, " (registered in etcd) [default: the bound address]")]
+                advertise_addr: Option<String> = None, flag $advertise_addr "HOST:PORT";
+                #[doc = concat!("This ", $section, " replica's share of traffic, as registered in etcd")]
+                weight: u32 = 1, flag $weight "N";
                 $($keys)*
             }
         }
@@ -121,6 +134,9 @@ macro_rules! settings {
             }
             fn database_url(&self) -> Option<&str> {
                 self.database_url.as_deref()
+            }
+            fn announce(&self) -> Option<(Option<&str>, u32)> {
+                Some((self.advertise_addr.as_deref(), self.weight))
             }
         }
     };
@@ -208,6 +224,13 @@ pub fn check_url(key: &str, url: &str, schemes: &[&str]) -> anyhow::Result<()> {
     let ok = schemes.iter().any(|s| url.strip_prefix(s).is_some_and(|rest| rest.starts_with(':')));
     anyhow::ensure!(ok, "invalid configuration: {key} must be a {} URL, not {url:?}", schemes.join(" or "));
     url::Url::parse(url).map_err(|e| anyhow::anyhow!("invalid configuration: {key}: {e}"))?;
+    Ok(())
+}
+
+/// Checks that `value`, the value of `key`, is `host:port`.
+pub fn check_host_port(key: &str, value: &str) -> anyhow::Result<()> {
+    let ok = url::Url::parse(&format!("http://{value}")).is_ok_and(|u| u.port().is_some() && u.path() == "/");
+    anyhow::ensure!(ok, "invalid configuration: {key} must be host:port, not {value:?}");
     Ok(())
 }
 

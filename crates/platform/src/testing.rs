@@ -214,6 +214,98 @@ impl Drop for RabbitNode {
     }
 }
 
+/// The variable naming the `etcd` executable the registry tests start (Debian's `/usr/bin/etcd`).
+pub(crate) const ETCD_VAR: &str = "BOOKSTORE_TEST_ETCD";
+
+/// An etcd server of one test's own (its data and ports), so the test can stop and restart it;
+/// killed and deleted when dropped.
+pub struct EtcdNode {
+    etcd: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl EtcdNode {
+    /// A running server, or `None` (after saying so) when `BOOKSTORE_TEST_ETCD` is unset outside
+    /// CI; a panic when it is unset under CI or the server does not come up.
+    pub async fn start_or_skip() -> Option<Self> {
+        let etcd = match std::env::var(ETCD_VAR) {
+            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("{ETCD_VAR} is not set, and CI must run the etcd tests")
+            }
+            _ => {
+                eprintln!("SKIPPED (etcd): {ETCD_VAR} is not set; this test did not run");
+                return None;
+            }
+        };
+        let free_port =
+            || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+        let mut node = Self {
+            etcd,
+            dir: tempfile::tempdir().expect("creating a folder for etcd"),
+            client_port: free_port().expect("finding a free port"),
+            peer_port: free_port().expect("finding a free port"),
+            process: None,
+        };
+        node.start().await.expect("starting an etcd of the test's own");
+        Some(node)
+    }
+
+    /// `etcd://127.0.0.1:<port>`, for `registry_url` (add `/<service>` for a peer URL).
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts the server (again, after [`Self::stop`], on the same data and ports) and waits
+    /// until it answers.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.path();
+        let log = std::fs::File::create(dir.join("etcd.log"))?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = std::process::Command::new(&self.etcd)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--name", "test", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}"), "--log-level", "warn"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("running {}", self.etcd.display()))?;
+        self.process = Some(child);
+        let client = crate::etcd::Etcd::new(vec![client]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if client.range_prefix("/").await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.process.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+                anyhow::bail!("etcd exited ({status}) before answering:\n{log}");
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "etcd did not come up in 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the server outright (SIGKILL), like a crashed host.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.process.take() else { return };
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for EtcdNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The PostgreSQL server URL for tests; `None` with a loud note when unset outside CI; a panic
 /// when unset under CI.
 pub(crate) fn postgres_url_or_skip() -> Option<String> {

@@ -10,7 +10,8 @@ use crate::crypto::MasterKey;
 bookstore_platform::settings! {
     /// The users service's settings.
     pub struct Settings in "users" as grpc_service(
-        port = 50052, grpc = users_grpc, url = users_url, database_url = users_database_url
+        port = 50052, grpc = users_grpc, url = users_url, database_url = users_database_url,
+        advertise_addr = users_advertise_addr, weight = users_weight
     ), validate(check) {
         /// The master key (32 bytes, base64) that wraps the users service's keys.
         master_key: Option<String> = None, secret master_key "KEY";

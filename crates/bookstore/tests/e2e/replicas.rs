@@ -22,6 +22,14 @@ struct Replica {
     admin: String,
 }
 
+impl Replica {
+    /// Stops it the way an orchestrator does (SIGTERM), and waits for it to exit.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -29,8 +37,8 @@ impl Drop for Replica {
     }
 }
 
-/// Starts `bookstore serve books` on `grpc` (`127.0.0.1:0` for any port) over `database_url`.
-async fn start_books(database_url: &str, users_url: &str, grpc: &str, seed: bool) -> Replica {
+/// Starts `bookstore serve books` (with `extra` flags) on `grpc` (`127.0.0.1:0` for any port) over `database_url`.
+async fn start_books(database_url: &str, users_url: &str, grpc: &str, seed: bool, extra: &[&str]) -> Replica {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars() {
         if key.starts_with("BOOKSTORE_") {
@@ -44,6 +52,7 @@ async fn start_books(database_url: &str, users_url: &str, grpc: &str, seed: bool
     if seed {
         command.arg("--seed");
     }
+    command.args(extra);
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (grpc, admin) = tokio::task::spawn_blocking(move || {
@@ -116,8 +125,8 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
     let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
     let users_url = format!("http://{}", users.addr("users").unwrap());
-    let first = start_books(&books_db.url, &users_url, "127.0.0.1:0", true).await;
-    let mut second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false).await;
+    let first = start_books(&books_db.url, &users_url, "127.0.0.1:0", true, &[]).await;
+    let mut second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
     config.books.url = Some(format!("http://{},http://{}", first.grpc, second.grpc));
     config.users.url = Some(users_url);
     let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
@@ -184,7 +193,7 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     .await;
 
     let users_url = format!("http://{}", users.addr("users").unwrap());
-    second = start_books(&books_db.url, &users_url, &second_addr, false).await;
+    second = start_books(&books_db.url, &users_url, &second_addr, false, &[]).await;
     until("the restarted replica to get traffic again", Duration::from_secs(30), || async {
         served(&http, &second).await >= 20.0
     })
@@ -201,6 +210,96 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     assert!(results.len() > 400, "{} reads", results.len());
     assert!(failed * 100 < results.len(), "{failed} of {} reads failed", results.len());
     assert_eq!(late, 0, "reads failed more than a second after the kill");
+    gateway.shutdown_token().cancel();
+    users.shutdown_token().cancel();
+}
+
+bookstore_platform::backend_tests!(
+    replicas_found_in_etcd_keep_serving_through_an_etcd_outage_and_a_graceful_stop
+);
+
+/// Steady reads through a gateway that finds books in etcd: etcd stopped mid-run changes
+/// nothing; a replica started meanwhile registers once etcd is back and gets traffic; a replica
+/// stopped with SIGTERM deregisters first, and no read fails on the way.
+async fn replicas_found_in_etcd_keep_serving_through_an_etcd_outage_and_a_graceful_stop(backend: Backend) {
+    let Some(mut etcd) = bookstore_platform::testing::EtcdNode::start_or_skip().await else { return };
+    let Some(books_db) = TestDatabase::new(backend).await else { return };
+    let Some(users_db) = TestDatabase::new(backend).await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config::default();
+    config.process.admin_http = port0;
+    config.process.data_dir = data_dir.path().to_owned();
+    config.gateway.http = port0;
+    config.users.grpc = port0;
+    config.users.database_url = Some(users_db.url.clone());
+    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
+    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
+    let users_url = format!("http://{}", users.addr("users").unwrap());
+    let registry = etcd.url();
+    let register = ["--registry-url", registry.as_str()];
+    let mut first = start_books(&books_db.url, &users_url, "127.0.0.1:0", true, &register).await;
+    config.books.url = Some(format!("{registry}/books"));
+    config.users.url = Some(users_url.clone());
+    let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
+    let base = format!("http://{}", gateway.addr("gateway").unwrap());
+    let http = reqwest::Client::new();
+    until("the gateway to find the first replica", Duration::from_secs(30), || async {
+        http.get(format!("{base}/api/v1/books?limit=1")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut total, mut failed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = http
+                        .get(format!("{base}/api/v1/books?limit=5"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200 && r.headers().get("x-degraded").is_none());
+                    total += 1;
+                    failed += usize::from(!ok);
+                }
+                (total, failed)
+            })
+        })
+        .collect();
+
+    etcd.stop();
+    let before = served(&http, &first).await;
+    until("reads to go on with etcd down", Duration::from_secs(30), || async {
+        served(&http, &first).await >= before + 100.0
+    })
+    .await;
+    let second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &register).await;
+    etcd.start().await.unwrap();
+    until("the replica registered during the outage to get traffic", Duration::from_secs(30), || async {
+        served(&http, &second).await >= 20.0
+    })
+    .await;
+
+    first.terminate();
+    let before = served(&http, &second).await;
+    until("reads to go on after the graceful stop", Duration::from_secs(30), || async {
+        served(&http, &second).await >= before + 100.0
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (mut total, mut failed) = (0, 0);
+    for reader in readers {
+        let (t, f) = reader.await.unwrap();
+        total += t;
+        failed += f;
+    }
+    eprintln!("{total} reads, {failed} failed");
+    assert!(total > 200, "{total} reads");
+    assert_eq!(failed, 0, "{failed} of {total} reads failed");
     gateway.shutdown_token().cancel();
     users.shutdown_token().cancel();
 }
