@@ -113,26 +113,73 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// How long a client may take to send a request's headers, and how long an HTTP/1 connection
+/// may sit idle between requests: a connection that sends half a header (slowloris) or nothing
+/// is closed after this.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// HTTP/2 connections are pinged this often when idle, and closed when a ping goes unanswered
+/// for [`HTTP2_PING_TIMEOUT`].
+pub const HTTP2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+pub const HTTP2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+///
+/// HTTP/1.1 and HTTP/2 (h2c, for gRPC) on one port, through hyper-util's connection builder
+/// rather than `axum::serve`, because only the builder takes a timer: with it, headers must
+/// arrive within [`HEADER_READ_TIMEOUT`] and idle keep-alive connections close after it.
+/// Each request carries the peer's address (`ConnectInfo<SocketAddr>`).
 pub fn serve(
     service: &'static str,
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<Running> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let addr = listener.local_addr()?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        // Small request/response pairs; Nagle's delay would dominate their latency.
-        let _ = tcp.set_nodelay(true);
-    });
     let task = tokio::spawn(async move {
         tracing::info!(service, %addr, "listening");
-        // Handlers may ask for the peer's address (login throttling does).
-        let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result =
-            axum::serve(listener, make_service).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(HTTP2_PING_INTERVAL)
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: not fatal.
+                    tracing::warn!(service, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            // Small request/response pairs; Nagle's delay would dominate their latency.
+            let _ = tcp.set_nodelay(true);
+            let router = router.clone();
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
         tracing::info!(service, %addr, "drained and stopped");
-        result
+        Ok(())
     });
     Ok(Running { addr, task })
 }
@@ -159,4 +206,67 @@ pub async fn cancel_on_signal(token: CancellationToken) {
         () = token.cancelled() => return,
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn hello_server() -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stop = CancellationToken::new();
+        let router = Router::new().route("/", get(|| async { "hello" }));
+        let running = serve("test", listener, router, stop.clone()).unwrap();
+        (running.addr, stop)
+    }
+
+    /// Reads until the server closes the connection; how long that took.
+    async fn closed_after(stream: &mut tokio::net::TcpStream) -> Duration {
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        let read_all = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read_all).await.expect("the server never closed it");
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_half_a_header_is_closed() {
+        let (addr, _stop) = hello_server().await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        let took = closed_after(&mut slow).await;
+        assert!(took >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed early: {took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
+        let (addr, _stop) = hello_server().await;
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("hello"));
+        closed_after(&mut idle).await;
+
+        // A connection that keeps asking is served past the timeout.
+        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        while started.elapsed() < HEADER_READ_TIMEOUT + Duration::from_secs(2) {
+            busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let n = busy.read(&mut buf).await.unwrap();
+            assert!(n > 0 && String::from_utf8_lossy(&buf[..n]).contains("hello"), "answered");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
