@@ -54,9 +54,10 @@ impl RabbitBus {
 
     pub(super) async fn open(&self) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
         use lapin::options::ExchangeDeclareOptions;
-        let conn = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
-            .await
-            .context("connecting to RabbitMQ")?;
+        let conn =
+            lapin::Connection::connect(&with_heartbeat(&self.url), lapin::ConnectionProperties::default())
+                .await
+                .context("connecting to RabbitMQ")?;
         let channel = conn.create_channel().await.context("opening a channel")?;
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         for name in [EXCHANGE, DEAD_LETTER_EXCHANGE] {
@@ -180,15 +181,23 @@ impl RabbitBus {
             match handler(event).await {
                 Ok(()) => {
                     after_effect()?;
-                    delivery.acker.ack(BasicAckOptions::default()).await.context("acknowledging")?;
+                    // Bounded: an acknowledgement on a connection that died must not hang the
+                    // consumer; the broker redelivers what was not acknowledged.
+                    self.within("acknowledging", async {
+                        delivery.acker.ack(BasicAckOptions::default()).await.context("acknowledging")
+                    })
+                    .await?;
                 }
                 Err(e) => {
                     tracing::debug!(consumer, error = %format!("{e:#}"), "event failed; the broker will redeliver");
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions { requeue: true, ..Default::default() })
-                        .await
-                        .context("rejecting")?;
+                    self.within("rejecting", async {
+                        delivery
+                            .acker
+                            .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                            .await
+                            .context("rejecting")
+                    })
+                    .await?;
                 }
             }
         }
@@ -223,6 +232,18 @@ impl RabbitBus {
                 }
             }
         }
+    }
+}
+
+/// `url` with a 10 s AMQP heartbeat unless it names one: a connection that died silently (a
+/// host gone, a proxy that stopped forwarding) is noticed within two beats, not never.
+fn with_heartbeat(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.query_pairs().any(|(k, _)| k == "heartbeat") => {
+            parsed.query_pairs_mut().append_pair("heartbeat", "10");
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
