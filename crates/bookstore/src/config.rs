@@ -422,6 +422,30 @@ mod tests {
     }
 
     #[test]
+    fn pass_through_routes_come_from_the_file_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "bookstore.toml",
+                "[[gateway.routes]]\nprefix = \"/ext/inventory\"\nstrip_prefix = true\n\
+                 backends = [{ url = \"http://127.0.0.1:9001\", weight = 3 }, { url = \"http://127.0.0.1:9002\" }]\n",
+            )?;
+            let c = Config::load(Some(Path::new("bookstore.toml")), &Flags::default()).unwrap();
+            let route = &c.gateway.routes[0];
+            assert_eq!((route.prefix.as_str(), route.strip_prefix), ("/ext/inventory", true));
+            let weights: Vec<u32> = route.backends.iter().map(|b| b.weight).collect();
+            assert_eq!(weights, [3, 1], "weight defaults to 1");
+
+            jail.create_file(
+                "bad.toml",
+                "[[gateway.routes]]\nprefix = \"/api/x\"\nbackends = [{ url = \"http://a:1\" }]\n",
+            )?;
+            let err = Config::load(Some(Path::new("bad.toml")), &Flags::default()).unwrap_err();
+            assert!(format!("{err:#}").contains("the gateway's own"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_flat_name_and_a_sectioned_key_are_the_same_setting() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("a.toml", "[orders]\ndatabase_url = \"sqlite:///tmp/from-file.db\"\n")?;

@@ -242,7 +242,9 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<crate::proxy::PassedThrough>().is_some()
+    {
         return response;
     }
     let error = match response.extensions().get::<ApiError>() {

@@ -9,9 +9,11 @@
 pub mod auth;
 pub mod books;
 pub mod client;
+pub mod edge;
 pub mod error;
 pub mod openapi;
 pub mod orders;
+pub mod proxy;
 pub mod settings;
 pub mod stale;
 pub mod users;
@@ -34,6 +36,7 @@ use bookstore_platform::service::{Built, Context, Spec};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -72,7 +75,22 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         request_timeout: config.request_timeout,
         trusted_proxies: config.trusted_proxies.clone().into(),
     };
-    let router = router(&config, state, ctx.verifier.clone())?;
+    let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
+    let edge = Edge {
+        limiter: Arc::new(
+            edge::RateLimiter::new(
+                settings.rate_limit_requests,
+                Duration::from_secs(settings.rate_limit_window_secs),
+                settings.redis_url.as_deref(),
+                &settings.redis_key_prefix,
+                trusted.clone(),
+            )
+            .await?,
+        ),
+        permits: Arc::new(tokio::sync::Semaphore::new(settings.concurrency_limit)),
+        routes: proxy::router(&settings.routes, ctx.resilience, &ctx.board, trusted).await?,
+    };
+    let router = router(&config, state, ctx.verifier.clone(), edge)?;
     Ok(Built::new(router).ready_when(move || {
         let (books, users, orders) = (books.clone(), users.clone(), orders.clone());
         async move {
@@ -165,9 +183,24 @@ impl AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// How long a client may take to send a request body once its headers are in.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway's edge: rate limits, the concurrency limit and the pass-through routes.
+pub struct Edge {
+    pub limiter: Arc<edge::RateLimiter>,
+    pub permits: Arc<tokio::sync::Semaphore>,
+    pub routes: Router,
+}
+
 /// The whole gateway as one router over the clients in `state`. `verifier` checks access
 /// tokens (it fetches its keys from the users service).
-pub fn router(config: &GatewayConfig, state: AppState, verifier: Arc<Verifier>) -> anyhow::Result<Router> {
+pub fn router(
+    config: &GatewayConfig,
+    state: AppState,
+    verifier: Arc<Verifier>,
+    edge: Edge,
+) -> anyhow::Result<Router> {
     let api = Router::new()
         .route("/api/v1/books", get(books::list_books).post(books::create_book))
         .route(
@@ -193,16 +226,22 @@ pub fn router(config: &GatewayConfig, state: AppState, verifier: Arc<Verifier>) 
         .route("/api/v1/orders/{id}/cancel", post(orders::cancel_order))
         .route("/api/v1/orders/{id}/status", post(orders::update_status))
         .with_state(state)
+        // Counted after the token is checked, so a signed-in client counts as itself.
+        .layer(axum::middleware::from_fn_with_state(edge.limiter.clone(), edge::rate_limit))
         .layer(axum::middleware::from_fn_with_state(verifier, auth::authenticate))
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    let routes = edge.routes.layer(axum::middleware::from_fn_with_state(edge.limiter, edge::rate_limit));
 
     let mut router = Router::new()
         .merge(api)
+        .merge(routes)
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(|| async { error::ApiError::not_found("no such resource") });
     router = with_request_metrics(router, SERVICE);
     router = router
         .layer(axum::middleware::from_fn(bookstore_platform::trace::continue_trace))
+        .layer(axum::middleware::from_fn_with_state(edge.permits, edge::shed_overload))
         .layer(axum::middleware::from_fn(error::envelope))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

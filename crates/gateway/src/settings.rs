@@ -13,6 +13,18 @@ bookstore_platform::settings! {
         cors_allowed_origins: String = String::new(), flag cors_allowed_origins "ORIGINS";
         /// Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For is believed.
         trusted_proxies: String = String::new(), flag trusted_proxies "CIDRS";
+        /// Requests a client (token subject, else address) may make per window; 0 turns it off.
+        rate_limit_requests: u32 = 6_000, flag rate_limit_requests "N";
+        /// The rate limit's window, seconds.
+        rate_limit_window_secs: u64 = 60, flag rate_limit_window_secs "SECS";
+        /// Requests in flight at once; more are refused at once with 503.
+        concurrency_limit: usize = 4_096, flag concurrency_limit "N";
+        /// Redis (redis://...) that keeps rate-limit counts shared by every gateway replica.
+        redis_url: Option<String> = None, flag redis_url "URL";
+        /// What the gateway's Redis keys start with (one prefix per deployment sharing a Redis).
+        redis_key_prefix: String = "bookstore".to_owned(), flag redis_key_prefix "PREFIX";
+        /// Pass-through routes ([[gateway.routes]] tables: prefix, strip_prefix, backends).
+        routes: Vec<crate::proxy::Route> = Vec::new(), file routes "TABLES";
     }
 }
 
@@ -20,6 +32,15 @@ fn check(s: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(s.max_body_bytes >= 1024, "invalid configuration: max_body_bytes must be at least 1024");
     crate::cors_layer(&s.cors_origins())?;
     s.trusted_proxies()?;
+    anyhow::ensure!(
+        s.rate_limit_window_secs >= 1,
+        "invalid configuration: rate_limit_window_secs must be at least 1"
+    );
+    anyhow::ensure!(s.concurrency_limit >= 1, "invalid configuration: concurrency_limit must be at least 1");
+    if let Some(url) = &s.redis_url {
+        bookstore_platform::settings::check_url("redis_url", url, &["redis", "rediss"])?;
+    }
+    crate::proxy::check_routes(&s.routes)?;
     Ok(())
 }
 

@@ -6,8 +6,8 @@
 //! - **Balancing**: power of two choices, as linkerd and Finagle do. Two replicas are drawn at
 //!   random; the call goes to the one with the lower cost, `peak-EWMA latency × (requests in
 //!   flight + 1)`. The latency estimate decays towards zero while a replica is not chosen, so
-//!   one that was slow gets tried again. With static weights that differ, a weighted draw over
-//!   `weight / (requests in flight + 1)` instead, as Envoy's least-request balancer does.
+//!   one that was slow gets tried again. With static weights that differ, a draw in proportion
+//!   to the weights instead, so the configured split holds at any load.
 //! - **Circuit breakers** per replica ([`crate::breaker`]): an open breaker takes its replica
 //!   out of the draw; once half-open, the next call is its trial; with every breaker open the
 //!   call fails fast with `UNAVAILABLE`.
@@ -205,6 +205,7 @@ struct Shared {
     caller: &'static str,
     peer: String,
     config: ResilienceConfig,
+    protocol: Protocol,
     connector: Connector,
     members: Mutex<Arc<Vec<Arc<Member>>>>,
     refresh: Arc<Notify>,
@@ -240,6 +241,35 @@ pub fn tonic_connector(config: &ResilienceConfig) -> Connector {
     })
 }
 
+/// HTTP/1.1 clients with a keep-alive pool, one per backend; the request's URI is rewritten to
+/// the backend's scheme and authority.
+pub fn http_connector(config: &ResilienceConfig) -> Connector {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Body> = Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    Arc::new(move |target: &Target| {
+        let base: http::Uri = target.url.parse()?;
+        let client = client.clone();
+        Ok(BoxCloneSyncService::new(tower::service_fn(move |mut request: HttpRequest| {
+            let client = client.clone();
+            let mut parts = base.clone().into_parts();
+            parts.path_and_query = request.uri().path_and_query().cloned();
+            let uri = http::Uri::from_parts(parts);
+            async move {
+                *request.uri_mut() = uri?;
+                let response = client.request(request).await?;
+                Ok::<_, BoxError>(response.map(Body::new))
+            }
+        })))
+    })
+}
+
 impl PeerChannel {
     /// A channel to the peer `peer` at `url` (see [`crate::discovery`]), for `caller`.
     pub async fn connect(
@@ -260,12 +290,36 @@ impl PeerChannel {
         config: ResilienceConfig,
         connector: Connector,
     ) -> anyhow::Result<Self> {
+        Self::build(caller, peer, source, config, Protocol::Grpc, connector).await
+    }
+
+    /// A channel over plain HTTP to the replicas in `source`, for the gateway's pass-through
+    /// route `name`: the same balancing, breakers and ejection, HTTP/1.1 with pooled keep-alive
+    /// connections to each backend.
+    pub async fn http(
+        caller: &'static str,
+        name: &str,
+        source: Source,
+        config: ResilienceConfig,
+    ) -> anyhow::Result<Self> {
+        Self::build(caller, name, source, config, Protocol::Http, http_connector(&config)).await
+    }
+
+    async fn build(
+        caller: &'static str,
+        peer: &str,
+        source: Source,
+        config: ResilienceConfig,
+        protocol: Protocol,
+        connector: Connector,
+    ) -> anyhow::Result<Self> {
         let (mut targets, refresh) = source.watch().await;
         let stop = tokio_util::sync::CancellationToken::new();
         let shared = Arc::new(Shared {
             caller,
             peer: peer.to_owned(),
             config,
+            protocol,
             connector,
             members: Mutex::new(Arc::new(Vec::new())),
             refresh,
@@ -392,10 +446,11 @@ impl Shared {
     }
 
     /// Chooses a replica that may take a call, with the breaker's leave. With equal weights:
-    /// power of two choices on cost. With weights that differ: a weighted draw over
-    /// `weight / (in flight + 1)`, as Envoy's least-request balancer does, so a 3:1 split
-    /// holds when idle and load still counts when busy (two choices over two replicas would
-    /// always compare the same pair and leave the weights no say).
+    /// power of two choices on cost. With weights that differ: a draw in proportion to the
+    /// weights, as Traefik's weighted services split traffic, so a 3:1 split holds under any
+    /// load (two choices over two replicas would always compare the same pair and leave the
+    /// weights no say; weighting by load as well would pull the split towards 1:1 as the
+    /// heavier replica's calls in flight grow).
     fn pick(&self, now: Instant) -> Option<(Arc<Member>, Permit)> {
         let members = self.members();
         let mut eligible: Vec<&Arc<Member>> = members.iter().filter(|m| m.eligible(now)).collect();
@@ -410,9 +465,7 @@ impl Shared {
             let chosen = if let Some(probe) = probe {
                 probe
             } else if weighted {
-                draw(&eligible, &mut rng, |m| {
-                    f64::from(m.target.weight) / f64::from(m.in_flight.load(Ordering::Relaxed) + 1)
-                })
+                draw(&eligible, &mut rng, |m| f64::from(m.target.weight))
             } else if eligible.len() == 1 {
                 0
             } else {
@@ -547,7 +600,25 @@ fn breaker_event(caller: &'static str, peer: &str, url: &str, event: BreakerEven
 }
 
 /// Whether a response's gRPC status says the replica, not the request, is unwell.
-fn classify(response: &HttpResponse) -> CallResult {
+/// What a channel speaks to its replicas: it decides what counts as a failure and how a
+/// refusal is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: failures are the statuses above; refusals are gRPC statuses.
+    Grpc,
+    /// Plain HTTP (the gateway's pass-through routes): 502, 503 and 504 are failures (504 a
+    /// timeout); refusals are 503 and 504 responses.
+    Http,
+}
+
+fn classify(protocol: Protocol, response: &HttpResponse) -> CallResult {
+    if protocol == Protocol::Http {
+        return match response.status().as_u16() {
+            504 => CallResult::Timeout,
+            502 | 503 => CallResult::Failure,
+            _ => CallResult::Success,
+        };
+    }
     let code = response
         .headers()
         .get("grpc-status")
@@ -561,8 +632,25 @@ fn classify(response: &HttpResponse) -> CallResult {
     }
 }
 
-fn status_response(status: tonic::Status) -> HttpResponse {
-    status.into_http()
+fn status_response(protocol: Protocol, status: tonic::Status) -> HttpResponse {
+    match protocol {
+        Protocol::Grpc => status.into_http(),
+        Protocol::Http => {
+            let code = match status.code() {
+                Code::DeadlineExceeded => http::StatusCode::GATEWAY_TIMEOUT,
+                _ => http::StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let body = serde_json::json!({ "code": "UNAVAILABLE", "message": status.message() }).to_string();
+            let mut response =
+                http::Response::new(Body::new(http_body_util::Full::new(bytes::Bytes::from(body))));
+            *response.status_mut() = code;
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            response
+        }
+    }
 }
 
 /// Decrements a replica's in-flight count however the call ends (cancellation included).
@@ -590,10 +678,13 @@ impl Service<HttpRequest> for PeerChannel {
             let Some((member, permit)) = shared.pick(now()) else {
                 metrics::counter!("grpc_client_requests_total", "service" => shared.caller, "peer" => shared.peer.clone(), "endpoint" => "none", "result" => "rejected").increment(1);
                 shared.refresh.notify_one();
-                return Ok(status_response(tonic::Status::unavailable(format!(
-                    "no {} replica can take the call (every one is failing, or none is known)",
-                    shared.peer
-                ))));
+                return Ok(status_response(
+                    shared.protocol,
+                    tonic::Status::unavailable(format!(
+                        "no {} replica can take the call (every one is failing, or none is known)",
+                        shared.peer
+                    )),
+                ));
             };
             let limit = request
                 .headers()
@@ -608,21 +699,27 @@ impl Service<HttpRequest> for PeerChannel {
             match answer {
                 Err(_elapsed) => {
                     shared.record(&member, permit, CallResult::Timeout, took);
-                    Ok(status_response(tonic::Status::deadline_exceeded(format!(
-                        "{} at {} did not answer within {limit:?}",
-                        shared.peer, member.target.url
-                    ))))
+                    Ok(status_response(
+                        shared.protocol,
+                        tonic::Status::deadline_exceeded(format!(
+                            "{} at {} did not answer within {limit:?}",
+                            shared.peer, member.target.url
+                        )),
+                    ))
                 }
                 Ok(Err(error)) => {
                     shared.record(&member, permit, CallResult::Failure, took);
                     shared.refresh.notify_one();
-                    Ok(status_response(tonic::Status::unavailable(format!(
-                        "{} at {}: {error}",
-                        shared.peer, member.target.url
-                    ))))
+                    Ok(status_response(
+                        shared.protocol,
+                        tonic::Status::unavailable(format!(
+                            "{} at {}: {error}",
+                            shared.peer, member.target.url
+                        )),
+                    ))
                 }
                 Ok(Ok(response)) => {
-                    shared.record(&member, permit, classify(&response), took);
+                    shared.record(&member, permit, classify(shared.protocol, &response), took);
                     Ok(response)
                 }
             }

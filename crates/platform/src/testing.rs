@@ -103,6 +103,23 @@ pub fn amqp_url_or_skip() -> Option<String> {
 
 pub(crate) const RABBITMQ_SERVER_VAR: &str = "BOOKSTORE_TEST_RABBITMQ_SERVER";
 
+pub(crate) const REDIS_URL_VAR: &str = "BOOKSTORE_TEST_REDIS_URL";
+
+/// The shared Redis for tests (each test keeps to keys under a prefix of its own); `None` with a
+/// loud note when unset outside CI; a panic when unset under CI.
+pub fn redis_url_or_skip() -> Option<String> {
+    match std::env::var(REDIS_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{REDIS_URL_VAR} is not set, and CI must run the Redis tests")
+        }
+        _ => {
+            eprintln!("SKIPPED (Redis): {REDIS_URL_VAR} is not set; this test did not run");
+            None
+        }
+    }
+}
+
 /// A RabbitMQ node of one test's own, so the test can crash and restart a broker without
 /// disturbing the shared one every other test uses. Started from the `rabbitmq-server` script
 /// named by `BOOKSTORE_TEST_RABBITMQ_SERVER` (one that runs the node in the foreground as the

@@ -4,6 +4,7 @@
 
 mod api;
 mod binary;
+mod edge;
 mod lifecycle;
 mod orders;
 mod replicas;
