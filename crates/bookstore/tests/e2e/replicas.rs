@@ -303,3 +303,165 @@ async fn replicas_found_in_etcd_keep_serving_through_an_etcd_outage_and_a_gracef
     gateway.shutdown_token().cancel();
     users.shutdown_token().cancel();
 }
+
+bookstore_platform::backend_tests!(
+    a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_none
+);
+
+/// Checkouts through two books replicas, one killed (SIGKILL) mid-run. Each checkout carries an
+/// idempotency key and the client tries again on a 5xx, as a careful client does. Afterwards:
+/// every key that got 201 has exactly one order, no key got two, and once the sweeper has
+/// settled what the kill interrupted, the stock adds up: sold is exactly what the orders took.
+async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_none(backend: Backend) {
+    use serde_json::{Value, json};
+    let Some(books_db) = TestDatabase::new(backend).await else { return };
+    let Some(users_db) = TestDatabase::new(backend).await else { return };
+    let Some(orders_db) = TestDatabase::new(backend).await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config::default();
+    config.process.admin_http = port0;
+    config.process.data_dir = data_dir.path().to_owned();
+    config.process.ejection_ms = 1000;
+    config.gateway.http = port0;
+    config.gateway.rate_limit_requests = 0;
+    config.users.grpc = port0;
+    config.users.database_url = Some(users_db.url.clone());
+    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
+    config.orders.grpc = port0;
+    config.orders.database_url = Some(orders_db.url.clone());
+    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
+    let users_url = format!("http://{}", users.addr("users").unwrap());
+    let first = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
+    let mut second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
+    config.books.url = Some(format!("http://{},http://{}", first.grpc, second.grpc));
+    config.users.url = Some(users_url);
+    let http = reqwest::Client::new();
+
+    // Orders runs apart from users here, so it signs in with a service account of its own.
+    let setup = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
+    let setup_base = format!("http://{}", setup.addr("gateway").unwrap());
+    let admin = crate::login(&http, &setup_base, "admin", crate::ADMIN_PASSWORD).await;
+    let account: Value = http
+        .post(format!("{setup_base}/api/v1/service-accounts"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "orders"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    setup.shutdown_token().cancel();
+    config.orders.client_id = Some(account["client_id"].as_str().unwrap().to_owned());
+    config.orders.client_secret = Some(account["client_secret"].as_str().unwrap().to_owned());
+    let shop = App::start(&["orders", "gateway"], &config, Mode::Serve).await.unwrap();
+    let base = format!("http://{}", shop.addr("gateway").unwrap());
+
+    let mut body = crate::book_json(1, "Killed Replica Book");
+    body["stock"] = json!(1000);
+    let book: Value = http
+        .post(format!("{base}/api/v1/books"))
+        .bearer_auth(&admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let book = book["id"].as_str().unwrap().to_owned();
+
+    // Steady checkouts, each retried with its key until it is answered.
+    let checkouts = 300;
+    let placed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (http, base, admin, book, placed, started) =
+                (http.clone(), base.clone(), admin.clone(), book.clone(), placed.clone(), started.clone());
+            tokio::spawn(async move {
+                for n in (w..checkouts).step_by(6) {
+                    started.fetch_add(1, Ordering::Relaxed);
+                    let key = format!("checkout-{n}");
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        assert!(attempts <= 20, "checkout {n} never got an answer");
+                        let answer = http
+                            .post(format!("{base}/api/v1/orders"))
+                            .bearer_auth(&admin)
+                            .header("idempotency-key", &key)
+                            .json(&json!({"lines": [{"book_id": book, "quantity": 1}]}))
+                            .send()
+                            .await;
+                        let Ok(answer) = answer else { continue };
+                        let status = answer.status().as_u16();
+                        let body: Value = answer.json().await.unwrap_or(Value::Null);
+                        match status {
+                            201 | 200 => {
+                                placed
+                                    .lock()
+                                    .unwrap()
+                                    .push((key.clone(), body["id"].as_str().unwrap().to_owned()));
+                                break;
+                            }
+                            // Another attempt with this key is still running: ask again.
+                            409 if body["code"] == "ABORTED"
+                                || body["message"].as_str().is_some_and(|m| m.contains("in progress")) =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            s if s >= 500 => tokio::time::sleep(Duration::from_millis(100)).await,
+                            other => panic!("checkout {n}: unexpected {other}: {body}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    until("a third of the checkouts to start", Duration::from_secs(60), || async {
+        started.load(Ordering::Relaxed) >= checkouts / 3
+    })
+    .await;
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let placed = placed.lock().unwrap().clone();
+    assert_eq!(placed.len(), checkouts, "every checkout got its order");
+    let mut keys: Vec<&str> = placed.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), checkouts);
+    // One order per key: the shop holds exactly as many orders as keys, and each key's answer
+    // named the same order every time it was asked.
+    let page: Value = http
+        .get(format!("{base}/api/v1/orders?limit=100"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"].as_i64().unwrap(), checkouts as i64, "no order lost, none duplicated");
+    // The sweeper settles what the kill interrupted; then the stock adds up exactly.
+    until("every reservation to be settled", Duration::from_secs(60), || async {
+        let b: Value =
+            http.get(format!("{base}/api/v1/books/{book}")).send().await.unwrap().json().await.unwrap();
+        b["reserved"].as_i64() == Some(0)
+    })
+    .await;
+    let b: Value =
+        http.get(format!("{base}/api/v1/books/{book}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(b["sold"].as_i64().unwrap(), checkouts as i64, "sold is exactly what the orders took: {b}");
+    assert_eq!(b["stock"].as_i64().unwrap() + b["sold"].as_i64().unwrap(), 1000);
+    shop.shutdown_token().cancel();
+    users.shutdown_token().cancel();
+    drop(first);
+}
