@@ -93,6 +93,8 @@ impl Default for ResilienceConfig {
 
 /// How long a latency sample keeps its weight (the EWMA's time constant).
 const DECAY: Duration = Duration::from_secs(10);
+/// The least latency a failed call counts for in a replica's estimate.
+const FAILURE_PENALTY: Duration = Duration::from_millis(250);
 /// The latency a replica is assumed to have before its first answer.
 const DEFAULT_RTT: Duration = Duration::from_millis(5);
 
@@ -208,6 +210,7 @@ struct Shared {
     protocol: Protocol,
     connector: Connector,
     members: Mutex<Arc<Vec<Arc<Member>>>>,
+    duration: metrics::Histogram,
     refresh: Arc<Notify>,
     budget: TpsBudget,
     _follow: tokio_util::sync::DropGuard,
@@ -322,6 +325,7 @@ impl PeerChannel {
             protocol,
             connector,
             members: Mutex::new(Arc::new(Vec::new())),
+            duration: metrics::histogram!("grpc_client_request_duration_seconds", "service" => caller, "peer" => peer.to_owned()),
             refresh,
             budget: TpsBudget::new(Duration::from_secs(10), config.retry_min_per_sec, config.retry_percent),
             _follow: stop.clone().drop_guard(),
@@ -424,7 +428,13 @@ impl Shared {
             }
             let url = target.url.clone();
             let (caller, peer) = (self.caller, self.peer.clone());
-            let listener = Arc::new(move |event: BreakerEvent| breaker_event(caller, &peer, &url, event));
+            // Handles made once: a labelled counter looked up per call costs allocations.
+            let results = [CallResult::Success, CallResult::Failure, CallResult::Timeout, CallResult::Rejected]
+                .map(|r| metrics::counter!("grpc_client_requests_total", "service" => caller, "peer" => peer.clone(), "endpoint" => url.clone(), "result" => r.as_str()));
+            let listener = Arc::new(move |event: BreakerEvent| match event {
+                BreakerEvent::Call(result) => results[result as usize].increment(1),
+                BreakerEvent::Entered(state) => breaker_entered(caller, &peer, &url, state),
+            });
             next.push(Arc::new(Member {
                 target: target.clone(),
                 transport: (self.connector)(target)?,
@@ -510,10 +520,10 @@ impl Shared {
                 }
             }
             CallResult::Failure | CallResult::Timeout => {
-                // A refused connection is fast, not a sign of speed; a timeout is slowness.
-                if result == CallResult::Timeout {
-                    health.observe_rtt(took, now);
-                }
+                // A refused connection is fast, not a sign of speed: a failure counts as at least
+                // FAILURE_PENALTY of latency, so the replica stops looking cheap at once (and a
+                // retry goes elsewhere) rather than after its breaker opens.
+                health.observe_rtt(took.max(FAILURE_PENALTY), now);
                 health.consecutive_failures += 1;
                 if health.consecutive_failures >= self.config.eject_after && !health.ejected(now) {
                     drop(health);
@@ -522,8 +532,7 @@ impl Shared {
             }
             CallResult::Rejected => {}
         }
-        metrics::histogram!("grpc_client_request_duration_seconds", "service" => self.caller, "peer" => self.peer.clone())
-            .record(took.as_secs_f64());
+        self.duration.record(took.as_secs_f64());
     }
 
     fn try_eject(&self, member: &Member, members: &[Arc<Member>], now: Instant) {
@@ -566,36 +575,29 @@ fn draw(members: &[&Arc<Member>], rng: &mut impl Rng, weight: impl Fn(&Member) -
     members.len() - 1
 }
 
-fn breaker_event(caller: &'static str, peer: &str, url: &str, event: BreakerEvent) {
-    match event {
-        BreakerEvent::Entered(state) => {
-            let level_warn = state != BreakerState::Closed;
-            if level_warn {
-                tracing::warn!(
-                    service = caller,
-                    peer,
-                    endpoint = url,
-                    state = state.as_str(),
-                    "circuit breaker changed state"
-                );
-            } else {
-                tracing::info!(
-                    service = caller,
-                    peer,
-                    endpoint = url,
-                    state = state.as_str(),
-                    "circuit breaker changed state"
-                );
-            }
-            metrics::counter!("grpc_client_breaker_transitions_total", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => state.as_str()).increment(1);
-            for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
-                metrics::gauge!("grpc_client_breaker_state", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => s.as_str())
-                    .set(if s == state { 1.0 } else { 0.0 });
-            }
-        }
-        BreakerEvent::Call(result) => {
-            metrics::counter!("grpc_client_requests_total", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "result" => result.as_str()).increment(1);
-        }
+/// A breaker entered `state`: logged (a warning unless it closed) and counted.
+fn breaker_entered(caller: &'static str, peer: &str, url: &str, state: BreakerState) {
+    if state == BreakerState::Closed {
+        tracing::info!(
+            service = caller,
+            peer,
+            endpoint = url,
+            state = state.as_str(),
+            "circuit breaker changed state"
+        );
+    } else {
+        tracing::warn!(
+            service = caller,
+            peer,
+            endpoint = url,
+            state = state.as_str(),
+            "circuit breaker changed state"
+        );
+    }
+    metrics::counter!("grpc_client_breaker_transitions_total", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => state.as_str()).increment(1);
+    for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+        metrics::gauge!("grpc_client_breaker_state", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => s.as_str())
+            .set(if s == state { 1.0 } else { 0.0 });
     }
 }
 

@@ -5,6 +5,7 @@
 mod api;
 mod binary;
 mod edge;
+mod hosts;
 mod lifecycle;
 mod orders;
 mod replicas;
