@@ -465,3 +465,150 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
     users.shutdown_token().cancel();
     drop(first);
 }
+
+/// A TCP proxy to `upstream` that holds each chunk the upstream sends for `delay` before
+/// passing it on (a replica slowed by the network or a noisy neighbour); counts connections.
+async fn slow_proxy(upstream: String, delay: Duration) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up =
+                    tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    (addr, connections)
+}
+
+bookstore_platform::backend_tests!(a_books_replica_slowed_by_200ms_gets_under_a_tenth_of_the_reads);
+
+async fn a_books_replica_slowed_by_200ms_gets_under_a_tenth_of_the_reads(backend: Backend) {
+    let Some(books_db) = TestDatabase::new(backend).await else { return };
+    let Some(users_db) = TestDatabase::new(backend).await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config::default();
+    config.process.admin_http = port0;
+    config.process.data_dir = data_dir.path().to_owned();
+    config.gateway.http = port0;
+    config.users.grpc = port0;
+    config.users.database_url = Some(users_db.url.clone());
+    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
+    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
+    let users_url = format!("http://{}", users.addr("users").unwrap());
+    let fast = start_books(&books_db.url, &users_url, "127.0.0.1:0", true, &[]).await;
+    let slow = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
+    let (slowed, _) = slow_proxy(slow.grpc.clone(), Duration::from_millis(200)).await;
+    config.books.url = Some(format!("http://{},http://{slowed}", fast.grpc));
+    config.users.url = Some(users_url);
+    let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
+    let base = format!("http://{}", gateway.addr("gateway").unwrap());
+    let http = reqwest::Client::new();
+    let page: serde_json::Value =
+        http.get(format!("{base}/api/v1/books?limit=20")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<String> =
+        page["items"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_owned()).collect();
+
+    let (fast_before, slow_before) = (served(&http, &fast).await, served(&http, &slow).await);
+    let reads = 300;
+    // Four readers, as a page's worth of visitors would be.
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (http, base, ids) = (http.clone(), base.clone(), ids.clone());
+            tokio::spawn(async move {
+                for n in (r..reads).step_by(4) {
+                    let answer =
+                        http.get(format!("{base}/api/v1/books/{}", ids[n % ids.len()])).send().await.unwrap();
+                    assert_eq!(answer.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let fast_reads = served(&http, &fast).await - fast_before;
+    let slow_reads = served(&http, &slow).await - slow_before;
+    eprintln!("fast replica {fast_reads}, slowed replica {slow_reads}");
+    assert!(fast_reads + slow_reads >= reads as f64, "every read reached books");
+    assert!(
+        slow_reads < 0.1 * (fast_reads + slow_reads),
+        "the slowed replica took {slow_reads} of {}",
+        fast_reads + slow_reads
+    );
+    gateway.shutdown_token().cancel();
+    users.shutdown_token().cancel();
+}
+
+/// A books stand-in that answers every call UNAVAILABLE (a replica whose database is gone) and
+/// counts the calls that reached it.
+async fn failing_books() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tonic::Status::unavailable("stand-in: my database is gone").into_http::<axum::body::Body>()
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_books_replica_failing_calls_stay_within_a_fifth_over_the_requests() {
+    let (a, a_calls) = failing_books().await;
+    let (b, b_calls) = failing_books().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config::default();
+    config.process.admin_http = port0;
+    config.process.data_dir = data_dir.path().to_owned();
+    config.gateway.http = port0;
+    config.gateway.rate_limit_requests = 0;
+    config.books.url = Some(format!("http://{a},http://{b}"));
+    let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
+    let base = format!("http://{}", gateway.addr("gateway").unwrap());
+    let admin = format!("http://{}", gateway.admin_addr);
+    let http = reqwest::Client::new();
+    let requests = 500;
+    for n in 0..requests {
+        let answer = http.get(format!("{base}/api/v1/books/book-{n}")).send().await.unwrap();
+        assert_eq!(answer.status(), 503, "an honest 503, not a hang or a 500");
+        assert!(answer.headers().contains_key("retry-after"));
+    }
+    let reached = a_calls.load(Ordering::Relaxed) + b_calls.load(Ordering::Relaxed);
+    eprintln!("{requests} requests, {reached} calls reached books");
+    assert!(reached as f64 <= 1.2 * requests as f64, "{reached} calls for {requests} requests");
+    let status: serde_json::Value =
+        http.get(format!("{admin}/status")).send().await.unwrap().json().await.unwrap();
+    let books = status["peers"].as_array().unwrap().iter().find(|p| p["peer"] == "books").unwrap();
+    let ejected = books["endpoints"].as_array().unwrap().iter().filter(|e| e["ejected"] == true).count();
+    assert!(ejected <= 1, "never more than half the set is ejected: {books}");
+    gateway.shutdown_token().cancel();
+}
