@@ -15,7 +15,8 @@
 //!   is out for `ejection × times ejected` (capped), never more than `max_ejected_percent` of
 //!   the set at once.
 //! - **Retries** are the caller's choice, made per call with [`PeerChannel::retrying`], because
-//!   only the caller knows a call is safe to repeat; a retry budget caps them.
+//!   only the caller knows a call is safe to repeat; a retry budget caps them, and a retry goes
+//!   to a replica the call has not failed on yet, while there is one.
 //!
 //! Failures, for breakers and ejection, are transport errors, calls over their time, and the
 //! statuses that mean the replica (not the request) is unwell: `UNAVAILABLE`, `INTERNAL`,
@@ -93,8 +94,10 @@ impl Default for ResilienceConfig {
 
 /// How long a latency sample keeps its weight (the EWMA's time constant).
 const DECAY: Duration = Duration::from_secs(10);
-/// The least latency a failed call counts for in a replica's estimate.
-const FAILURE_PENALTY: Duration = Duration::from_millis(250);
+tokio::task_local! {
+    /// The replicas a retried call has already failed on: a retry goes elsewhere when it can.
+    static FAILED_ON: std::cell::RefCell<Vec<String>>;
+}
 /// The latency a replica is assumed to have before its first answer.
 const DEFAULT_RTT: Duration = Duration::from_millis(5);
 
@@ -380,6 +383,14 @@ impl PeerChannel {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        FAILED_ON.scope(std::cell::RefCell::new(Vec::new()), self.retry_loop(deadline, &mut call)).await
+    }
+
+    async fn retry_loop<T, F, Fut>(&self, deadline: Deadline, call: &mut F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
         let config = &self.shared.config;
         self.shared.budget.deposit();
         let mut ceiling = config.backoff_base;
@@ -464,6 +475,11 @@ impl Shared {
     fn pick(&self, now: Instant) -> Option<(Arc<Member>, Permit)> {
         let members = self.members();
         let mut eligible: Vec<&Arc<Member>> = members.iter().filter(|m| m.eligible(now)).collect();
+        // A retry skips the replicas this call already failed on, while others are left.
+        let failed_on = FAILED_ON.try_with(|f| f.borrow().clone()).unwrap_or_default();
+        if !failed_on.is_empty() && eligible.iter().any(|m| !failed_on.contains(&m.target.url)) {
+            eligible.retain(|m| !failed_on.contains(&m.target.url));
+        }
         let weighted = eligible.windows(2).any(|w| w[0].target.weight != w[1].target.weight);
         let mut rng = rand::thread_rng();
         while !eligible.is_empty() {
@@ -520,10 +536,10 @@ impl Shared {
                 }
             }
             CallResult::Failure | CallResult::Timeout => {
-                // A refused connection is fast, not a sign of speed: a failure counts as at least
-                // FAILURE_PENALTY of latency, so the replica stops looking cheap at once (and a
-                // retry goes elsewhere) rather than after its breaker opens.
-                health.observe_rtt(took.max(FAILURE_PENALTY), now);
+                // A refused connection is fast, not a sign of speed; a timeout is slowness.
+                if result == CallResult::Timeout {
+                    health.observe_rtt(took, now);
+                }
                 health.consecutive_failures += 1;
                 if health.consecutive_failures >= self.config.eject_after && !health.ejected(now) {
                     drop(health);
@@ -700,6 +716,7 @@ impl Service<HttpRequest> for PeerChannel {
             let took = started.elapsed();
             match answer {
                 Err(_elapsed) => {
+                    let _ = FAILED_ON.try_with(|f| f.borrow_mut().push(member.target.url.clone()));
                     shared.record(&member, permit, CallResult::Timeout, took);
                     Ok(status_response(
                         shared.protocol,
@@ -710,6 +727,7 @@ impl Service<HttpRequest> for PeerChannel {
                     ))
                 }
                 Ok(Err(error)) => {
+                    let _ = FAILED_ON.try_with(|f| f.borrow_mut().push(member.target.url.clone()));
                     shared.record(&member, permit, CallResult::Failure, took);
                     shared.refresh.notify_one();
                     Ok(status_response(
@@ -721,7 +739,11 @@ impl Service<HttpRequest> for PeerChannel {
                     ))
                 }
                 Ok(Ok(response)) => {
-                    shared.record(&member, permit, classify(shared.protocol, &response), took);
+                    let result = classify(shared.protocol, &response);
+                    if result != CallResult::Success {
+                        let _ = FAILED_ON.try_with(|f| f.borrow_mut().push(member.target.url.clone()));
+                    }
+                    shared.record(&member, permit, result, took);
                     Ok(response)
                 }
             }

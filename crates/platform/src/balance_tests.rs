@@ -323,3 +323,31 @@ async fn replicas_that_stay_in_the_set_keep_their_state_across_updates() {
     assert_eq!(status[0].breaker, "open", "a's breaker survived the update");
     assert_eq!(call(&channel).await, Code::Ok, "the new replica takes the calls");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_goes_to_a_replica_the_call_has_not_failed_on() {
+    let fleet = Arc::new(Fleet::default());
+    fleet.set("http://a", 1, Answer::Refused);
+    fleet.set("http://b", 1, Answer::Ok);
+    // Breakers and ejection out of the way: only the retry's choice keeps calls off a.
+    let config = ResilienceConfig {
+        breaker: BreakerConfig { max_failures: u32::MAX, ..BreakerConfig::default() },
+        eject_after: u32::MAX,
+        ..ResilienceConfig::default()
+    };
+    let channel = peer(&fleet, targets(&[("http://a", 1), ("http://b", 1)]), config).await;
+    let deadline = Deadline::after(Duration::from_secs(3600));
+    for _ in 0..200 {
+        let before = fleet.calls("http://a");
+        let result = channel
+            .retrying(deadline, || async {
+                match call(&channel).await {
+                    Code::Ok => Ok(()),
+                    code => Err(tonic::Status::new(code, "failed")),
+                }
+            })
+            .await;
+        assert!(result.is_ok(), "the retry found b");
+        assert!(fleet.calls("http://a") - before <= 1, "a is tried at most once per call");
+    }
+}
