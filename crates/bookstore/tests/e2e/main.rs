@@ -115,6 +115,17 @@ pub async fn login(http: &reqwest::Client, base: &str, username: &str, password:
     body["access_token"].as_str().unwrap().to_owned()
 }
 
+/// POSTs `body` as JSON with `token`; the JSON answer (panics if the call itself fails).
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let answer = http.post(url).bearer_auth(token).json(body).send().await.unwrap();
+    answer.json().await.unwrap()
+}
+
 /// A valid ISBN-13 made from `n`.
 pub fn isbn(n: u32) -> String {
     let body = format!("978{n:09}");

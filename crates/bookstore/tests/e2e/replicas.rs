@@ -102,6 +102,57 @@ async fn until<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// What every test here starts from: users in-process on port 0 (books' processes need its
+/// address to verify tokens), fresh storage, and a configuration on port 0 everywhere that the
+/// test adds its books URL to.
+struct Base {
+    config: Config,
+    users: App,
+    users_url: String,
+    books_db: TestDatabase,
+    _users_db: TestDatabase,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Base {
+    async fn start(backend: Backend) -> Option<Self> {
+        let books_db = TestDatabase::new(backend).await?;
+        let users_db = TestDatabase::new(backend).await?;
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = quiet_config(data_dir.path());
+        config.users.database_url = Some(users_db.url.clone());
+        config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+        config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
+        let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
+        let users_url = format!("http://{}", users.addr("users").unwrap());
+        config.users.url = Some(users_url.clone());
+        Some(Self { config, users, users_url, books_db, _users_db: users_db, _data_dir: data_dir })
+    }
+
+    /// Another books process over the same database.
+    async fn books(&self, grpc: &str, seed: bool, extra: &[&str]) -> Replica {
+        start_books(&self.books_db.url, &self.users_url, grpc, seed, extra).await
+    }
+}
+
+impl Drop for Base {
+    fn drop(&mut self) {
+        self.users.shutdown_token().cancel();
+    }
+}
+
+/// Port 0 for every listener, data in `dir`.
+fn quiet_config(dir: &std::path::Path) -> Config {
+    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config::default();
+    config.process.admin_http = port0;
+    config.process.data_dir = dir.to_owned();
+    config.gateway.http = port0;
+    config.users.grpc = port0;
+    config.orders.grpc = port0;
+    config
+}
+
 bookstore_platform::backend_tests!(
     reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_when_restarted
 );
@@ -109,26 +160,13 @@ bookstore_platform::backend_tests!(
 async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_when_restarted(
     backend: Backend,
 ) {
-    let Some(books_db) = TestDatabase::new(backend).await else { return };
-    let Some(users_db) = TestDatabase::new(backend).await else { return };
-    let data_dir = tempfile::tempdir().unwrap();
-    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut config = Config::default();
-    config.process.admin_http = port0;
-    config.process.data_dir = data_dir.path().to_owned();
+    let Some(world) = Base::start(backend).await else { return };
+    let mut config = world.config.clone();
     // A replica back from the dead is tried again within a second (the default is ten).
     config.process.ejection_ms = 1000;
-    config.gateway.http = port0;
-    config.users.grpc = port0;
-    config.users.database_url = Some(users_db.url.clone());
-    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
-    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
-    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
-    let users_url = format!("http://{}", users.addr("users").unwrap());
-    let first = start_books(&books_db.url, &users_url, "127.0.0.1:0", true, &[]).await;
-    let mut second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
+    let first = world.books("127.0.0.1:0", true, &[]).await;
+    let mut second = world.books("127.0.0.1:0", false, &[]).await;
     config.books.url = Some(format!("http://{},http://{}", first.grpc, second.grpc));
-    config.users.url = Some(users_url);
     let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
     let base = format!("http://{}", gateway.addr("gateway").unwrap());
     let admin = format!("http://{}", gateway.admin_addr);
@@ -192,8 +230,7 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     })
     .await;
 
-    let users_url = format!("http://{}", users.addr("users").unwrap());
-    second = start_books(&books_db.url, &users_url, &second_addr, false, &[]).await;
+    second = world.books(&second_addr, false, &[]).await;
     until("the restarted replica to get traffic again", Duration::from_secs(30), || async {
         served(&http, &second).await >= 20.0
     })
@@ -211,7 +248,6 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     assert!(failed * 100 < results.len(), "{failed} of {} reads failed", results.len());
     assert_eq!(late, 0, "reads failed more than a second after the kill");
     gateway.shutdown_token().cancel();
-    users.shutdown_token().cancel();
 }
 
 bookstore_platform::backend_tests!(
@@ -223,25 +259,12 @@ bookstore_platform::backend_tests!(
 /// stopped with SIGTERM deregisters first, and no read fails on the way.
 async fn replicas_found_in_etcd_keep_serving_through_an_etcd_outage_and_a_graceful_stop(backend: Backend) {
     let Some(mut etcd) = bookstore_platform::testing::EtcdNode::start_or_skip().await else { return };
-    let Some(books_db) = TestDatabase::new(backend).await else { return };
-    let Some(users_db) = TestDatabase::new(backend).await else { return };
-    let data_dir = tempfile::tempdir().unwrap();
-    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut config = Config::default();
-    config.process.admin_http = port0;
-    config.process.data_dir = data_dir.path().to_owned();
-    config.gateway.http = port0;
-    config.users.grpc = port0;
-    config.users.database_url = Some(users_db.url.clone());
-    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
-    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
-    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
-    let users_url = format!("http://{}", users.addr("users").unwrap());
+    let Some(world) = Base::start(backend).await else { return };
+    let mut config = world.config.clone();
     let registry = etcd.url();
     let register = ["--registry-url", registry.as_str()];
-    let mut first = start_books(&books_db.url, &users_url, "127.0.0.1:0", true, &register).await;
+    let mut first = world.books("127.0.0.1:0", true, &register).await;
     config.books.url = Some(format!("{registry}/books"));
-    config.users.url = Some(users_url.clone());
     let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
     let base = format!("http://{}", gateway.addr("gateway").unwrap());
     let http = reqwest::Client::new();
@@ -276,7 +299,7 @@ async fn replicas_found_in_etcd_keep_serving_through_an_etcd_outage_and_a_gracef
         served(&http, &first).await >= before + 100.0
     })
     .await;
-    let second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &register).await;
+    let second = world.books("127.0.0.1:0", false, &register).await;
     etcd.start().await.unwrap();
     until("the replica registered during the outage to get traffic", Duration::from_secs(30), || async {
         served(&http, &second).await >= 20.0
@@ -301,7 +324,6 @@ async fn replicas_found_in_etcd_keep_serving_through_an_etcd_outage_and_a_gracef
     assert!(total > 200, "{total} reads");
     assert_eq!(failed, 0, "{failed} of {total} reads failed");
     gateway.shutdown_token().cancel();
-    users.shutdown_token().cancel();
 }
 
 bookstore_platform::backend_tests!(
@@ -314,45 +336,23 @@ bookstore_platform::backend_tests!(
 /// settled what the kill interrupted, the stock adds up: sold is exactly what the orders took.
 async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_none(backend: Backend) {
     use serde_json::{Value, json};
-    let Some(books_db) = TestDatabase::new(backend).await else { return };
-    let Some(users_db) = TestDatabase::new(backend).await else { return };
+    let Some(world) = Base::start(backend).await else { return };
     let Some(orders_db) = TestDatabase::new(backend).await else { return };
-    let data_dir = tempfile::tempdir().unwrap();
-    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut config = Config::default();
-    config.process.admin_http = port0;
-    config.process.data_dir = data_dir.path().to_owned();
+    let mut config = world.config.clone();
     config.process.ejection_ms = 1000;
-    config.gateway.http = port0;
     config.gateway.rate_limit_requests = 0;
-    config.users.grpc = port0;
-    config.users.database_url = Some(users_db.url.clone());
-    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
-    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
-    config.orders.grpc = port0;
     config.orders.database_url = Some(orders_db.url.clone());
-    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
-    let users_url = format!("http://{}", users.addr("users").unwrap());
-    let first = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
-    let mut second = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
+    let first = world.books("127.0.0.1:0", false, &[]).await;
+    let mut second = world.books("127.0.0.1:0", false, &[]).await;
     config.books.url = Some(format!("http://{},http://{}", first.grpc, second.grpc));
-    config.users.url = Some(users_url);
     let http = reqwest::Client::new();
 
     // Orders runs apart from users here, so it signs in with a service account of its own.
     let setup = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
     let setup_base = format!("http://{}", setup.addr("gateway").unwrap());
     let admin = crate::login(&http, &setup_base, "admin", crate::ADMIN_PASSWORD).await;
-    let account: Value = http
-        .post(format!("{setup_base}/api/v1/service-accounts"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "orders"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{setup_base}/api/v1/service-accounts");
+    let account = crate::post_json(&http, &url, &admin, &json!({"name": "orders"})).await;
     setup.shutdown_token().cancel();
     config.orders.client_id = Some(account["client_id"].as_str().unwrap().to_owned());
     config.orders.client_secret = Some(account["client_secret"].as_str().unwrap().to_owned());
@@ -361,16 +361,7 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
 
     let mut body = crate::book_json(1, "Killed Replica Book");
     body["stock"] = json!(1000);
-    let book: Value = http
-        .post(format!("{base}/api/v1/books"))
-        .bearer_auth(&admin)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let book = crate::post_json(&http, &format!("{base}/api/v1/books"), &admin, &body).await;
     let book = book["id"].as_str().unwrap().to_owned();
 
     // Steady checkouts, each retried with its key until it is answered.
@@ -462,7 +453,6 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
     assert_eq!(b["sold"].as_i64().unwrap(), checkouts as i64, "sold is exactly what the orders took: {b}");
     assert_eq!(b["stock"].as_i64().unwrap() + b["sold"].as_i64().unwrap(), 1000);
     shop.shutdown_token().cancel();
-    users.shutdown_token().cancel();
     drop(first);
 }
 
@@ -504,25 +494,12 @@ async fn slow_proxy(upstream: String, delay: Duration) -> (String, Arc<std::sync
 bookstore_platform::backend_tests!(a_books_replica_slowed_by_200ms_gets_under_a_tenth_of_the_reads);
 
 async fn a_books_replica_slowed_by_200ms_gets_under_a_tenth_of_the_reads(backend: Backend) {
-    let Some(books_db) = TestDatabase::new(backend).await else { return };
-    let Some(users_db) = TestDatabase::new(backend).await else { return };
-    let data_dir = tempfile::tempdir().unwrap();
-    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut config = Config::default();
-    config.process.admin_http = port0;
-    config.process.data_dir = data_dir.path().to_owned();
-    config.gateway.http = port0;
-    config.users.grpc = port0;
-    config.users.database_url = Some(users_db.url.clone());
-    config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
-    config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
-    let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
-    let users_url = format!("http://{}", users.addr("users").unwrap());
-    let fast = start_books(&books_db.url, &users_url, "127.0.0.1:0", true, &[]).await;
-    let slow = start_books(&books_db.url, &users_url, "127.0.0.1:0", false, &[]).await;
+    let Some(world) = Base::start(backend).await else { return };
+    let mut config = world.config.clone();
+    let fast = world.books("127.0.0.1:0", true, &[]).await;
+    let slow = world.books("127.0.0.1:0", false, &[]).await;
     let (slowed, _) = slow_proxy(slow.grpc.clone(), Duration::from_millis(200)).await;
     config.books.url = Some(format!("http://{},http://{slowed}", fast.grpc));
-    config.users.url = Some(users_url);
     let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
     let base = format!("http://{}", gateway.addr("gateway").unwrap());
     let http = reqwest::Client::new();
@@ -559,7 +536,6 @@ async fn a_books_replica_slowed_by_200ms_gets_under_a_tenth_of_the_reads(backend
         fast_reads + slow_reads
     );
     gateway.shutdown_token().cancel();
-    users.shutdown_token().cancel();
 }
 
 /// A books stand-in that answers every call UNAVAILABLE (a replica whose database is gone) and
@@ -585,11 +561,7 @@ async fn with_every_books_replica_failing_calls_stay_within_a_fifth_over_the_req
     let (a, a_calls) = failing_books().await;
     let (b, b_calls) = failing_books().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut config = Config::default();
-    config.process.admin_http = port0;
-    config.process.data_dir = data_dir.path().to_owned();
-    config.gateway.http = port0;
+    let mut config = quiet_config(data_dir.path());
     config.gateway.rate_limit_requests = 0;
     config.books.url = Some(format!("http://{a},http://{b}"));
     let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
