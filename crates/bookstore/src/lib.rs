@@ -193,9 +193,12 @@ impl App {
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                 };
                 let (name, instance) = (entry.name(), uuid::Uuid::now_v7().simple().to_string());
-                let (etcd, draining) = (Etcd::new(endpoints), process.draining());
+                let (etcd, draining, stopping) = (Etcd::new(endpoints), process.draining(), tasks.stopping());
+                // Deregisters as soon as the process starts to stop (before its listeners
+                // drain), then waits for the rest of the background work to be told.
                 tasks.spawn("registration", async move {
                     bookstore_platform::etcd::register(etcd, name, &instance, registration, draining).await;
+                    stopping.cancelled().await;
                 });
             }
         }
