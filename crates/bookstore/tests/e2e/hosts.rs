@@ -3,10 +3,12 @@
 //! run on their own host, find each other through etcd, and the test drives the shop from the
 //! bridge like a client from outside. Then one books host is killed, and the shop keeps selling.
 //!
-//! Needs root (to make namespaces). In CI a failure to make them fails the test; elsewhere the
-//! test says SKIPPED and returns. Storage is the embedded kind, one SQLite file per service on
-//! the filesystem the hosts share (the two books hosts share theirs): what crosses hosts here is
-//! the network, which is what this rehearses.
+//! A PostgreSQL cluster and a RabbitMQ node of the test's own run on two more hosts, listening
+//! on their bridge addresses (the shared servers listen on loopback only): a database per
+//! service, the two books hosts sharing theirs, orders' events on the broker.
+//!
+//! Needs root (to make namespaces and run PostgreSQL as its own user). In CI a failure to make
+//! them fails the test; elsewhere the test says SKIPPED and returns.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +45,11 @@ impl Hosts {
         let mut hosts =
             Self { prefix: prefix.clone(), subnet: subnet.clone(), names: Vec::new(), processes: Vec::new() };
         let bridge = format!("{prefix}br");
+        // What a run that was killed (and so never cleaned up) may have left under this prefix.
+        for name in names {
+            let _ = ip(&["netns", "del", &format!("{prefix}-{name}")]);
+        }
+        let _ = ip(&["link", "del", &bridge]);
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
@@ -84,34 +91,66 @@ impl Hosts {
             }
         }
         command.env("RUST_LOG", "error").envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        let child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting a host's process");
+        // A group of its own, so a kill reaches what the program starts (postgres under
+        // runuser, the Erlang VM under rabbitmq-server).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        // The bookstore's output is read (for its addresses); a server's goes to its log file,
+        // kept when the test fails.
+        let (stdout, stderr) = if program == BIN {
+            (Stdio::piped(), Stdio::inherit())
+        } else {
+            let log = std::fs::File::create(self.log(label)).expect("creating a server's log");
+            (Stdio::from(log.try_clone().unwrap()), Stdio::from(log))
+        };
+        let child = command.stdout(stdout).stderr(stderr).spawn().expect("starting a host's process");
         self.processes.push((label.to_owned(), child));
         &mut self.processes.last_mut().unwrap().1
     }
 
+    /// Where a server started by [`Hosts::run`] writes its output.
+    fn log(&self, label: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-{label}.log", self.prefix))
+    }
+
     fn kill(&mut self, label: &str) {
         if let Some((_, child)) = self.processes.iter_mut().find(|(l, _)| l == label) {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(child);
         }
     }
 }
 
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+    let _ = child.wait();
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for (_, child) in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
+        for (label, child) in &mut self.processes {
+            kill_group(child);
+            let log = std::env::temp_dir().join(format!("{}-{label}.log", self.prefix));
+            if std::thread::panicking() {
+                eprintln!("server log kept: {}", log.display());
+            } else {
+                let _ = std::fs::remove_file(log);
+            }
         }
         for ns in &self.names {
             let _ = ip(&["netns", "del", ns]);
         }
         let _ = ip(&["link", "del", &format!("{}br", self.prefix)]);
     }
+}
+
+/// The folder of the newest PostgreSQL server's binaries (Debian's layout).
+fn postgres_bin() -> Option<String> {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    let bin = format!("/usr/lib/postgresql/{}/bin", versions.last()?);
+    std::path::Path::new(&bin).join("postgres").exists().then_some(bin)
 }
 
 /// Waits until the process prints a line starting with `prefix`; the rest of it.
@@ -147,7 +186,27 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
             return;
         }
     };
-    let names = ["etcd", "users", "books1", "books2", "orders", "gateway"];
+    let rabbitmq_server = match std::env::var("BOOKSTORE_TEST_RABBITMQ_SERVER") {
+        Ok(path) if !path.is_empty() => path,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("BOOKSTORE_TEST_RABBITMQ_SERVER is not set, and CI must run the hosts test")
+        }
+        _ => {
+            eprintln!("SKIPPED (hosts): BOOKSTORE_TEST_RABBITMQ_SERVER is not set; this test did not run");
+            return;
+        }
+    };
+    let Some(pg_bin) = postgres_bin() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no PostgreSQL server binaries, and CI must run the hosts test"
+        );
+        eprintln!(
+            "SKIPPED (hosts): no PostgreSQL server binaries under /usr/lib/postgresql; this test did not run"
+        );
+        return;
+    };
+    let names = ["etcd", "users", "books1", "books2", "orders", "gateway", "db", "mq"];
     let mut hosts = match Hosts::build(&names) {
         Ok(hosts) => hosts,
         Err(e) if std::env::var_os("CI").is_some() => panic!("could not build the hosts' network: {e}"),
@@ -158,7 +217,66 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     };
     let dir = tempfile::tempdir().unwrap();
     let path = |p: &str| dir.path().join(p).display().to_string();
-    let (etcd, users, books1, books2, orders, gateway) = (0, 1, 2, 3, 4, 5);
+    let (etcd, users, books1, books2, orders, gateway, db, mq) = (0, 1, 2, 3, 4, 5, 6, 7);
+
+    // A PostgreSQL cluster of the test's own on the db host (trust auth, no fsync: a test's).
+    let pg_root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(pg_root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pg_data = pg_root.path().join("data").display().to_string();
+    std::fs::create_dir(&pg_data).unwrap();
+    let chowned = Command::new("chown").args(["postgres:postgres", &pg_data]).status().unwrap();
+    assert!(chowned.success(), "giving the cluster's folder to the postgres user");
+    let initdb = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{pg_bin}/initdb"), "-D", &pg_data, "--auth=trust"])
+        .args(["-U", "postgres", "--no-sync", "-E", "UTF8"])
+        .output()
+        .unwrap();
+    assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
+    // The hosts reach it over the bridge's subnet.
+    let hba = format!("{pg_data}/pg_hba.conf");
+    let mut rules = std::fs::read_to_string(&hba).unwrap();
+    rules.push_str(&format!("host all all {}.0/24 trust\n", hosts.subnet));
+    std::fs::write(&hba, rules).unwrap();
+    let db_addr = hosts.addr(db);
+    let args: Vec<String> =
+        ["-u", "postgres", "--", &format!("{pg_bin}/postgres"), "-D", &pg_data, "-k", &pg_data]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(
+                ["-c", &format!("listen_addresses={db_addr}"), "-c", "fsync=off", "-p", "5432"]
+                    .map(String::from),
+            )
+            .collect();
+    hosts.run(db, "postgres", "runuser", &args, &[]);
+
+    // A RabbitMQ node of the test's own on the mq host, taking guests from other hosts.
+    let mq_addr = hosts.addr(mq);
+    let mq_dir = tempfile::tempdir().unwrap();
+    let mq_path = |p: &str| mq_dir.path().join(p).display().to_string();
+    std::fs::write(
+        mq_path("rabbitmq.conf"),
+        format!("listeners.tcp.1 = {mq_addr}:5672\nloopback_users = none\n"),
+    )
+    .unwrap();
+    std::fs::write(mq_path("enabled_plugins"), "[].\n").unwrap();
+    let mq_env = [
+        ("RABBITMQ_NODENAME", format!("{}-mq@localhost", hosts.prefix)),
+        ("RABBITMQ_NODE_PORT", "5672".to_owned()),
+        ("RABBITMQ_DIST_PORT", "25672".to_owned()),
+        ("RABBITMQ_CONFIG_FILE", mq_path("rabbitmq.conf")),
+        ("RABBITMQ_ENABLED_PLUGINS_FILE", mq_path("enabled_plugins")),
+        ("RABBITMQ_MNESIA_BASE", mq_path("data")),
+        ("RABBITMQ_LOG_BASE", mq_path("log")),
+        ("RABBITMQ_PID_FILE", mq_path("pid")),
+    ];
+    // Erlang's port mapper, started here in the foreground: left to the broker, it would
+    // daemonize out of the test's reach and outlive the test.
+    hosts.run(mq, "epmd", "epmd", &["-address".to_owned(), format!("127.0.0.1,{mq_addr}")], &[]);
+    until("epmd on the mq host", || async {
+        tokio::net::TcpStream::connect((mq_addr.as_str(), 4369)).await.is_ok()
+    })
+    .await;
+    hosts.run(mq, "rabbitmq", &rabbitmq_server, &[], &mq_env);
 
     let etcd_addr = hosts.addr(etcd);
     let client = format!("http://{etcd_addr}:2379");
@@ -187,6 +305,23 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     hosts.run(etcd, "etcd", &etcd_bin, &args, &[]);
     let registry = format!("etcd://{etcd_addr}:2379");
 
+    // The servers answer across the bridge; a database per service.
+    let pg = format!("postgres://postgres@{db_addr}:5432");
+    until("PostgreSQL on the db host", || async {
+        sqlx::PgPool::connect(&format!("{pg}/postgres")).await.is_ok()
+    })
+    .await;
+    let admin_pool = sqlx::PgPool::connect(&format!("{pg}/postgres")).await.unwrap();
+    for name in ["books", "users", "orders"] {
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
+    }
+    admin_pool.close().await;
+    until("RabbitMQ on the mq host", || async {
+        tokio::net::TcpStream::connect((mq_addr.as_str(), 5672)).await.is_ok()
+    })
+    .await;
+    let amqp = format!("amqp://guest:guest@{mq_addr}:5672/%2f");
+
     // A service on its host: `serve <service>` on its own address, registered in etcd.
     let serve = |hosts: &Hosts, host: usize, service: &str, extra: &[&str]| -> Vec<String> {
         let addr = hosts.addr(host);
@@ -205,6 +340,10 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
         for peer in ["books", "users", "orders"] {
             args.extend([format!("--{peer}-url"), format!("{registry}/{peer}")]);
         }
+        if service != "gateway" {
+            args.extend([format!("--{service}-database-url"), format!("{pg}/{service}")]);
+        }
+        args.extend(["--amqp-url".into(), amqp.clone()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
@@ -213,10 +352,9 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     let args = serve(&hosts, users, "users", &[]);
     let child = hosts.run(users, "users", BIN, &args, &users_env);
     line_of(child, "users    gRPC on").await;
-    let books_db = format!("sqlite://{}", path("books.db"));
-    let args = serve(&hosts, books1, "books", &["--seed", "--books-database-url", &books_db]);
+    let args = serve(&hosts, books1, "books", &["--seed"]);
     line_of(hosts.run(books1, "books1", BIN, &args, &[]), "books    gRPC on").await;
-    let args = serve(&hosts, books2, "books", &["--books-database-url", &books_db]);
+    let args = serve(&hosts, books2, "books", &[]);
     line_of(hosts.run(books2, "books2", BIN, &args, &[]), "books    gRPC on").await;
     let http_addr = format!("{}:8080", hosts.addr(gateway));
     let args = serve(&hosts, gateway, "gateway", &["--http", &http_addr]);
