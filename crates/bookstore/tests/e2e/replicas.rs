@@ -23,6 +23,12 @@ struct Replica {
 }
 
 impl Replica {
+    /// Kills it outright (SIGKILL), like a crashed host, and waits for it to be gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops it the way an orchestrator does (SIGTERM), and waits for it to exit.
     fn terminate(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
@@ -208,8 +214,7 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     })
     .await;
 
-    let _ = second.child.kill();
-    let _ = second.child.wait();
+    second.kill();
     let killed = Instant::now();
     let second_addr = second.grpc.clone();
     until("the killed replica's breaker to open", Duration::from_secs(30), || async {
@@ -417,8 +422,7 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
         started.load(Ordering::Relaxed) >= checkouts / 3
     })
     .await;
-    let _ = second.child.kill();
-    let _ = second.child.wait();
+    second.kill();
     for worker in workers {
         worker.await.unwrap();
     }
@@ -583,4 +587,55 @@ async fn with_every_books_replica_failing_calls_stay_within_a_fifth_over_the_req
     let ejected = books["endpoints"].as_array().unwrap().iter().filter(|e| e["ejected"] == true).count();
     assert!(ejected <= 1, "never more than half the set is ejected: {books}");
     gateway.shutdown_token().cancel();
+}
+
+bookstore_platform::backend_tests!(with_books_down_reads_are_served_stale_and_checkouts_fail_fast_with_503);
+
+/// Degrade, don't fail: with its only books replica killed, the gateway answers a catalog read
+/// it has answered before from its last good copy, marked `X-Degraded: stale`; one it has not
+/// seen is an honest 503 with `Retry-After`, and so is a checkout.
+async fn with_books_down_reads_are_served_stale_and_checkouts_fail_fast_with_503(backend: Backend) {
+    let Some(world) = Base::start(backend).await else { return };
+    let Some(orders_db) = TestDatabase::new(backend).await else { return };
+    let mut config = world.config.clone();
+    let mut books = world.books("127.0.0.1:0", true, &[]).await;
+    config.books.url = Some(format!("http://{}", books.grpc));
+    config.orders.database_url = Some(orders_db.url.clone());
+    config.users.url = None;
+    // Orders and users in the gateway's process: orders gets its token in-process.
+    config.users.grpc = "127.0.0.1:0".parse().unwrap();
+    let shop = App::start(&["users", "orders", "gateway"], &config, Mode::Serve).await.unwrap();
+    let base = format!("http://{}", shop.addr("gateway").unwrap());
+    let http = reqwest::Client::new();
+    let page: serde_json::Value =
+        http.get(format!("{base}/api/v1/books?limit=2")).send().await.unwrap().json().await.unwrap();
+    let (seen, unseen) = (page["items"][0]["id"].as_str().unwrap(), page["items"][1]["id"].as_str().unwrap());
+    let fresh: serde_json::Value =
+        http.get(format!("{base}/api/v1/books/{seen}")).send().await.unwrap().json().await.unwrap();
+
+    books.kill();
+    let stale = http.get(format!("{base}/api/v1/books/{seen}")).send().await.unwrap();
+    assert_eq!(stale.status(), 200);
+    assert_eq!(stale.headers()["x-degraded"], "stale");
+    assert_eq!(stale.json::<serde_json::Value>().await.unwrap(), fresh, "the last good copy");
+    let list = http.get(format!("{base}/api/v1/books?limit=2")).send().await.unwrap();
+    assert_eq!((list.status().as_u16(), list.headers()["x-degraded"].to_str().unwrap()), (200, "stale"));
+
+    let missing = http.get(format!("{base}/api/v1/books/{unseen}")).send().await.unwrap();
+    assert_eq!(missing.status(), 503, "never seen: nothing to serve");
+    assert!(missing.headers().contains_key("retry-after"));
+
+    let admin = crate::login(&http, &base, "admin", crate::ADMIN_PASSWORD).await;
+    let started = std::time::Instant::now();
+    let checkout = http
+        .post(format!("{base}/api/v1/orders"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"lines": [{"book_id": seen, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checkout.status(), 503, "checkout fails fast with books down");
+    assert!(checkout.headers().contains_key("retry-after"));
+    eprintln!("checkout with books down answered in {:?}", started.elapsed());
+    shop.shutdown_token().cancel();
 }
