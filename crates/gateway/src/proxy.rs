@@ -23,7 +23,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use bookstore_platform::balance::{Board, PeerChannel, ResilienceConfig};
+use bookstore_platform::balance::{Board, PeerChannel, Refused, ResilienceConfig};
 use bookstore_platform::discovery::{MAX_WEIGHT, Source, Target};
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
@@ -215,6 +215,10 @@ async fn pass_through(State(state): State<Arc<RouteState>>, request: Request) ->
             .into_response();
         }
     };
+    // No backend answered: the gateway's own refusal, in its envelope (with Retry-After).
+    if let Some(Refused(status)) = response.extensions().get::<Refused>().cloned() {
+        return crate::error::ApiError::from(status).into_response();
+    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.extensions.insert(PassedThrough);

@@ -515,7 +515,6 @@ impl Shared {
     /// Records how a call to `member` ended: breaker, ejection, latency, metrics.
     fn record(&self, member: &Member, permit: Permit, result: CallResult, took: Duration) {
         let now = now();
-        let members = self.members();
         let mut health = member.health.lock().expect("health lock");
         // Back from its breaker or its ejection: what it did before says nothing of it now.
         let returning = health.breaker.state(now) == BreakerState::HalfOpen
@@ -536,6 +535,8 @@ impl Shared {
                 }
             }
             CallResult::Failure | CallResult::Timeout => {
+                // A retry of this call, if any, goes elsewhere.
+                let _ = FAILED_ON.try_with(|f| f.borrow_mut().push(member.target.url.clone()));
                 // A refused connection is fast, not a sign of speed; a timeout is slowness.
                 if result == CallResult::Timeout {
                     health.observe_rtt(took, now);
@@ -543,7 +544,7 @@ impl Shared {
                 health.consecutive_failures += 1;
                 if health.consecutive_failures >= self.config.eject_after && !health.ejected(now) {
                     drop(health);
-                    self.try_eject(member, &members, now);
+                    self.try_eject(member, &self.members(), now);
                 }
             }
             CallResult::Rejected => {}
@@ -650,25 +651,25 @@ fn classify(protocol: Protocol, response: &HttpResponse) -> CallResult {
     }
 }
 
+/// Marks a response the channel wrote itself (no replica answered): the status it stands for,
+/// so an HTTP caller (the gateway's pass-through) can answer in its own error format.
+#[derive(Debug, Clone)]
+pub struct Refused(pub tonic::Status);
+
 fn status_response(protocol: Protocol, status: tonic::Status) -> HttpResponse {
-    match protocol {
-        Protocol::Grpc => status.into_http(),
+    let mut response = match protocol {
+        Protocol::Grpc => status.clone().into_http(),
         Protocol::Http => {
-            let code = match status.code() {
+            let mut response = http::Response::new(Body::default());
+            *response.status_mut() = match status.code() {
                 Code::DeadlineExceeded => http::StatusCode::GATEWAY_TIMEOUT,
                 _ => http::StatusCode::SERVICE_UNAVAILABLE,
             };
-            let body = serde_json::json!({ "code": "UNAVAILABLE", "message": status.message() }).to_string();
-            let mut response =
-                http::Response::new(Body::new(http_body_util::Full::new(bytes::Bytes::from(body))));
-            *response.status_mut() = code;
-            response
-                .headers_mut()
-                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
             response
         }
-    }
+    };
+    response.extensions_mut().insert(Refused(status));
+    response
 }
 
 /// Decrements a replica's in-flight count however the call ends (cancellation included).
@@ -716,7 +717,6 @@ impl Service<HttpRequest> for PeerChannel {
             let took = started.elapsed();
             match answer {
                 Err(_elapsed) => {
-                    let _ = FAILED_ON.try_with(|f| f.borrow_mut().push(member.target.url.clone()));
                     shared.record(&member, permit, CallResult::Timeout, took);
                     Ok(status_response(
                         shared.protocol,
@@ -727,7 +727,6 @@ impl Service<HttpRequest> for PeerChannel {
                     ))
                 }
                 Ok(Err(error)) => {
-                    let _ = FAILED_ON.try_with(|f| f.borrow_mut().push(member.target.url.clone()));
                     shared.record(&member, permit, CallResult::Failure, took);
                     shared.refresh.notify_one();
                     Ok(status_response(
@@ -739,11 +738,7 @@ impl Service<HttpRequest> for PeerChannel {
                     ))
                 }
                 Ok(Ok(response)) => {
-                    let result = classify(shared.protocol, &response);
-                    if result != CallResult::Success {
-                        let _ = FAILED_ON.try_with(|f| f.borrow_mut().push(member.target.url.clone()));
-                    }
-                    shared.record(&member, permit, result, took);
+                    shared.record(&member, permit, classify(shared.protocol, &response), took);
                     Ok(response)
                 }
             }

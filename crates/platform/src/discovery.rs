@@ -81,12 +81,8 @@ impl Source {
     pub async fn watch(self) -> (watch::Receiver<Vec<Target>>, Arc<Notify>) {
         let refresh = Arc::new(Notify::new());
         match self {
-            Self::Static(targets) => {
-                let (tx, rx) = watch::channel(targets);
-                // Nothing will change: keep the sender alive as long as anyone listens.
-                tokio::spawn(async move { tx.closed().await });
-                (rx, refresh)
-            }
+            // Nothing will change: the receiver keeps the one value after the sender is gone.
+            Self::Static(targets) => (watch::channel(targets).1, refresh),
             Self::Etcd { endpoints, service } => {
                 (crate::etcd::follow(crate::etcd::Etcd::new(endpoints), service).await, refresh)
             }
