@@ -120,6 +120,27 @@ pub fn redis_url_or_skip() -> Option<String> {
     }
 }
 
+/// A free port for a server a test stops and starts again on the same port: drawn below the
+/// kernel's ephemeral range, so that while the server is down no outgoing connection of another
+/// test can be given the port (one drawn with `bind(0)` comes from that range, and a restart
+/// then fails now and then with "address in use").
+pub fn restartable_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_start / 2);
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(low..ephemeral_start);
+        // Free on every IPv4 address (the Erlang distribution listens on all of them).
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A RabbitMQ node of one test's own, so the test can crash and restart a broker without
 /// disturbing the shared one every other test uses. Started from the `rabbitmq-server` script
 /// named by `BOOKSTORE_TEST_RABBITMQ_SERVER` (one that runs the node in the foreground as the
@@ -150,14 +171,12 @@ impl RabbitNode {
                 return None;
             }
         };
-        let free_port =
-            || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
         let mut node = Self {
             server,
             dir: tempfile::tempdir().expect("creating a folder for the broker"),
             name: format!("bookstore-test-{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-            port: free_port().expect("finding a free port"),
-            dist_port: free_port().expect("finding a free port"),
+            port: restartable_port(),
+            dist_port: restartable_port(),
             process: None,
         };
         let config = format!("listeners.tcp.local = 127.0.0.1:{}\n", node.port);
@@ -258,13 +277,11 @@ impl EtcdNode {
                 return None;
             }
         };
-        let free_port =
-            || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
         let mut node = Self {
             etcd,
             dir: tempfile::tempdir().expect("creating a folder for etcd"),
-            client_port: free_port().expect("finding a free port"),
-            peer_port: free_port().expect("finding a free port"),
+            client_port: restartable_port(),
+            peer_port: restartable_port(),
             process: None,
         };
         node.start().await.expect("starting an etcd of the test's own");

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::until;
+
 const BIN: &str = env!("CARGO_BIN_EXE_bookstore");
 const PASSWORD: &str = "hosts test admin passphrase";
 
@@ -166,14 +168,6 @@ async fn line_of(child: &mut Child, prefix: &'static str) -> String {
     .unwrap()
 }
 
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
-    let start = Instant::now();
-    while !condition().await {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() {
     let etcd_bin = match std::env::var("BOOKSTORE_TEST_ETCD") {
@@ -272,7 +266,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     // Erlang's port mapper, started here in the foreground: left to the broker, it would
     // daemonize out of the test's reach and outlive the test.
     hosts.run(mq, "epmd", "epmd", &["-address".to_owned(), format!("127.0.0.1,{mq_addr}")], &[]);
-    until("epmd on the mq host", || async {
+    until("epmd on the mq host", Duration::from_secs(60), || async {
         tokio::net::TcpStream::connect((mq_addr.as_str(), 4369)).await.is_ok()
     })
     .await;
@@ -307,7 +301,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
 
     // The servers answer across the bridge; a database per service.
     let pg = format!("postgres://postgres@{db_addr}:5432");
-    until("PostgreSQL on the db host", || async {
+    until("PostgreSQL on the db host", Duration::from_secs(60), || async {
         sqlx::PgPool::connect(&format!("{pg}/postgres")).await.is_ok()
     })
     .await;
@@ -316,7 +310,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
     }
     admin_pool.close().await;
-    until("RabbitMQ on the mq host", || async {
+    until("RabbitMQ on the mq host", Duration::from_secs(60), || async {
         tokio::net::TcpStream::connect((mq_addr.as_str(), 5672)).await.is_ok()
     })
     .await;
@@ -362,7 +356,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     let base = format!("http://{http_addr}");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
-    until("the gateway to reach books across hosts", || async {
+    until("the gateway to reach books across hosts", Duration::from_secs(60), || async {
         http.get(format!("{base}/api/v1/books?limit=1")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;

@@ -127,6 +127,19 @@ pub async fn post_json(
 }
 
 /// A valid ISBN-13 made from `n`.
+/// Waits for `condition`, checking every 50 ms, up to `limit`; fails the test with `what`.
+pub async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: std::time::Duration,
+    mut condition: impl FnMut() -> F,
+) {
+    let start = std::time::Instant::now();
+    while !condition().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub fn isbn(n: u32) -> String {
     let body = format!("978{n:09}");
     format!("{body}{}", bookstore_books::domain::check_digit(body.as_bytes()))

@@ -13,6 +13,8 @@ use bookstore_platform::db::Backend;
 use bookstore_platform::service::Mode;
 use bookstore_platform::testing::TestDatabase;
 
+use crate::until;
+
 const BIN: &str = env!("CARGO_BIN_EXE_bookstore");
 
 /// A books process; killed when dropped.
@@ -95,19 +97,6 @@ async fn served(http: &reqwest::Client, replica: &Replica) -> f64 {
         .sum()
 }
 
-/// Waits for `condition`, checking every 50 ms, up to `limit`; fails the test with `what`.
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut condition: impl FnMut() -> F,
-) {
-    let start = Instant::now();
-    while !condition().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// What every test here starts from: users in-process on port 0 (books' processes need its
 /// address to verify tokens), fresh storage, and a configuration on port 0 everywhere that the
 /// test adds its books URL to.
@@ -171,7 +160,10 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     // A replica back from the dead is tried again within a second (the default is ten).
     config.process.ejection_ms = 1000;
     let first = world.books("127.0.0.1:0", true, &[]).await;
-    let mut second = world.books("127.0.0.1:0", false, &[]).await;
+    // Restarted on the same address later: a port no outgoing connection can take meanwhile.
+    let mut second = world
+        .books(&format!("127.0.0.1:{}", bookstore_platform::testing::restartable_port()), false, &[])
+        .await;
     config.books.url = Some(format!("http://{},http://{}", first.grpc, second.grpc));
     let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
     let base = format!("http://{}", gateway.addr("gateway").unwrap());
