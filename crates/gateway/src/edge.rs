@@ -24,7 +24,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use moka::sync::Cache;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
@@ -141,13 +141,36 @@ pub async fn rate_limit(State(limiter): State<Arc<RateLimiter>>, request: Reques
     if limiter.limit == 0 {
         return next.run(request).await;
     }
-    let client = limiter.client_of(&request);
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let standing = limiter.hit(&client, now).await;
-    let mut response = if standing.allowed {
-        next.run(request).await
-    } else {
+    let standing = match limiter.admit(&request).await {
+        Ok(standing) => standing,
+        Err(refused) => return refused,
+    };
+    let mut response = next.run(request).await;
+    limiter.stamp(&mut response, standing);
+    response
+}
+
+impl RateLimiter {
+    /// Whether limits are on at all.
+    pub fn enabled(&self) -> bool {
+        self.limit > 0
+    }
+
+    /// Counts `request` for its client: its standing when it may go on, else the 429 to send
+    /// (already stamped with the headers).
+    pub fn admit(&self, request: &Request) -> impl Future<Output = Result<Standing, Response>> + Send + '_ {
+        // The client is read now: the request (its body is not `Sync`) stays out of the future.
+        let client = self.client_of(request);
+        async move { self.admit_client(&client).await }
+    }
+
+    async fn admit_client(&self, client: &str) -> Result<Standing, Response> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let standing = self.hit(client, now).await;
+        if standing.allowed {
+            return Ok(standing);
+        }
         metrics::counter!("http_server_rate_limited_total", "service" => crate::SERVICE).increment(1);
         let mut error = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -155,33 +178,44 @@ pub async fn rate_limit(State(limiter): State<Arc<RateLimiter>>, request: Reques
             "too many requests; slow down",
         );
         error.retry_after = Some(standing.reset.max(1));
-        error.into_response()
-    };
-    let headers = response.headers_mut();
-    headers.insert(RATELIMIT_POLICY, limiter.policy.clone());
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("\"default\";r={};t={}", standing.remaining, standing.reset))
-    {
-        headers.insert(RATELIMIT, value);
+        let mut response = error.into_response();
+        self.stamp(&mut response, standing);
+        Err(response)
     }
-    response
+
+    /// Writes the client's standing on `response` (`RateLimit-Policy` and `RateLimit`).
+    pub fn stamp(&self, response: &mut Response, standing: Standing) {
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("\"default\";r={};t={}", standing.remaining, standing.reset))
+        {
+            headers.insert(RATELIMIT, value);
+        }
+    }
 }
 
 /// Requests in flight, bounded: one that finds no room is refused at once.
 pub async fn shed_overload(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = permits.clone().try_acquire_owned() else {
-        metrics::counter!("http_server_shed_total", "service" => crate::SERVICE).increment(1);
-        let mut error = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "the gateway is overloaded",
-        );
-        error.retry_after = Some(1);
-        let mut response = error.into_response();
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
-    };
+    let Some(_permit) = admit_in_flight(&permits) else { return overloaded() };
     next.run(request).await
+}
+
+/// A permit for one request in flight (held until it is dropped), or none when there is no
+/// room: answer [`overloaded`] then.
+pub fn admit_in_flight(permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+    permits.clone().try_acquire_owned().ok()
+}
+
+/// 503 with `Retry-After: 1`, closing the connection: the gateway has no room for the request.
+pub fn overloaded() -> Response {
+    metrics::counter!("http_server_shed_total", "service" => crate::SERVICE).increment(1);
+    let mut error =
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "the gateway is overloaded");
+    error.retry_after = Some(1);
+    let mut response = error.into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 #[cfg(test)]

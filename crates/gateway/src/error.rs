@@ -240,7 +240,12 @@ pub struct Path<T>(pub T);
 pub async fn envelope(request: Request, next: Next) -> Response {
     let request_id =
         request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let response = next.run(request).await;
+    finish(request_id, next.run(request).await).await
+}
+
+/// Writes the envelope on `response` when it is an error of the gateway's own (not one passed
+/// through from a route's backend), naming `request_id`.
+pub async fn finish(request_id: String, response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.extensions().get::<crate::proxy::PassedThrough>().is_some()

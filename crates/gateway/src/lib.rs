@@ -76,7 +76,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         trusted_proxies: config.trusted_proxies.clone().into(),
     };
     let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
-    let edge = Edge {
+    let shared = proxy::Shared {
         limiter: Arc::new(
             edge::RateLimiter::new(
                 settings.rate_limit_requests,
@@ -88,7 +88,12 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
             .await?,
         ),
         permits: Arc::new(tokio::sync::Semaphore::new(settings.concurrency_limit)),
-        routes: proxy::router(&settings.routes, ctx.resilience, &ctx.board, trusted).await?,
+        trusted_proxies: trusted,
+    };
+    let edge = Edge {
+        limiter: shared.limiter.clone(),
+        permits: shared.permits.clone(),
+        routes: proxy::router(&settings.routes, ctx.resilience, &ctx.board, shared).await?,
     };
     let router = router(&config, state, ctx.verifier.clone(), edge)?;
     Ok(Built::new(router).ready_when(move || {
@@ -186,7 +191,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How long a client may take to send a request body once its headers are in.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The gateway's edge: rate limits, the concurrency limit and the pass-through routes.
+/// The gateway's edge: rate limits, the concurrency limit and the pass-through routes (which
+/// count against both on their own path, [`proxy`]).
 pub struct Edge {
     pub limiter: Arc<edge::RateLimiter>,
     pub permits: Arc<tokio::sync::Semaphore>,
@@ -231,11 +237,8 @@ pub fn router(
         .layer(axum::middleware::from_fn_with_state(verifier, auth::authenticate))
         .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
-    let routes = edge.routes.layer(axum::middleware::from_fn_with_state(edge.limiter, edge::rate_limit));
-
     let mut router = Router::new()
         .merge(api)
-        .merge(routes)
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(|| async { error::ApiError::not_found("no such resource") });
     router = with_request_metrics(router, SERVICE);
@@ -254,7 +257,8 @@ pub fn router(
     if let Some(cors) = cors_layer(&config.cors_allowed_origins)? {
         router = router.layer(cors);
     }
-    Ok(router)
+    // Beside the stack, not under it: each route does its own edge work.
+    Ok(router.merge(edge.routes))
 }
 
 pub(crate) fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {

@@ -21,11 +21,79 @@ impl Modify for BearerAuth {
     }
 }
 
+/// What the edge may answer on every operation, and the degraded catalog reads: each
+/// operation may get 429 (over the client's rate limit, with the IETF `RateLimit` headers) and
+/// 503 (overloaded or no replica, with `Retry-After`); catalog reads may come back marked
+/// `X-Degraded: stale`. (Every answer carries `RateLimit-Policy` and `RateLimit` while limits
+/// are on; the document's description says so once rather than on every response.)
+struct EdgeResponses;
+
+impl Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder, Type, schema::ObjectBuilder,
+        };
+        let text = || ObjectBuilder::new().schema_type(Type::String).build();
+        let header =
+            |description: &str| HeaderBuilder::new().schema(text()).description(Some(description)).build();
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .header("Retry-After", header("Seconds to wait before trying again"))
+        };
+        let policy = header("The limit in force, e.g. `\"default\";q=6000;w=60` (while limits are on)");
+        let standing = header("What is left of it, e.g. `\"default\";r=5999;t=42` (while limits are on)");
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.responses.insert(
+            "TooManyRequests".into(),
+            RefOr::T(
+                error("Over the client's rate limit")
+                    .header("RateLimit-Policy", policy)
+                    .header("RateLimit", standing)
+                    .build(),
+            ),
+        );
+        components.responses.insert(
+            "Unavailable".into(),
+            RefOr::T(
+                error("The gateway is overloaded, or no replica of a service it needs can answer").build(),
+            ),
+        );
+        let stale =
+            header("`stale` when books could not answer and this is the last good copy the gateway holds");
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations =
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+            let is_catalog_read = path.starts_with("/api/v1/books");
+            for (i, operation) in operations.into_iter().enumerate() {
+                let Some(operation) = operation else { continue };
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("429".into())
+                    .or_insert_with(|| Ref::from_response_name("TooManyRequests").into());
+                responses
+                    .entry("503".into())
+                    .or_insert_with(|| Ref::from_response_name("Unavailable").into());
+                if is_catalog_read
+                    && i == 0
+                    && let Some(RefOr::T(ok)) = responses.get_mut("200")
+                {
+                    ok.headers.insert("X-Degraded".into(), stale.clone());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "bookstore",
-        description = "The bookstore's REST API. Every error is `{\"code\", \"message\", \"request_id\"}` with the matching HTTP status.",
+        description = "The bookstore's REST API. Every error is `{\"code\", \"message\", \"request_id\"}` with the matching HTTP status. While rate limits are on, every answer carries the IETF draft's `RateLimit-Policy` and `RateLimit` headers; past the limit the answer is 429 with `Retry-After`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -83,7 +151,7 @@ impl Modify for BearerAuth {
         orders::CreateOrder,
         orders::StatusChange,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &EdgeResponses),
     tags(
         (name = "books", description = "The catalog: browse and search (anyone), manage and stock (staff, admin)"),
         (name = "auth", description = "Register, sign in, refresh, sign out; service-account tokens; the JWKS"),

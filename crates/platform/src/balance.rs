@@ -117,6 +117,8 @@ struct Health {
     /// Peak-EWMA latency, in seconds, as of `rtt_at`.
     rtt: f64,
     rtt_at: Instant,
+    /// Active health checks failed in a row ([`PeerChannel::check_health`]).
+    failed_checks: u32,
 }
 
 impl Health {
@@ -153,7 +155,15 @@ impl Member {
         let health = self.health.lock().expect("health lock");
         !health.ejected(now) && health.breaker.would_allow(now)
     }
+
+    fn passes_checks(&self) -> bool {
+        self.health.lock().expect("health lock").failed_checks < UNHEALTHY_AFTER
+    }
 }
+
+/// Active health checks failed in a row that take a replica out of the draw; one that passes
+/// brings it back.
+const UNHEALTHY_AFTER: u32 = 2;
 
 /// What the status page shows of one replica.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,6 +172,8 @@ pub struct EndpointStatus {
     pub weight: u32,
     pub breaker: &'static str,
     pub ejected: bool,
+    /// False while the replica fails its active health checks (always true without them).
+    pub healthy: bool,
     pub in_flight: u32,
     pub latency_ms: f64,
 }
@@ -247,21 +259,29 @@ pub fn tonic_connector(config: &ResilienceConfig) -> Connector {
     })
 }
 
-/// HTTP/1.1 clients with a keep-alive pool, one per backend; the request's URI is rewritten to
-/// the backend's scheme and authority.
+/// Clients for plain HTTP backends: `http://` speaks HTTP/1.1 over a keep-alive pool,
+/// `h2c://` speaks HTTP/2 without TLS (prior knowledge), multiplexed on one connection. The
+/// request's URI is rewritten to the backend's authority.
 pub fn http_connector(config: &ResilienceConfig) -> Connector {
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Body> = Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
+    let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(256);
+    let http1: Client<HttpConnector, Body> = builder.build(connector.clone());
+    let http2: Client<HttpConnector, Body> = builder
+        .http2_only(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(Duration::from_secs(30))
         .build(connector);
     Arc::new(move |target: &Target| {
-        let base: http::Uri = target.url.parse()?;
-        let client = client.clone();
+        let (client, url) = match target.url.strip_prefix("h2c://") {
+            Some(authority) => (http2.clone(), format!("http://{authority}")),
+            None => (http1.clone(), target.url.clone()),
+        };
+        let base: http::Uri = url.parse()?;
         Ok(BoxCloneSyncService::new(tower::service_fn(move |mut request: HttpRequest| {
             let client = client.clone();
             let mut parts = base.clone().into_parts();
@@ -300,8 +320,8 @@ impl PeerChannel {
     }
 
     /// A channel over plain HTTP to the replicas in `source`, for the gateway's pass-through
-    /// route `name`: the same balancing, breakers and ejection, HTTP/1.1 with pooled keep-alive
-    /// connections to each backend.
+    /// route `name`: the same balancing, breakers and ejection, over HTTP/1.1 or h2c
+    /// ([`http_connector`]).
     pub async fn http(
         caller: &'static str,
         name: &str,
@@ -363,6 +383,7 @@ impl PeerChannel {
                     weight: m.target.weight,
                     breaker: health.breaker.state(now).as_str(),
                     ejected: health.ejected(now),
+                    healthy: health.failed_checks < UNHEALTHY_AFTER,
                     in_flight: m.in_flight.load(Ordering::Relaxed),
                     latency_ms: health.rtt_now(now) * 1000.0,
                 }
@@ -372,6 +393,29 @@ impl PeerChannel {
 
     pub fn peer(&self) -> &str {
         &self.shared.peer
+    }
+
+    /// Active health checks, as Envoy's: every `interval`, each replica gets `GET path` (for
+    /// plain HTTP peers, the gateway's routes). A check fails on a transport error, on no answer
+    /// within `min(interval, 1 s)`, or on a status that is not 2xx; after two failed checks in a
+    /// row the replica leaves the draw, and one passing check brings it back. Passive health
+    /// (breakers, ejection) goes on as before; the checks find a dead replica before a client's
+    /// call does, and a recovered one without waiting for a trial call. Stops with the channel.
+    pub fn check_health(&self, path: &str, interval: Duration) {
+        let weak = Arc::downgrade(&self.shared);
+        let path = path.to_owned();
+        let timeout = interval.min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let members = shared.members();
+                drop(shared);
+                futures::future::join_all(members.iter().map(|m| check_one(m, &path, timeout))).await;
+            }
+        });
     }
 
     /// Runs `call`, and again when it fails with `UNAVAILABLE` (the request did not reach a
@@ -423,6 +467,25 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// One active health check of `member`; records whether it passed.
+async fn check_one(member: &Member, path: &str, timeout: Duration) {
+    let request = http::Request::get(path).body(Body::default());
+    let passed = match request {
+        Ok(request) => matches!(
+            tokio::time::timeout(timeout, member.transport.clone().oneshot(request)).await,
+            Ok(Ok(response)) if response.status().is_success()
+        ),
+        Err(_) => false,
+    };
+    let mut health = member.health.lock().expect("health lock");
+    let was_healthy = health.failed_checks < UNHEALTHY_AFTER;
+    health.failed_checks = if passed { 0 } else { health.failed_checks.saturating_add(1) };
+    let healthy = health.failed_checks < UNHEALTHY_AFTER;
+    if was_healthy != healthy {
+        tracing::warn!(endpoint = member.target.url, healthy, "health check changed a replica's standing");
+    }
+}
+
 impl Shared {
     fn members(&self) -> Arc<Vec<Arc<Member>>> {
         self.members.lock().expect("members lock").clone()
@@ -457,6 +520,7 @@ impl Shared {
                     ejections: 0,
                     rtt: DEFAULT_RTT.as_secs_f64(),
                     rtt_at: now(),
+                    failed_checks: 0,
                 }),
             }));
         }
@@ -475,6 +539,11 @@ impl Shared {
     fn pick(&self, now: Instant) -> Option<(Arc<Member>, Permit)> {
         let members = self.members();
         let mut eligible: Vec<&Arc<Member>> = members.iter().filter(|m| m.eligible(now)).collect();
+        // Replicas failing their health checks are left out while any passes; when none does,
+        // all stay in (Envoy's panic mode), guarded by their breakers.
+        if eligible.iter().any(|m| m.passes_checks()) {
+            eligible.retain(|m| m.passes_checks());
+        }
         // A retry skips the replicas this call already failed on, while others are left.
         let failed_on = FAILED_ON.try_with(|f| f.borrow().clone()).unwrap_or_default();
         if !failed_on.is_empty() && eligible.iter().any(|m| !failed_on.contains(&m.target.url)) {

@@ -56,6 +56,7 @@ fn route(prefix: &str, backends: &[(&str, u32)]) -> Route {
             .iter()
             .map(|(url, weight)| Backend { url: (*url).into(), weight: *weight })
             .collect(),
+        health_check: None,
     }
 }
 
@@ -64,7 +65,128 @@ backend_tests!(
     a_weighted_route_splits_traffic_three_to_one_and_passes_requests_and_answers_through,
     a_client_past_its_rate_limit_gets_429_with_the_ratelimit_headers,
     past_the_concurrency_limit_requests_are_refused_at_once_with_503,
+    an_h2c_backend_is_spoken_to_over_http2_with_bodies_passed_both_ways,
+    a_backend_failing_its_health_checks_gets_no_traffic_until_it_passes_again,
 );
+
+/// A backend that answers with its name, and `/healthz` with 200 or 503 as `healthy` says.
+async fn checked_backend(name: &'static str, healthy: Arc<std::sync::atomic::AtomicBool>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(any(move |request: Request| {
+        let healthy = healthy.clone();
+        async move {
+            if request.uri().path() == "/healthz" && !healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "sick");
+            }
+            (axum::http::StatusCode::OK, name)
+        }
+    }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn a_backend_failing_its_health_checks_gets_no_traffic_until_it_passes_again(backend_: DbBackend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let a_healthy = Arc::new(AtomicBool::new(true));
+    let a = checked_backend("a", a_healthy.clone()).await;
+    let b = checked_backend("b", Arc::new(AtomicBool::new(true))).await;
+    // Weights that differ make the draw proportional (1:2), not latency-driven, so both get traffic.
+    let mut checked = route("/ext/checked", &[(&a, 1), (&b, 2)]);
+    checked.health_check =
+        Some(bookstore_gateway::proxy::HealthCheck { path: "/healthz".into(), interval_ms: 100 });
+    let Some(system) = System::start_with(backend_, false, |c| {
+        c.gateway.routes = vec![checked];
+        c.gateway.rate_limit_requests = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    let http = &system.http;
+    let a_is_healthy = || async {
+        let status: serde_json::Value =
+            http.get(format!("{}/status", system.admin_base)).send().await.unwrap().json().await.unwrap();
+        let route = status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer"] == "route /ext/checked")
+            .cloned()
+            .unwrap();
+        route["endpoints"].as_array().unwrap().iter().find(|e| e["url"] == a.as_str()).unwrap()["healthy"]
+            .as_bool()
+            .unwrap()
+    };
+    let answers = || async {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for i in 0..100 {
+            let answer = http.get(system.url(&format!("/ext/checked/{i}"))).send().await.unwrap();
+            assert_eq!(answer.status(), 200, "every request is served");
+            *counts.entry(answer.text().await.unwrap()).or_default() += 1;
+        }
+        counts
+    };
+    assert!(answers().await.get("a").is_some_and(|n| *n > 0), "both backends take traffic at first");
+
+    // a's checks fail (its other paths still answer, so only the checks can tell).
+    a_healthy.store(false, Ordering::SeqCst);
+    crate::until("a is reported unhealthy", std::time::Duration::from_secs(30), || async {
+        !a_is_healthy().await
+    })
+    .await;
+    let counts = answers().await;
+    assert_eq!(counts.get("b"), Some(&100), "all traffic goes to b while a fails its checks: {counts:?}");
+
+    a_healthy.store(true, Ordering::SeqCst);
+    crate::until("a is healthy again", std::time::Duration::from_secs(30), a_is_healthy).await;
+    assert!(answers().await.get("a").is_some_and(|n| *n > 0), "a gets traffic again once it passes");
+}
+
+/// An HTTP backend that answers with the HTTP version it was asked in and the body it got.
+async fn echo_version_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(any(|request: Request| async move {
+        let version = format!("{:?}", request.version());
+        let path = request.uri().path().to_owned();
+        let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap();
+        format!("{version} {path} {}", String::from_utf8_lossy(&body))
+    }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn an_h2c_backend_is_spoken_to_over_http2_with_bodies_passed_both_ways(backend_: DbBackend) {
+    let h2 = echo_version_backend().await;
+    let h1 = echo_version_backend().await;
+    let routes = vec![
+        route("/ext/h2", &[(&format!("h2c://{h2}"), 1)]),
+        route("/ext/h1", &[(&format!("http://{h1}"), 1)]),
+    ];
+    let Some(system) = System::start_with(backend_, false, |c| {
+        c.gateway.routes = routes;
+        c.gateway.rate_limit_requests = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    let (http, system) = (&system.http, &system);
+    let answers = futures::future::join_all((0..20).map(|i| async move {
+        let answer =
+            http.post(system.url(&format!("/ext/h2/n/{i}"))).body(format!("body {i}")).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert!(answer.headers().contains_key("x-request-id"), "every answer names its request");
+        answer.text().await.unwrap()
+    }))
+    .await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer, &format!("HTTP/2.0 /n/{i} body {i}"), "h2c backend, prefix stripped, body passed");
+    }
+    let answer = http.post(system.url("/ext/h1/x")).body("plain").send().await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "HTTP/1.1 /x plain", "an http:// backend gets HTTP/1.1");
+}
 
 async fn a_weighted_route_splits_traffic_three_to_one_and_passes_requests_and_answers_through(
     backend_: DbBackend,
@@ -137,7 +259,11 @@ async fn a_weighted_route_splits_traffic_three_to_one_and_passes_requests_and_an
 }
 
 async fn a_client_past_its_rate_limit_gets_429_with_the_ratelimit_headers(backend_: DbBackend) {
+    let seen: Seen = Arc::default();
+    let ext = backend("ext", seen.clone(), Arc::new(Notify::new())).await;
+    let routes = vec![route("/ext", &[(&ext, 1)])];
     let Some(system) = System::start_with(backend_, false, |c| {
+        c.gateway.routes = routes;
         c.gateway.rate_limit_requests = 5;
         c.gateway.rate_limit_window_secs = 3600;
     })
@@ -162,6 +288,14 @@ async fn a_client_past_its_rate_limit_gets_429_with_the_ratelimit_headers(backen
         }
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429], "the address's sixth request is refused");
+    // Pass-through routes count in the same window, and refuse in the gateway's envelope.
+    let answer = http.get(system.url("/ext/anything")).send().await.unwrap();
+    assert_eq!(answer.status(), 429);
+    assert!(answer.headers().contains_key("ratelimit"));
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["code"], "RESOURCE_EXHAUSTED");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(seen.lock().unwrap().is_empty(), "a refused request never reaches the backend");
     // A signed-in client counts as itself, not as its address.
     let answer = http.get(system.url("/api/v1/books")).bearer_auth(&system.admin).send().await.unwrap();
     assert_eq!(answer.status(), 200);
@@ -193,6 +327,12 @@ async fn past_the_concurrency_limit_requests_are_refused_at_once_with_503(backen
     let refused = system.http.get(system.url("/api/v1/books")).send().await.unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
+    // A route shares the limit, and refuses in the envelope.
+    let refused = system.http.get(system.url("/ext/slow/other")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "UNAVAILABLE");
     release.notify_one();
     assert_eq!(held.await.unwrap(), 200);
     let after = system.http.get(system.url("/api/v1/books")).send().await.unwrap();
