@@ -67,7 +67,8 @@ local n = 0
 request = function()
   n = n + 1
   local token = tokens[((n * 2 + offset) % #tokens) + 1]
-  local body = '{"lines":[{"book_id":"' .. ids[math.random(#ids)] .. '","quantity":1}]}'
+  local body = '{"lines":[{"book_id":"' .. ids[math.random(#ids)] .. '","quantity":1}],' ..
+    '"shipping_address":{"name":"Bench Customer","line1":"1 Bench Street","city":"Benchtown","country":"DE"}}'
   return wrk.format("POST", "/api/v1/orders", {["content-type"] = "application/json", ["authorization"] = "Bearer " .. token}, body)
 end
 """)

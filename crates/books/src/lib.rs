@@ -34,7 +34,8 @@ pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
-pub static SPEC: Spec = Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: false };
+pub static SPEC: Spec =
+    Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: false, uses_master_key: false };
 
 /// The books service: its gRPC API, and the sweeper that puts expired stock holds back on the
 /// shelf. Reads are open to anyone; writes need a staff or admin token.

@@ -25,6 +25,10 @@ bookstore_platform::settings! {
     pub struct ProcessSettings in "", validate(check_process) {
         /// Folder of the embedded SQLite databases (and, for up, the generated master key).
         data_dir: PathBuf = PathBuf::from("./data"), flag data_dir "DIR";
+        /// The master key (32 bytes, base64) that wraps the keys of users' and orders' personal data.
+        master_key: Option<String> = None, secret master_key "KEY";
+        /// File with the master key [default for up: <data-dir>/master.key]
+        master_key_file: Option<PathBuf> = None, flag master_key_file "FILE";
         /// Where /healthz, /readyz and /metrics are served, off the public port.
         admin_http: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9180)), flag admin_http "ADDR";
         /// Connections per database pool.
@@ -61,6 +65,12 @@ bookstore_platform::settings! {
 }
 
 fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
+    if let Some(key) = &s.master_key {
+        anyhow::Context::context(
+            bookstore_platform::crypto::MasterKey::from_base64(key),
+            "invalid configuration: master_key (BOOKSTORE_MASTER_KEY)",
+        )?;
+    }
     anyhow::ensure!(
         s.db_max_connections >= 1,
         "invalid configuration: db_max_connections must be at least 1"
@@ -252,6 +262,21 @@ impl Config {
         self.books.validate()?;
         self.users.validate()?;
         self.orders.validate()
+    }
+
+    /// The master key ([`bookstore_platform::crypto::load_master_key`]); `up` generates one in
+    /// the data folder on first start, `serve` needs it configured.
+    pub fn master_key(
+        &self,
+        mode: bookstore_platform::service::Mode,
+    ) -> anyhow::Result<bookstore_platform::crypto::MasterKey> {
+        let up = mode == bookstore_platform::service::Mode::Up;
+        bookstore_platform::crypto::load_master_key(
+            self.process.master_key.as_deref(),
+            self.process.master_key_file.as_deref(),
+            up.then_some(self.process.data_dir.as_path()),
+            "users and orders keep personal data encrypted, so this process",
+        )
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -533,7 +558,7 @@ mod tests {
     #[test]
     fn printed_configuration_redacts_secrets_and_url_passwords() {
         let mut config = Config::default();
-        config.users.master_key = Some("c2VjcmV0".into());
+        config.process.master_key = Some("c2VjcmV0".into());
         config.users.admin_password = Some("hunter2 hunter2".into());
         config.orders.client_secret = Some("s3cr3t".into());
         config.books.database_url = Some("postgres://shop:pa55word@db/books".into());

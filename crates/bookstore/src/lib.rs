@@ -148,6 +148,10 @@ impl App {
             false => None,
         };
         let mode_data_dir = config.process.data_dir.clone();
+        let master_key = match entries.iter().any(|e| e.spec.uses_master_key) {
+            true => Some(config.master_key(mode)?),
+            false => None,
+        };
         let mut local_tokens: Option<LocalTokens> = None;
         let mut addrs = BTreeMap::new();
         let mut notices = Vec::new();
@@ -170,6 +174,7 @@ impl App {
                 peers: peers.clone(),
                 verifier: verifier.clone(),
                 local_tokens: local_tokens.clone(),
+                master_key: entry.spec.uses_master_key.then(|| master_key.clone()).flatten(),
                 request_timeout: config.request_timeout(),
                 resilience: config.resilience(),
                 board: process.board(),

@@ -18,7 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SECRETS_HELP: &str = "\
 Secrets are read from the environment or the config file only, never from flags (flags show in
 process lists):
-  BOOKSTORE_MASTER_KEY_FILE / master_key_file   file with the users service's master key
+  BOOKSTORE_MASTER_KEY_FILE / master_key_file   file with the master key (users' and orders'
+                                                personal data)
   BOOKSTORE_MASTER_KEY      / master_key        the master key itself (base64, 32 bytes)
   BOOKSTORE_ADMIN_PASSWORD  / admin_password    the first admin's password (else generated and
                                                 printed once)
@@ -91,9 +92,9 @@ enum AdminCommand {
         #[command(flatten)]
         flags: Flags,
     },
-    /// Re-wrap every key of the users database from the configured master key to a new one.
-    /// Personal data is not re-encrypted (it is under data keys, which do not change). Restart
-    /// the users service with the new key afterwards.
+    /// Re-wrap every key of the users and orders databases from the configured master key to a
+    /// new one. Personal data is not re-encrypted (it is under data keys, which do not change).
+    /// Restart users and orders with the new key afterwards.
     RotateMasterKey {
         /// File holding the new master key.
         #[arg(long, value_name = "FILE")]
@@ -148,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(AdminCommand::GenerateMasterKey) => {
-            say(format_args!("{}", bookstore_users::crypto::MasterKey::generate_base64()));
+            say(format_args!("{}", bookstore_platform::crypto::MasterKey::generate_base64()));
             Ok(())
         }
         Command::Admin(AdminCommand::RotateSigningKey { flags }) => {
@@ -161,34 +162,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(AdminCommand::RotateMasterKey { new_master_key_file, flags }) => {
             let config = Config::load(file, &flags)?;
-            let old = config.users.master_key(Some(&config.process.data_dir))?;
-            let new_settings = bookstore_users::Settings {
-                master_key: None,
-                master_key_file: Some(new_master_key_file),
-                ..config.users.clone()
-            };
-            let new = new_settings.master_key(None)?;
-            let store = bookstore_users::store::UserStore::new(users_database(&config).await?);
-            let count = bookstore_users::keys::rotate_master_key(&store, &old, &new).await?;
-            say(format_args!("re-wrapped {count} keys under master key {}; restart users with it", new.id()));
+            let old = config.master_key(Mode::Up)?;
+            let new = bookstore_platform::crypto::load_master_key(
+                None,
+                Some(&new_master_key_file),
+                None,
+                "rotate-master-key",
+            )?;
+            let store = bookstore_users::store::UserStore::new(service_database(&config, "users").await?);
+            let users = bookstore_users::keys::rotate_master_key(&store, &old, &new).await?;
+            let orders_db = service_database(&config, "orders").await?;
+            let orders = bookstore_platform::crypto::rewrap_data_keys(&orders_db, &old, &new).await?;
+            say(format_args!(
+                "re-wrapped {users} users keys and {orders} orders keys under master key {}; restart with it",
+                new.id()
+            ));
             Ok(())
         }
     }
 }
 
-async fn users_database(config: &Config) -> anyhow::Result<bookstore_platform::db::Database> {
-    let url = bookstore::SERVICES
-        .iter()
-        .find(|e| e.name() == "users")
-        .expect("users is listed")
-        .database_url(config);
-    bookstore::connect(&url, config, &[&bookstore_users::MIGRATIONS], "users").await
+/// The database of the service `name`, migrated, for admin commands that work on it directly.
+async fn service_database(config: &Config, name: &str) -> anyhow::Result<bookstore_platform::db::Database> {
+    let entry = bookstore::SERVICES.iter().find(|e| e.name() == name).expect("the service is listed");
+    bookstore::connect(&entry.database_url(config), config, &entry.migrations(), name).await
 }
 
 /// The users service's state, for admin commands that work on its database directly.
 async fn open_users(config: &Config) -> anyhow::Result<bookstore_users::Users> {
-    let db = users_database(config).await?;
-    let master = config.users.master_key(Some(&config.process.data_dir))?;
+    let db = service_database(config, "users").await?;
+    let master = config.master_key(Mode::Up)?;
     bookstore_users::Users::new(db, master, config.users.users_config())
         .await
         .context("opening the users keyring")

@@ -49,7 +49,7 @@ pub const SERVICE: &str = "gateway";
 pub const STALE_ENTRIES: u64 = 10_000;
 pub const STALE_FOR: Duration = Duration::from_secs(3600);
 
-pub static SPEC: Spec = Spec { name: SERVICE, migrations: None, uses_bus: false };
+pub static SPEC: Spec = Spec { name: SERVICE, migrations: None, uses_bus: false, uses_master_key: false };
 
 /// The gateway from its [`Context`]: the REST edge over the books, users and orders services,
 /// ready when all three answer their gRPC health checks.

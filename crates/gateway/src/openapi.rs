@@ -149,6 +149,7 @@ impl Modify for EdgeResponses {
         orders::OrderPage,
         orders::BasketLine,
         orders::CreateOrder,
+        orders::ShippingAddress,
         orders::StatusChange,
     )),
     modifiers(&BearerAuth, &EdgeResponses),

@@ -62,6 +62,57 @@ pub struct Order {
     pub status: OrderStatus,
     pub created_at: String,
     pub updated_at: String,
+    /// Where it ships (absent only on orders placed before addresses existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipping_address: Option<ShippingAddress>,
+}
+
+/// A postal address. `name` and `line1` are required; the rest as the country's format needs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingAddress {
+    #[schema(example = "Ada Lovelace")]
+    pub name: String,
+    #[schema(example = "12 St James's Square")]
+    pub line1: String,
+    #[serde(default)]
+    pub line2: String,
+    #[serde(default)]
+    #[schema(example = "London")]
+    pub city: String,
+    #[serde(default)]
+    #[schema(example = "SW1Y 4JH")]
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    #[serde(default)]
+    #[schema(example = "GB")]
+    pub country: String,
+}
+
+impl From<pb::ShippingAddress> for ShippingAddress {
+    fn from(a: pb::ShippingAddress) -> Self {
+        Self {
+            name: a.name,
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            postal_code: a.postal_code,
+            country: a.country,
+        }
+    }
+}
+
+impl From<ShippingAddress> for pb::ShippingAddress {
+    fn from(a: ShippingAddress) -> Self {
+        Self {
+            name: a.name,
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            postal_code: a.postal_code,
+            country: a.country,
+        }
+    }
 }
 
 impl TryFrom<pb::Order> for Order {
@@ -89,6 +140,7 @@ impl TryFrom<pb::Order> for Order {
             status: OrderStatus::from_proto(&o.status)?,
             created_at: rfc3339(o.create_time),
             updated_at: rfc3339(o.update_time),
+            shipping_address: o.shipping_address.map(ShippingAddress::from),
         })
     }
 }
@@ -114,6 +166,9 @@ pub struct BasketLine {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     pub lines: Vec<BasketLine>,
+    /// Where to ship; without it, your account's name and address are used.
+    #[serde(default)]
+    pub shipping_address: Option<ShippingAddress>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -139,7 +194,7 @@ pub struct ListParams {
     params(("idempotency-key" = Option<String>, Header, description = "Same key and body: the same order, once")),
     responses(
         (status = 201, description = "Placed; stock is reserved", body = Order),
-        (status = 400, description = "A bad basket", body = ErrorBody),
+        (status = 400, description = "A bad basket or address, or no address given and none on the account", body = ErrorBody),
         (status = 401, description = "Sign in first", body = ErrorBody),
         (status = 409, description = "Out of stock (the lines that failed are in `details`), or the same key is in flight", body = ErrorBody),
         (status = 422, description = "The idempotency key was used with another body", body = ErrorBody),
@@ -164,6 +219,7 @@ pub async fn create_order(
             .map(|l| pb::BasketLine { book_id: l.book_id, quantity: l.quantity })
             .collect(),
         idempotency_key,
+        shipping_address: body.shipping_address.map(Into::into),
     };
     let order: Order =
         state.orders.clone().create_order(state.request(request, &auth)).await?.into_inner().try_into()?;

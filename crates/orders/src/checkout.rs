@@ -23,7 +23,9 @@ use bookstore_platform::service::Tasks;
 use tonic::{Code, Request, Status};
 
 use crate::confirmer::Confirmer;
-use crate::domain::{BasketLine, Line, Order, Settle, Status as OrderStatus, basket_hash, total};
+use crate::domain::{
+    BasketLine, Line, Order, Settle, ShippingAddress, Status as OrderStatus, basket_hash, total,
+};
 use crate::events;
 use crate::grpc::internal;
 use crate::store::{KeyClaim, OrderStore};
@@ -40,14 +42,22 @@ pub struct Checkout {
     books: BookServiceClient<PeerChannel>,
     token: Arc<ServiceToken>,
     confirmer: Confirmer,
+    /// Seals shipping addresses in OrderPlaced ([`events::order_placed`]).
+    events_key: Arc<bookstore_platform::crypto::DataKey>,
 }
 
 impl Checkout {
     /// The saga, with its confirmer running on `tasks`.
-    pub fn new(store: OrderStore, peer: PeerChannel, token: Arc<ServiceToken>, tasks: &Tasks) -> Self {
+    pub fn new(
+        store: OrderStore,
+        peer: PeerChannel,
+        token: Arc<ServiceToken>,
+        events_key: bookstore_platform::crypto::DataKey,
+        tasks: &Tasks,
+    ) -> Self {
         let books = BookServiceClient::new(peer.clone());
         let confirmer = Confirmer::start(store.clone(), books.clone(), token.clone(), SETTLE_TIMEOUT, tasks);
-        Self { store, peer, books, token, confirmer }
+        Self { store, peer, books, token, confirmer, events_key: Arc::new(events_key) }
     }
 
     pub fn store(&self) -> &OrderStore {
@@ -61,12 +71,13 @@ impl Checkout {
         Ok(request)
     }
 
-    /// Places `basket` for `who`, once per idempotency `key` when one is given: a repeat of a
-    /// finished request gets the same order back.
+    /// Places `basket` for `who`, shipping to `address`, once per idempotency `key` when one is
+    /// given: a repeat of a finished request gets the same order back.
     pub async fn place(
         &self,
         who: &Identity,
         basket: &[BasketLine],
+        address: ShippingAddress,
         key: Option<&str>,
         deadline: Deadline,
     ) -> Result<Order, Status> {
@@ -92,7 +103,7 @@ impl Checkout {
                 }
             }
         }
-        let result = self.reserve_and_store(who, basket, key, deadline).await;
+        let result = self.reserve_and_store(who, basket, address, key, deadline).await;
         if result.is_err()
             && let Some(key) = key
         {
@@ -108,6 +119,7 @@ impl Checkout {
         &self,
         who: &Identity,
         basket: &[BasketLine],
+        address: ShippingAddress,
         key: Option<&str>,
         deadline: Deadline,
     ) -> Result<Order, Status> {
@@ -154,10 +166,11 @@ impl Checkout {
                     currency,
                     created_at: now,
                     updated_at: now,
+                    shipping_address: Some(address),
                 };
                 let idempotency = key.map(|k| (who.subject.as_str(), k));
                 self.store
-                    .insert_order(&order, idempotency, &events::order_placed(&order))
+                    .insert_order(&order, idempotency, &events::order_placed(&order, &self.events_key))
                     .await
                     .map(|()| order)
                     .map_err(Status::from)

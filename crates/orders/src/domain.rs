@@ -152,6 +152,123 @@ pub struct Order {
     pub currency: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Where it ships; `None` only for orders placed before addresses existed.
+    pub shipping_address: Option<ShippingAddress>,
+}
+
+bookstore_platform::text_type!(
+    /// Who receives the parcel, 1 to 200 characters.
+    RecipientName, "shipping_address.name", 1, 200
+);
+bookstore_platform::text_type!(
+    /// The first line of a postal address (street and number), 1 to 200 characters.
+    AddressLine1, "shipping_address.line1", 1, 200
+);
+bookstore_platform::text_type!(
+    /// More of the address (flat, building, the rest of a free-form address), up to 200.
+    AddressLine2, "shipping_address.line2", 0, 200
+);
+bookstore_platform::text_type!(
+    /// The city, up to 100 characters (some addresses carry it in their lines).
+    City, "shipping_address.city", 0, 100
+);
+bookstore_platform::text_type!(
+    /// The postal code, up to 20 characters (not every country has them).
+    PostalCode, "shipping_address.postal_code", 0, 20
+);
+
+/// An ISO 3166-1 alpha-2 country code, upper case, or empty when the address does not say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Country(String);
+
+impl Country {
+    pub fn parse(input: &str) -> Result<Self, InvalidField> {
+        let code = input.trim().to_ascii_uppercase();
+        if code.is_empty() || (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())) {
+            return Ok(Self(code));
+        }
+        Err(InvalidField::new("shipping_address.country", "must be an ISO 3166-1 alpha-2 code, e.g. DE"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where an order ships, every part checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShippingAddress {
+    pub name: RecipientName,
+    pub line1: AddressLine1,
+    pub line2: AddressLine2,
+    pub city: City,
+    pub postal_code: PostalCode,
+    pub country: Country,
+}
+
+/// A shipping address as it arrives or is stored (JSON, inside the ciphertext), unchecked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlainAddress {
+    pub name: String,
+    pub line1: String,
+    #[serde(default)]
+    pub line2: String,
+    #[serde(default)]
+    pub city: String,
+    #[serde(default)]
+    pub postal_code: String,
+    #[serde(default)]
+    pub country: String,
+}
+
+impl PlainAddress {
+    pub fn parse(&self) -> Result<ShippingAddress, InvalidField> {
+        Ok(ShippingAddress {
+            name: RecipientName::parse(&self.name)?,
+            line1: AddressLine1::parse(&self.line1)?,
+            line2: AddressLine2::parse(&self.line2)?,
+            city: City::parse(&self.city)?,
+            postal_code: PostalCode::parse(&self.postal_code)?,
+            country: Country::parse(&self.country)?,
+        })
+    }
+
+    /// The address of an account, which keeps one free-form text: its first line is `line1`,
+    /// the others are `line2`, joined by commas. `None` when the account has no address.
+    pub fn from_account(name: &str, address: &str) -> Option<Self> {
+        let mut lines = address.lines().map(str::trim).filter(|l| !l.is_empty());
+        let line1 = lines.next()?.to_owned();
+        Some(Self {
+            name: name.to_owned(),
+            line1,
+            line2: lines.collect::<Vec<_>>().join(", "),
+            ..Self::default()
+        })
+    }
+}
+
+impl ShippingAddress {
+    pub fn plain(&self) -> PlainAddress {
+        PlainAddress {
+            name: self.name.as_str().to_owned(),
+            line1: self.line1.as_str().to_owned(),
+            line2: self.line2.as_str().to_owned(),
+            city: self.city.as_str().to_owned(),
+            postal_code: self.postal_code.as_str().to_owned(),
+            country: self.country.as_str().to_owned(),
+        }
+    }
+
+    /// The address as the JSON text that is encrypted (at rest, and sealed in events).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.plain()).expect("an address serializes")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, InvalidField> {
+        let plain: PlainAddress = serde_json::from_str(text)
+            .map_err(|e| InvalidField::new("shipping_address", format!("is not an address: {e}")))?;
+        plain.parse()
+    }
 }
 
 /// The total of `lines`, which must share one currency.
@@ -206,6 +323,33 @@ mod tests {
         let l = |b: &str, q| BasketLine { book_id: b.into(), quantity: q };
         assert_eq!(basket_hash(&[l("a", 1), l("b", 2)]), basket_hash(&[l("b", 2), l("a", 1)]));
         assert_ne!(basket_hash(&[l("a", 1)]), basket_hash(&[l("a", 2)]));
+    }
+
+    #[test]
+    fn a_shipping_address_needs_a_name_and_a_first_line_and_a_real_country_code() {
+        let plain = |name: &str, line1: &str, country: &str| PlainAddress {
+            name: name.into(),
+            line1: line1.into(),
+            country: country.into(),
+            ..PlainAddress::default()
+        };
+        let address = plain("Ada Lovelace", "12 St James's Square", "gb").parse().unwrap();
+        assert_eq!(address.country.as_str(), "GB", "upper-cased");
+        assert_eq!(ShippingAddress::from_json(&address.to_json()).unwrap(), address, "round-trips");
+        assert_eq!(plain("", "x", "").parse().unwrap_err().field, "shipping_address.name");
+        assert_eq!(plain("a", " ", "").parse().unwrap_err().field, "shipping_address.line1");
+        assert_eq!(plain("a", "b", "GBR").parse().unwrap_err().field, "shipping_address.country");
+        assert!(plain("a", "b", "").parse().is_ok(), "the country may be left out");
+    }
+
+    #[test]
+    fn an_accounts_free_form_address_becomes_line1_and_line2() {
+        let plain = PlainAddress::from_account("Ada", "12 St James's Square\n\nLondon SW1Y 4JH\nUK").unwrap();
+        assert_eq!(
+            (plain.line1.as_str(), plain.line2.as_str()),
+            ("12 St James's Square", "London SW1Y 4JH, UK")
+        );
+        assert!(PlainAddress::from_account("Ada", "  \n ").is_none(), "no address, no shipping address");
     }
 
     #[test]

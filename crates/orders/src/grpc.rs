@@ -9,8 +9,15 @@ use bookstore_platform::grpc::timestamp;
 use bookstore_platform::page::PageRequest;
 use tonic::{Request, Response, Status};
 
+use bookstore_api::users::v1 as users;
+use bookstore_api::users::v1::user_service_client::UserServiceClient;
+use bookstore_platform::balance::PeerChannel;
+
 use crate::checkout::Checkout;
-use crate::domain::{BasketLine, Order, Status as OrderStatus, parse_basket, parse_idempotency_key};
+use crate::domain::{
+    BasketLine, Order, PlainAddress, ShippingAddress, Status as OrderStatus, parse_basket,
+    parse_idempotency_key,
+};
 use crate::store::StoreError;
 
 const STAFF: &[Role] = &[Role::Staff, Role::Admin];
@@ -31,6 +38,8 @@ impl From<StoreError> for Status {
     }
 }
 
+/// The order as events carry it: everything but personal data (the shipping address travels
+/// sealed, beside it). Answers add the address ([`answer`]).
 pub fn to_proto(o: &Order) -> pb::Order {
     pb::Order {
         id: o.id.clone(),
@@ -52,18 +61,78 @@ pub fn to_proto(o: &Order) -> pb::Order {
         status: o.status.as_str().to_owned(),
         create_time: Some(timestamp(o.created_at)),
         update_time: Some(timestamp(o.updated_at)),
+        shipping_address: None,
     }
+}
+
+/// The order as its owner and staff see it: with where it ships.
+fn answer(o: &Order) -> pb::Order {
+    let mut order = to_proto(o);
+    order.shipping_address = o.shipping_address.as_ref().map(|a| {
+        let a = a.plain();
+        pb::ShippingAddress {
+            name: a.name,
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            postal_code: a.postal_code,
+            country: a.country,
+        }
+    });
+    order
 }
 
 /// The orders service's gRPC face.
 #[derive(Clone)]
 pub struct OrdersGrpc {
     checkout: Checkout,
+    /// For the caller's account address, asked with the caller's own token.
+    users: UserServiceClient<PeerChannel>,
 }
 
 impl OrdersGrpc {
-    pub fn new(checkout: Checkout) -> Self {
-        Self { checkout }
+    pub fn new(checkout: Checkout, users: PeerChannel) -> Self {
+        Self { checkout, users: UserServiceClient::new(users) }
+    }
+
+    /// Where an order ships: the address the request gives, else the caller's account name and
+    /// address (asked of users with the caller's own token, so users' own rules apply).
+    async fn shipping_address(
+        &self,
+        who: &Identity,
+        given: Option<pb::ShippingAddress>,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        deadline: bookstore_platform::grpc::Deadline,
+    ) -> Result<ShippingAddress, Status> {
+        if let Some(a) = given {
+            let plain = PlainAddress {
+                name: a.name,
+                line1: a.line1,
+                line2: a.line2,
+                city: a.city,
+                postal_code: a.postal_code,
+                country: a.country,
+            };
+            return plain.parse().map_err(Status::from);
+        }
+        let mut request = deadline.request(users::GetUserRequest { id: who.subject.clone() });
+        if let Some(authorization) = authorization {
+            request.metadata_mut().insert("authorization", authorization);
+        }
+        let account = self.users.clone().get_user(request).await?.into_inner();
+        let name = if account.full_name.trim().is_empty() { &account.username } else { &account.full_name };
+        let plain = PlainAddress::from_account(name, &account.address).ok_or_else(|| {
+            Status::from(bookstore_platform::status::InvalidField::new(
+                "shipping_address",
+                "is required: give one, or set an address on your account",
+            ))
+        })?;
+        plain.parse().map_err(|e| {
+            Status::from(bookstore_platform::status::InvalidField::new(
+                "shipping_address",
+                format!("your account's address cannot be used ({e}); give shipping_address"),
+            ))
+        })
     }
 
     async fn visible(&self, who: &Identity, id: &str) -> Result<Order, Status> {
@@ -83,6 +152,7 @@ impl OrderService for OrdersGrpc {
     ) -> Result<Response<pb::Order>, Status> {
         let who = require(&request, ANYONE)?.clone();
         let deadline = deadline_of(&request, DEFAULT_DEADLINE);
+        let authorization = request.metadata().get("authorization").cloned();
         let req = request.into_inner();
         let basket = parse_basket(
             req.lines.into_iter().map(|l| BasketLine { book_id: l.book_id, quantity: l.quantity }).collect(),
@@ -93,13 +163,14 @@ impl OrderService for OrdersGrpc {
         } else {
             Some(parse_idempotency_key(&req.idempotency_key).map_err(Status::from)?)
         };
-        let order = self.checkout.place(&who, &basket, key, deadline).await?;
-        Ok(Response::new(to_proto(&order)))
+        let address = self.shipping_address(&who, req.shipping_address, authorization, deadline).await?;
+        let order = self.checkout.place(&who, &basket, address, key, deadline).await?;
+        Ok(Response::new(answer(&order)))
     }
 
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let who = require(&request, ANYONE)?.clone();
-        Ok(Response::new(to_proto(&self.visible(&who, &request.get_ref().id).await?)))
+        Ok(Response::new(answer(&self.visible(&who, &request.get_ref().id).await?)))
     }
 
     async fn list_orders(
@@ -125,7 +196,7 @@ impl OrderService for OrdersGrpc {
         let offset = paging.offset();
         let (orders, total) = self.checkout.store().list(user, status, i64::from(limit), offset).await?;
         Ok(Response::new(pb::ListOrdersResponse {
-            orders: orders.iter().map(to_proto).collect(),
+            orders: orders.iter().map(answer).collect(),
             total,
             page,
             limit,
@@ -138,7 +209,7 @@ impl OrderService for OrdersGrpc {
     ) -> Result<Response<pb::Order>, Status> {
         let who = require(&request, ANYONE)?.clone();
         let order = self.visible(&who, &request.get_ref().id).await?;
-        Ok(Response::new(to_proto(&self.checkout.cancel(&order).await?)))
+        Ok(Response::new(answer(&self.checkout.cancel(&order).await?)))
     }
 
     async fn update_order_status(
@@ -153,6 +224,6 @@ impl OrderService for OrdersGrpc {
             return Err(Status::invalid_argument("status: use CancelOrder to cancel"));
         }
         let order = self.visible(&who, &req.id).await?;
-        Ok(Response::new(to_proto(&self.checkout.move_order(&order, to).await?)))
+        Ok(Response::new(answer(&self.checkout.move_order(&order, to).await?)))
     }
 }

@@ -27,6 +27,8 @@ use std::time::Duration;
 use bookstore_api::orders::v1::order_service_server::OrderServiceServer;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::{ServiceToken, TokenSource};
+use bookstore_platform::balance::PeerChannel;
+use bookstore_platform::crypto::{event_key, stored_data_key};
 use bookstore_platform::db::Migrations;
 use bookstore_platform::events::run_relay;
 use bookstore_platform::server::grpc_service_router;
@@ -44,15 +46,22 @@ pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
-pub static SPEC: Spec = Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true };
+pub static SPEC: Spec =
+    Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true, uses_master_key: true };
 
 /// The orders service: its gRPC API, the outbox relay, and the sweeper that finishes
-/// interrupted settlements. It calls books with its own service token.
+/// interrupted settlements. It calls books with its own service token, and users with the
+/// caller's token (for the account's address when an order names none). Shipping addresses are
+/// encrypted at rest under its data key, and sealed in OrderPlaced under the events key, both
+/// under the master key.
 pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
-    let store = OrderStore::new(db.clone());
-    let token = Arc::new(ServiceToken::new(token_source(&ctx, &settings).await?));
-    let checkout = Checkout::new(store.clone(), ctx.channel("books").await?, token, &ctx.tasks);
+    let master = ctx.master_key()?;
+    let store = OrderStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?);
+    let users = ctx.channel("users").await?;
+    let token = Arc::new(ServiceToken::new(token_source(&ctx, &settings, &users).await?));
+    let events_key = event_key(&master, events::SHIPPING_ADDRESS);
+    let checkout = Checkout::new(store.clone(), ctx.channel("books").await?, token, events_key, &ctx.tasks);
 
     // Committed events reach the bus even if orders stopped right after committing them.
     let (relay_db, bus, stopping) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
@@ -66,7 +75,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         async move { sweeper.settle_unsettled(100).await }
     });
 
-    let routes = tonic::service::Routes::new(OrderServiceServer::new(OrdersGrpc::new(checkout)));
+    let routes = tonic::service::Routes::new(OrderServiceServer::new(OrdersGrpc::new(checkout, users)));
     let router =
         grpc_service_router(SERVICE, "bookstore.orders.v1.OrderService", routes, ctx.verifier.clone()).await;
     Ok(Built::new(router).with_database(SERVICE, &db))
@@ -74,7 +83,11 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
 
 /// Where the orders service gets its service token: minted in-process when users runs in this
 /// process, else by client credentials from users.
-async fn token_source(ctx: &Context, settings: &Settings) -> anyhow::Result<TokenSource> {
+async fn token_source(
+    ctx: &Context,
+    settings: &Settings,
+    users: &PeerChannel,
+) -> anyhow::Result<TokenSource> {
     if let Some(local) = &ctx.local_tokens {
         return Ok(local(SERVICE));
     }
@@ -86,7 +99,7 @@ async fn token_source(ctx: &Context, settings: &Settings) -> anyhow::Result<Toke
              an admin creates one with POST /api/v1/service-accounts"
         );
     };
-    let channel = ctx.channel("users").await?;
+    let channel = users.clone();
     Ok(Arc::new(move || {
         let mut client = UserServiceClient::new(channel.clone());
         let request = bookstore_api::users::v1::IssueServiceTokenRequest {

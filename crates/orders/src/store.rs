@@ -6,7 +6,11 @@ use bookstore_platform::db::{Database, unique_violation};
 use bookstore_platform::events::{Event, outbox};
 use sqlx::Row;
 
-use crate::domain::{Line, Order, Settle, Status, StockState};
+use std::sync::Arc;
+
+use bookstore_platform::crypto::DataKey;
+
+use crate::domain::{Line, Order, Settle, ShippingAddress, Status, StockState};
 
 /// What an idempotency key says about a new request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,14 +43,25 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// How long an idempotency key is remembered.
 pub const KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 
-#[derive(Debug, Clone)]
+/// The column the shipping address is encrypted in, bound into its ciphertext.
+const ADDRESS_COLUMN: &str = "shipping_address";
+
+#[derive(Clone)]
 pub struct OrderStore {
     db: Database,
+    /// Encrypts shipping addresses at rest ([`bookstore_platform::crypto`]).
+    key: Arc<DataKey>,
+}
+
+impl std::fmt::Debug for OrderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderStore").field("db", &self.db).finish_non_exhaustive()
+    }
 }
 
 impl OrderStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, key: DataKey) -> Self {
+        Self { db, key: Arc::new(key) }
     }
 
     pub fn database(&self) -> &Database {
@@ -119,8 +134,8 @@ impl OrderStore {
     ) -> Result<()> {
         let mut tx = self.db.begin_write().await.context("starting an order")?;
         sqlx::query(
-            "INSERT INTO orders (id, user_id, status, total_minor, currency, stock_state, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            "INSERT INTO orders (id, user_id, status, total_minor, currency, stock_state, created_at, updated_at, \
+             shipping_address) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
         )
         .bind(&order.id)
         .bind(&order.user_id)
@@ -129,6 +144,7 @@ impl OrderStore {
         .bind(&order.currency)
         .bind(StockState::Held.as_str())
         .bind(order.created_at)
+        .bind(order.shipping_address.as_ref().map(|a| self.key.encrypt(&order.id, ADDRESS_COLUMN, &a.to_json())))
         .execute(&mut *tx)
         .await
         .context("storing an order")?;
@@ -163,14 +179,15 @@ impl OrderStore {
 
     pub async fn get(&self, id: &str) -> Result<Option<Order>> {
         let row = sqlx::query(
-            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at FROM orders WHERE id = $1",
+            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address \
+             FROM orders WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.db.pool())
         .await
         .context("fetching an order")?;
         let Some(row) = row else { return Ok(None) };
-        let mut orders = vec![order_from_row(&row)?];
+        let mut orders = vec![self.order_from_row(&row)?];
         self.fill_lines(&mut orders).await?;
         Ok(orders.pop())
     }
@@ -220,8 +237,8 @@ impl OrderStore {
         let user = user_id.map(str::to_owned);
         let status = status.map(|s| s.as_str().to_owned());
         let rows = sqlx::query(
-            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at FROM orders \
-             WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2) \
+            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address \
+             FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2) \
              ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
         )
         .bind(user.clone())
@@ -239,7 +256,7 @@ impl OrderStore {
         .fetch_one(self.db.pool())
         .await
         .context("counting orders")?;
-        let mut orders = rows.iter().map(order_from_row).collect::<Result<Vec<_>>>()?;
+        let mut orders = rows.iter().map(|row| self.order_from_row(row)).collect::<Result<Vec<_>>>()?;
         self.fill_lines(&mut orders).await?;
         Ok((orders, total))
     }
@@ -318,16 +335,32 @@ fn parse_status(id: &str, status: String) -> Result<Status> {
     Status::parse(&status).ok_or_else(|| StoreError::UnknownStatus { id: id.to_owned(), status })
 }
 
-fn order_from_row(row: &sqlx::any::AnyRow) -> Result<Order> {
-    let id: String = row.try_get(0)?;
-    Ok(Order {
-        status: parse_status(&id, row.try_get(2)?)?,
-        id,
-        user_id: row.try_get(1)?,
-        lines: Vec::new(),
-        total_minor: row.try_get(3)?,
-        currency: row.try_get(4)?,
-        created_at: row.try_get(5)?,
-        updated_at: row.try_get(6)?,
-    })
+impl OrderStore {
+    /// An order from `SELECT id, user_id, status, total_minor, currency, created_at,
+    /// updated_at, shipping_address`, its address decrypted; lines are filled in apart.
+    fn order_from_row(&self, row: &sqlx::any::AnyRow) -> Result<Order> {
+        let id: String = row.try_get(0)?;
+        let sealed: Option<Vec<u8>> = row.try_get(7)?;
+        let shipping_address = match sealed {
+            None => None,
+            Some(sealed) => {
+                let json = self
+                    .key
+                    .decrypt(&id, ADDRESS_COLUMN, &sealed)
+                    .with_context(|| format!("decrypting the shipping address of order {id}"))?;
+                Some(ShippingAddress::from_json(&json).map_err(|e| anyhow::anyhow!("order {id}: {e}"))?)
+            }
+        };
+        Ok(Order {
+            status: parse_status(&id, row.try_get(2)?)?,
+            user_id: row.try_get(1)?,
+            lines: Vec::new(),
+            total_minor: row.try_get(3)?,
+            currency: row.try_get(4)?,
+            created_at: row.try_get(5)?,
+            updated_at: row.try_get(6)?,
+            shipping_address,
+            id,
+        })
+    }
 }

@@ -19,6 +19,8 @@
 //! - [`page`]: paging of listings, one rule for every service.
 //! - [`text`]: one rule for free text (names, titles, addresses) and newtypes over it.
 //! - [`jwt_crypto`]: EdDSA for `jsonwebtoken`, without compiling RSA.
+//! - [`crypto`]: personal data encrypted at rest and in events: the master key, data keys,
+//!   values bound to their row and column.
 //! - [`trace`]: W3C trace context, continued from the caller or started, carried by every
 //!   outgoing call and every event.
 //! - `testing` (feature `testing`, tests only): fresh databases on either backend, test
@@ -30,6 +32,7 @@ pub mod balance;
 pub mod basket;
 pub mod breaker;
 pub mod clock;
+pub mod crypto;
 pub mod db;
 pub mod discovery;
 pub mod etcd;

@@ -37,6 +37,9 @@ pub struct Spec {
     /// Whether it publishes or consumes events: the process then opens the bus, and adds
     /// platform's outbox and inbox tables to its database (`events::OUTBOX_MIGRATIONS`).
     pub uses_bus: bool,
+    /// Whether it keeps personal data encrypted: the process then loads the master key
+    /// ([`crate::crypto`]) and hands it over in [`Context::master_key`].
+    pub uses_master_key: bool,
 }
 
 /// Where a service listens and where others find it, from its configuration section.
@@ -91,6 +94,8 @@ pub struct Context {
     /// The process's peer channels, shown on its status page.
     pub board: Board,
     pub tasks: Tasks,
+    /// The deployment's master key, when the service's [`Spec`] asked for it.
+    pub master_key: Option<crate::crypto::MasterKey>,
 }
 
 /// Mints a service-role token for the named service.
@@ -100,6 +105,11 @@ impl Context {
     /// The database its [`Spec`] asked for.
     pub fn database(&self) -> anyhow::Result<Database> {
         self.database.clone().ok_or_else(|| anyhow::anyhow!("{} has no database in its spec", self.name))
+    }
+
+    /// The master key its [`Spec`] asked for.
+    pub fn master_key(&self) -> anyhow::Result<crate::crypto::MasterKey> {
+        self.master_key.clone().ok_or_else(|| anyhow::anyhow!("{} has no master key in its spec", self.name))
     }
 
     /// The bus its [`Spec`] asked for.

@@ -467,6 +467,7 @@ pub fn context(
         peers: Default::default(),
         verifier,
         local_tokens: None,
+        master_key: None,
         request_timeout: Duration::from_secs(10),
         resilience: Default::default(),
         board: Default::default(),

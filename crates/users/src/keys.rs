@@ -46,7 +46,7 @@ impl Keyring {
         let data = single_key(store, &master, KeyPurpose::Data).await?;
         let blind = single_key(store, &master, KeyPurpose::BlindIndex).await?;
         let keyring = Self {
-            data: DataKey::new(data.0, &data.1),
+            data: DataKey::new("users", data.0, &data.1),
             blind_index: BlindIndex::new(&blind.1),
             master,
             signing: RwLock::new(Vec::new()),

@@ -32,7 +32,7 @@ use bookstore_api::users::v1::user_service_server::UserServiceServer;
 use bookstore_platform::auth::TokenSource;
 use bookstore_platform::db::Migrations;
 use bookstore_platform::server::grpc_service_router;
-use bookstore_platform::service::{Built, Context, LocalTokens, Mode, Spec};
+use bookstore_platform::service::{Built, Context, LocalTokens, Spec};
 
 pub use accounts::{Users, UsersConfig};
 pub use grpc::UsersGrpc;
@@ -45,14 +45,15 @@ pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
-pub static SPEC: Spec = Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: false };
+pub static SPEC: Spec =
+    Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: false, uses_master_key: true };
 
 /// The users service: its gRPC API, the first admin on an empty shop, and the task that picks
 /// up signing keys rotated by another replica or by `bookstore admin`. In `up` it also mints
 /// service tokens for the other services of the process ([`Built::local_tokens`]).
 pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
-    let master = settings.master_key((ctx.mode == Mode::Up).then_some(ctx.data_dir.as_path()))?;
+    let master = ctx.master_key()?;
     let users = Arc::new(Users::new(db.clone(), master, settings.users_config()).await?);
     let generated = users.ensure_admin(settings.admin_password.as_deref()).await?;
 

@@ -1,11 +1,7 @@
-//! The users service's configuration section, `[users]`, and the master key it names.
+//! The users service's configuration section, `[users]`. (The master key is the process's:
+//! `master_key`, `master_key_file`.)
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use anyhow::Context as _;
-
-use crate::crypto::MasterKey;
 
 bookstore_platform::settings! {
     /// The users service's settings.
@@ -13,10 +9,6 @@ bookstore_platform::settings! {
         port = 50052, grpc = users_grpc, url = users_url, database_url = users_database_url,
         advertise_addr = users_advertise_addr, weight = users_weight
     ), validate(check) {
-        /// The master key (32 bytes, base64) that wraps the users service's keys.
-        master_key: Option<String> = None, secret master_key "KEY";
-        /// File with the master key [default for up: <data-dir>/master.key]
-        master_key_file: Option<PathBuf> = None, flag master_key_file "FILE";
         /// The first admin's password, used only when there is no admin yet [default: generated, shown once]
         admin_password: Option<String> = None, secret admin_password "PASSWORD";
         /// Access-token lifetime, s.
@@ -39,9 +31,6 @@ bookstore_platform::settings! {
 }
 
 fn check(s: &Settings) -> anyhow::Result<()> {
-    if let Some(key) = &s.master_key {
-        MasterKey::from_base64(key).context("invalid configuration: master_key (BOOKSTORE_MASTER_KEY)")?;
-    }
     anyhow::ensure!(
         (60..=24 * 3600).contains(&s.access_token_ttl_secs),
         "invalid configuration: access_token_ttl_secs must be between 60 and 86400"
@@ -73,48 +62,4 @@ impl Settings {
             ..Default::default()
         }
     }
-
-    /// The master key: `master_key`, else `master_key_file`, else (when `generate_in` names the
-    /// data folder, as `up` does) the key kept in `<data_dir>/master.key`, generated on first
-    /// start.
-    pub fn master_key(&self, generate_in: Option<&Path>) -> anyhow::Result<MasterKey> {
-        if let Some(text) = &self.master_key {
-            return MasterKey::from_base64(text)
-                .context("invalid configuration: master_key (BOOKSTORE_MASTER_KEY)");
-        }
-        if let Some(path) = &self.master_key_file {
-            return read_master_key(path)
-                .context("invalid configuration: master_key_file (BOOKSTORE_MASTER_KEY_FILE)");
-        }
-        let Some(data_dir) = generate_in else {
-            anyhow::bail!(
-                "the users service needs a master key: set master_key_file (BOOKSTORE_MASTER_KEY_FILE) or \
-                 master_key (BOOKSTORE_MASTER_KEY); `bookstore admin generate-master-key` makes one"
-            );
-        };
-        let path = data_dir.join("master.key");
-        if !path.exists() {
-            std::fs::create_dir_all(data_dir).context("creating the data folder")?;
-            write_secret_file(&path, &MasterKey::generate_base64())?;
-            tracing::warn!(path = %path.display(), "generated a master key for this data folder; keep it with the data");
-        }
-        read_master_key(&path)
-    }
-}
-
-fn read_master_key(path: &Path) -> anyhow::Result<MasterKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(MasterKey::from_base64(&text)?)
-}
-
-/// Writes a file only its owner can read.
-pub fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
-    Ok(())
 }

@@ -223,7 +223,7 @@ async fn place_order(http: &reqwest::Client, gateway: &str) -> Option<reqwest::S
     let placed = http
         .post(format!("http://{gateway}/api/v1/orders"))
         .bearer_auth(token)
-        .json(&serde_json::json!({"lines": [{"book_id": book, "quantity": 1}]}))
+        .json(&serde_json::json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": crate::shipping_address()}))
         .send()
         .await;
     placed.ok().map(|r| r.status())

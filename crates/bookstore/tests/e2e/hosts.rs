@@ -341,8 +341,9 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    let key = bookstore_users::crypto::MasterKey::generate_base64();
-    let users_env = [("BOOKSTORE_MASTER_KEY", key), ("BOOKSTORE_ADMIN_PASSWORD", PASSWORD.to_owned())];
+    let key = bookstore_platform::crypto::MasterKey::generate_base64();
+    let users_env =
+        [("BOOKSTORE_MASTER_KEY", key.clone()), ("BOOKSTORE_ADMIN_PASSWORD", PASSWORD.to_owned())];
     let args = serve(&hosts, users, "users", &[]);
     let child = hosts.run(users, "users", BIN, &args, &users_env);
     line_of(child, "users    gRPC on").await;
@@ -366,6 +367,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     let orders_env = [
         ("BOOKSTORE_ORDERS_CLIENT_ID", account["client_id"].as_str().unwrap().to_owned()),
         ("BOOKSTORE_ORDERS_CLIENT_SECRET", account["client_secret"].as_str().unwrap().to_owned()),
+        ("BOOKSTORE_MASTER_KEY", key),
     ];
     let args = serve(&hosts, orders, "orders", &[]);
     line_of(hosts.run(orders, "orders", BIN, &args, &orders_env), "orders   gRPC on").await;
@@ -379,7 +381,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
             http.post(format!("{base}/api/v1/orders"))
                 .bearer_auth(&admin)
                 .header("idempotency-key", key)
-                .json(&json!({"lines": [{"book_id": book, "quantity": 1}]}))
+                .json(&json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": crate::shipping_address()}))
                 .send()
                 .await
                 .map(|r| r.status().as_u16())

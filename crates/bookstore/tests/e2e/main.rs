@@ -57,7 +57,7 @@ impl System {
         config.books.seed = Some(seed);
         config.users.grpc = port0;
         config.users.database_url = Some(users_db.url.clone());
-        config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+        config.process.master_key = Some(bookstore_platform::crypto::MasterKey::generate_base64());
         config.users.admin_password = Some(ADMIN_PASSWORD.into());
         config.users.signing_key_reload_ms = 100;
         config.orders.grpc = port0;
@@ -138,6 +138,11 @@ pub async fn until<F: std::future::Future<Output = bool>>(
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// A shipping address for checkouts by accounts that keep none (the admin's).
+pub fn shipping_address() -> serde_json::Value {
+    serde_json::json!({"name": "Test Recipient", "line1": "1 Test Street", "city": "Testville", "country": "DE"})
 }
 
 pub fn isbn(n: u32) -> String {

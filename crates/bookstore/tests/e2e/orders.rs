@@ -21,7 +21,12 @@ backend_tests!(
     orders_move_only_along_their_lifecycle,
     every_change_writes_its_event_in_the_same_transaction,
     an_event_carries_the_trace_of_the_request_that_caused_it,
+    an_order_ships_to_the_address_given_else_the_accounts_and_without_either_is_400,
+    no_address_or_name_is_stored_or_published_in_plaintext,
 );
+
+/// The address every test customer's account carries, so a checkout without one ships there.
+const ACCOUNT_ADDRESS: &str = "7 Account Road\nFallback City";
 
 /// A basket: (book id, quantity) per line.
 type Basket = Vec<(String, i64)>;
@@ -51,7 +56,13 @@ async fn customer(sys: &System, name: &str) -> String {
     let response = sys
         .http
         .post(sys.url("/api/v1/auth/register"))
-        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD, "full_name": name}))
+        .json(&json!({
+            "username": name,
+            "email": format!("{name}@example.com"),
+            "password": PASSWORD,
+            "full_name": name,
+            "address": ACCOUNT_ADDRESS
+        }))
         .send()
         .await
         .unwrap();
@@ -523,4 +534,109 @@ async fn an_event_carries_the_trace_of_the_request_that_caused_it(backend: Backe
     assert_eq!(traces[0].trace_id, caller.trace_id, "the caller's trace continues into the event");
     assert_ne!(traces[0].span_id, caller.span_id, "as a hop of its own");
     assert_ne!(traces[1].trace_id, caller.trace_id, "a request without one starts a new trace");
+}
+
+async fn an_order_ships_to_the_address_given_else_the_accounts_and_without_either_is_400(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let a = book(&sys, 1, 1000, 10).await;
+    let ada = customer(&sys, "ada").await;
+    let given = json!({"name": "Ada Lovelace", "line1": "12 St James's Square", "city": "London",
+                       "postal_code": "SW1Y 4JH", "country": "gb"});
+    let placed: Value = sys
+        .http
+        .post(sys.url("/api/v1/orders"))
+        .bearer_auth(&ada)
+        .json(&json!({"lines": [{"book_id": a, "quantity": 1}], "shipping_address": given}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected = json!({"name": "Ada Lovelace", "line1": "12 St James's Square", "line2": "",
+                          "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"});
+    assert_eq!(placed["shipping_address"], expected);
+    let url = sys.url(&format!("/api/v1/orders/{}", placed["id"].as_str().unwrap()));
+    let fetched: Value = sys.http.get(&url).bearer_auth(&ada).send().await.unwrap().json().await.unwrap();
+    assert_eq!(fetched["shipping_address"], expected, "kept, and read back decrypted");
+
+    // Without one: the account's name and address.
+    let fallback: Value =
+        checkout(&sys, &ada, json!([{"book_id": a, "quantity": 1}]), None).await.json().await.unwrap();
+    assert_eq!(
+        fallback["shipping_address"],
+        json!({"name": "ada", "line1": "7 Account Road", "line2": "Fallback City", "city": "",
+               "postal_code": "", "country": ""})
+    );
+
+    // A bad address names its field.
+    let bad = sys
+        .http
+        .post(sys.url("/api/v1/orders"))
+        .bearer_auth(&ada)
+        .json(&json!({"lines": [{"book_id": a, "quantity": 1}],
+                      "shipping_address": {"name": "Ada", "line1": "x", "country": "Great Britain"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body: Value = bad.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("shipping_address.country"), "{body}");
+
+    // Neither on the request nor on the account: 400 saying so, and no stock held.
+    let nowhere: Value = sys
+        .http
+        .post(sys.url("/api/v1/auth/register"))
+        .json(&json!({"username": "nowhere", "email": "nowhere@example.com", "password": PASSWORD, "full_name": "No Where"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(nowhere["id"].is_string());
+    let token = login(&sys.http, &sys.base, "nowhere", PASSWORD).await;
+    let refused = checkout(&sys, &token, json!([{"book_id": a, "quantity": 1}]), None).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("set an address on your account"), "{body}");
+    assert_eq!(units(&sys, &a).await.1, 0, "nothing is held for a refused checkout");
+}
+
+async fn no_address_or_name_is_stored_or_published_in_plaintext(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let a = book(&sys, 1, 1000, 10).await;
+    let ada = customer(&sys, "ada").await;
+    let placed = sys
+        .http
+        .post(sys.url("/api/v1/orders"))
+        .bearer_auth(&ada)
+        .json(&json!({"lines": [{"book_id": a, "quantity": 1}],
+                      "shipping_address": {"name": "Zebedee Quixote", "line1": "99 Xylophone Lane"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    checkout(&sys, &ada, json!([{"book_id": a, "quantity": 1}]), None).await;
+
+    let secrets: [&[u8]; 4] = [b"Zebedee", b"Xylophone", b"Account Road", b"Fallback City"];
+    let leaks = |bytes: &[u8]| secrets.iter().any(|s| bytes.windows(s.len()).any(|w| w == *s));
+    let orders =
+        bookstore_platform::db::Database::connect(&sys.orders_db.url, &Default::default()).await.unwrap();
+    let addresses: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT shipping_address FROM orders").fetch_all(orders.pool()).await.unwrap();
+    assert_eq!(addresses.len(), 2);
+    assert!(!addresses.iter().any(|a| leaks(a)), "addresses are ciphertext at rest");
+    // Every event orders wrote, as it crossed (or will cross) the bus.
+    let payloads: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT payload FROM outbox").fetch_all(orders.pool()).await.unwrap();
+    assert!(!payloads.is_empty() && !payloads.iter().any(|p| leaks(p)), "no plaintext in events");
+    // And on SQLite, nowhere in the database file (or its write-ahead log) at all.
+    if let Some(path) = sys.orders_db.url.strip_prefix("sqlite://") {
+        for file in [path.to_owned(), format!("{path}-wal")] {
+            if let Ok(bytes) = std::fs::read(&file) {
+                assert!(!leaks(&bytes), "{file} holds plaintext");
+            }
+        }
+    }
 }

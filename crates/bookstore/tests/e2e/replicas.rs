@@ -116,7 +116,7 @@ impl Base {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = quiet_config(data_dir.path());
         config.users.database_url = Some(users_db.url.clone());
-        config.users.master_key = Some(bookstore_users::crypto::MasterKey::generate_base64());
+        config.process.master_key = Some(bookstore_platform::crypto::MasterKey::generate_base64());
         config.users.admin_password = Some(crate::ADMIN_PASSWORD.into());
         let users = App::start(&["users"], &config, Mode::Serve).await.unwrap();
         let users_url = format!("http://{}", users.addr("users").unwrap());
@@ -381,7 +381,7 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
                             .post(format!("{base}/api/v1/orders"))
                             .bearer_auth(&admin)
                             .header("idempotency-key", &key)
-                            .json(&json!({"lines": [{"book_id": book, "quantity": 1}]}))
+                            .json(&json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": crate::shipping_address()}))
                             .send()
                             .await;
                         let Ok(answer) = answer else { continue };
@@ -622,7 +622,7 @@ async fn with_books_down_reads_are_served_stale_and_checkouts_fail_fast_with_503
     let checkout = http
         .post(format!("{base}/api/v1/orders"))
         .bearer_auth(&admin)
-        .json(&serde_json::json!({"lines": [{"book_id": seen, "quantity": 1}]}))
+        .json(&serde_json::json!({"lines": [{"book_id": seen, "quantity": 1}], "shipping_address": crate::shipping_address()}))
         .send()
         .await
         .unwrap();

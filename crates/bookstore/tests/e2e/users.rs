@@ -133,7 +133,7 @@ async fn keyring(sys: &System) -> bookstore_users::Users {
     let config = &sys.config;
     let url = config.users.database_url.clone().unwrap();
     let db = bookstore::connect(&url, config, &[&bookstore_users::MIGRATIONS], "users").await.unwrap();
-    let master = config.users.master_key(None).unwrap();
+    let master = config.master_key(bookstore_platform::service::Mode::Serve).unwrap();
     bookstore_users::Users::new(db, master, config.users.users_config()).await.unwrap()
 }
 
