@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bookstore/books/v1/books.proto",
         "bookstore/users/v1/users.proto",
         "bookstore/orders/v1/orders.proto",
+        "bookstore/fulfillment/v1/fulfillment.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -21,3 +21,9 @@ pub mod orders {
         tonic::include_proto!("bookstore.orders.v1");
     }
 }
+
+pub mod fulfillment {
+    pub mod v1 {
+        tonic::include_proto!("bookstore.fulfillment.v1");
+    }
+}

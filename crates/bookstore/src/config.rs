@@ -39,6 +39,8 @@ bookstore_platform::settings! {
         event_log_url: Option<String> = None, flag event_log_url "URL";
         /// RabbitMQ as the bus between services, amqp://... [default: the event log]
         amqp_url: Option<String> = None, flag amqp_url "URL";
+        /// The first part of the bus's exchange and queue names on RabbitMQ (<ns>.events, <ns>.<consumer>).
+        amqp_namespace: String = "bookstore".to_owned(), flag amqp_namespace "NAME";
         /// Least time between JWKS refetches for unknown key ids, ms.
         jwks_refresh_ms: u64 = 60_000, flag jwks_refresh_ms "MS";
         /// etcd (etcd://host:2379[,host:2379...]) where serve registers each of its services.
@@ -65,6 +67,12 @@ bookstore_platform::settings! {
 }
 
 fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !s.amqp_namespace.is_empty()
+            && s.amqp_namespace.len() <= 64
+            && s.amqp_namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)),
+        "invalid configuration: amqp_namespace must be 1 to 64 of a-z, A-Z, 0-9, - and _"
+    );
     if let Some(key) = &s.master_key {
         anyhow::Context::context(
             bookstore_platform::crypto::MasterKey::from_base64(key),
@@ -122,16 +130,18 @@ pub struct Config {
     pub books: bookstore_books::Settings,
     pub users: bookstore_users::Settings,
     pub orders: bookstore_orders::Settings,
+    pub fulfillment: bookstore_fulfillment::Settings,
 }
 
 /// Every section's name and keys; the process's section has the empty name.
-pub fn sections() -> [(&'static str, &'static [Key]); 5] {
+pub fn sections() -> [(&'static str, &'static [Key]); 6] {
     [
         (ProcessSettings::NAME, ProcessSettings::KEYS),
         (bookstore_gateway::Settings::NAME, bookstore_gateway::Settings::KEYS),
         (bookstore_books::Settings::NAME, bookstore_books::Settings::KEYS),
         (bookstore_users::Settings::NAME, bookstore_users::Settings::KEYS),
         (bookstore_orders::Settings::NAME, bookstore_orders::Settings::KEYS),
+        (bookstore_fulfillment::Settings::NAME, bookstore_fulfillment::Settings::KEYS),
     ]
 }
 
@@ -250,6 +260,7 @@ impl Config {
             books: figment.extract_inner(bookstore_books::Settings::NAME).map_err(describe)?,
             users: figment.extract_inner(bookstore_users::Settings::NAME).map_err(describe)?,
             orders: figment.extract_inner(bookstore_orders::Settings::NAME).map_err(describe)?,
+            fulfillment: figment.extract_inner(bookstore_fulfillment::Settings::NAME).map_err(describe)?,
         };
         config.validate()?;
         Ok(config)
@@ -261,7 +272,8 @@ impl Config {
         self.gateway.validate()?;
         self.books.validate()?;
         self.users.validate()?;
-        self.orders.validate()
+        self.orders.validate()?;
+        self.fulfillment.validate()
     }
 
     /// The master key ([`bookstore_platform::crypto::load_master_key`]); `up` generates one in
@@ -275,7 +287,7 @@ impl Config {
             self.process.master_key.as_deref(),
             self.process.master_key_file.as_deref(),
             up.then_some(self.process.data_dir.as_path()),
-            "users and orders keep personal data encrypted, so this process",
+            "users, orders and fulfillment keep personal data encrypted, so this process",
         )
     }
 

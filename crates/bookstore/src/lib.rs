@@ -65,7 +65,7 @@ impl Entry {
 
 /// Every service, in start order: what others depend on first (users issues the tokens the
 /// others verify; the gateway calls all of them).
-pub static SERVICES: [Entry; 4] = [
+pub static SERVICES: [Entry; 5] = [
     Entry {
         spec: &bookstore_users::SPEC,
         endpoint: |c| &c.users,
@@ -80,6 +80,11 @@ pub static SERVICES: [Entry; 4] = [
         spec: &bookstore_orders::SPEC,
         endpoint: |c| &c.orders,
         build: |ctx, c| Box::pin(bookstore_orders::build(ctx, c.orders.clone())),
+    },
+    Entry {
+        spec: &bookstore_fulfillment::SPEC,
+        endpoint: |c| &c.fulfillment,
+        build: |ctx, c| Box::pin(bookstore_fulfillment::build(ctx, c.fulfillment.clone())),
     },
     Entry {
         spec: &bookstore_gateway::SPEC,
@@ -224,6 +229,12 @@ impl App {
         self.shutdown.clone()
     }
 
+    /// Tells the background tasks (relays, consumers, sweepers) to stop now, without waiting:
+    /// for a test that drops the app and then removes what its consumers were reading.
+    pub fn stop_background(&self) {
+        self.process.stopping().cancel();
+    }
+
     /// Waits for the shutdown token, then stops in order: readiness 503, listeners drain (last
     /// started first), background tasks finish their unit of work, pools close.
     pub async fn wait(self) -> anyhow::Result<()> {
@@ -235,7 +246,11 @@ impl App {
 /// The bus between services: RabbitMQ when `amqp_url` is set, else the embedded event log.
 async fn open_bus(config: &Config, process: &mut Process) -> anyhow::Result<Bus> {
     Ok(match &config.process.amqp_url {
-        Some(url) => Bus::Rabbit(Arc::new(RabbitBus::new(url.clone()))),
+        Some(url) => {
+            let mut rabbit = RabbitBus::new(url.clone());
+            rabbit.namespace.clone_from(&config.process.amqp_namespace);
+            Bus::Rabbit(Arc::new(rabbit))
+        }
         None => {
             let db = Database::connect(&config.event_log_url(), &PoolConfig::default())
                 .await

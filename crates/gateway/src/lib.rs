@@ -11,6 +11,7 @@ pub mod books;
 pub mod client;
 pub mod edge;
 pub mod error;
+pub mod fulfillment;
 pub mod openapi;
 pub mod orders;
 pub mod proxy;
@@ -26,6 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{get, post};
 use bookstore_api::books::v1::book_service_client::BookServiceClient;
+use bookstore_api::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use bookstore_api::orders::v1::order_service_client::OrderServiceClient;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::Verifier;
@@ -58,6 +60,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         books_url: ctx.peer_url("books")?.to_owned(),
         users_url: ctx.peer_url("users")?.to_owned(),
         orders_url: ctx.peer_url("orders")?.to_owned(),
+        fulfillment_url: ctx.peer_url("fulfillment")?.to_owned(),
         max_body_bytes: settings.max_body_bytes,
         request_timeout: ctx.request_timeout,
         cors_allowed_origins: settings.cors_origins(),
@@ -66,11 +69,14 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     // One channel per peer, shared by the API and the readiness checks.
     let (books, users, orders) =
         (ctx.channel("books").await?, ctx.channel("users").await?, ctx.channel("orders").await?);
+    // Not in readiness: the shop sells while the work queue is down.
+    let fulfillment = ctx.channel("fulfillment").await?;
     let state = AppState {
         books: BookServiceClient::new(books.clone()),
         users: UserServiceClient::new(users.clone()),
         orders: OrderServiceClient::new(orders.clone()),
-        peers: Peers { books: books.clone(), users: users.clone(), orders: orders.clone() },
+        fulfillment: FulfillmentServiceClient::new(fulfillment.clone()),
+        peers: Peers { books: books.clone(), users: users.clone(), orders: orders.clone(), fulfillment },
         stale: stale::StaleCache::new(STALE_ENTRIES, STALE_FOR),
         request_timeout: config.request_timeout,
         trusted_proxies: config.trusted_proxies.clone().into(),
@@ -115,6 +121,8 @@ pub struct GatewayConfig {
     pub users_url: String,
     /// The orders service, e.g. `http://127.0.0.1:50053`.
     pub orders_url: String,
+    /// The fulfillment service, e.g. `http://127.0.0.1:50054`.
+    pub fulfillment_url: String,
     /// The largest JSON body accepted; larger gets 413.
     pub max_body_bytes: usize,
     /// How long a request may take end to end; passed on as the gRPC deadline.
@@ -131,6 +139,7 @@ pub struct AppState {
     pub books: BookServiceClient<PeerChannel>,
     pub users: UserServiceClient<PeerChannel>,
     pub orders: OrderServiceClient<PeerChannel>,
+    pub fulfillment: FulfillmentServiceClient<PeerChannel>,
     /// The channels under the clients: their retries and their status.
     pub peers: Peers,
     /// Last good catalog reads, served when books cannot answer.
@@ -146,6 +155,7 @@ pub struct Peers {
     pub books: PeerChannel,
     pub users: PeerChannel,
     pub orders: PeerChannel,
+    pub fulfillment: PeerChannel,
 }
 
 impl AppState {
@@ -231,6 +241,11 @@ pub fn router(
         .route("/api/v1/orders/{id}", get(orders::get_order))
         .route("/api/v1/orders/{id}/cancel", post(orders::cancel_order))
         .route("/api/v1/orders/{id}/status", post(orders::update_status))
+        .route("/api/v1/fulfillment/queue", get(fulfillment::get_queue))
+        .route("/api/v1/fulfillment/tasks/{id}/move", post(fulfillment::move_task))
+        .route("/api/v1/fulfillment/tasks/{id}/claim", post(fulfillment::claim_task))
+        .route("/api/v1/fulfillment/tasks/{id}/advance", post(fulfillment::advance_task))
+        .route("/api/v1/fulfillment/tasks/{id}/remove", post(fulfillment::remove_task))
         .with_state(state)
         // Counted after the token is checked, so a signed-in client counts as itself.
         .layer(axum::middleware::from_fn_with_state(edge.limiter.clone(), edge::rate_limit))

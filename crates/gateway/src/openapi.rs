@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::{books, orders, users};
+use crate::{books, fulfillment, orders, users};
 
 /// Declares the bearer scheme, so Swagger UI's Authorize button takes an access token.
 struct BearerAuth;
@@ -122,6 +122,11 @@ impl Modify for EdgeResponses {
         orders::list_orders,
         orders::cancel_order,
         orders::update_status,
+        fulfillment::get_queue,
+        fulfillment::move_task,
+        fulfillment::claim_task,
+        fulfillment::advance_task,
+        fulfillment::remove_task,
     ),
     components(schemas(
         ErrorBody,
@@ -151,6 +156,13 @@ impl Modify for EdgeResponses {
         orders::CreateOrder,
         orders::ShippingAddress,
         orders::StatusChange,
+        fulfillment::Task,
+        fulfillment::TaskLine,
+        fulfillment::Queue,
+        fulfillment::Change,
+        fulfillment::Move,
+        fulfillment::Step,
+        fulfillment::Removal,
     )),
     modifiers(&BearerAuth, &EdgeResponses),
     tags(
@@ -158,6 +170,7 @@ impl Modify for EdgeResponses {
         (name = "auth", description = "Register, sign in, refresh, sign out; service-account tokens; the JWKS"),
         (name = "users", description = "Your account; everyone's for an admin"),
         (name = "orders", description = "Checkout, order history, cancellation; fulfilment steps for staff"),
+        (name = "fulfillment", description = "The work queue of placed orders: load, reorder, claim, advance, remove (staff)"),
     )
 )]
 pub struct ApiDoc;

@@ -285,6 +285,11 @@ impl Process {
         self.draining.clone()
     }
 
+    /// Cancelled when the background tasks are told to stop.
+    pub fn stopping(&self) -> CancellationToken {
+        self.tasks.stopping()
+    }
+
     /// Where the process's peer channels register for its status page.
     pub fn board(&self) -> Board {
         self.board.clone()

@@ -88,6 +88,8 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--orders-grpc",
             "127.0.0.1:0",
+            "--fulfillment-grpc",
+            "127.0.0.1:0",
             "--admin-http",
             "127.0.0.1:0",
             "--data-dir",
@@ -168,7 +170,7 @@ async fn start_up_logging(
 ) -> (std::process::Child, Option<String>) {
     let mut command = bookstore();
     command.args(["up", "--http", "127.0.0.1:0", "--data-dir"]).arg(dir);
-    for flag in ["--books-grpc", "--users-grpc", "--orders-grpc", "--admin-http"] {
+    for flag in ["--books-grpc", "--users-grpc", "--orders-grpc", "--fulfillment-grpc", "--admin-http"] {
         command.args([flag, "127.0.0.1:0"]);
     }
     for (flag, value) in servers {
@@ -241,6 +243,8 @@ async fn processes_killed_at_every_crash_point_still_give_each_order_one_effect(
     let mut servers = Vec::new();
     let mut databases = Vec::new();
     let consumer = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+    // Exchanges and queues of the test's own on the shared broker.
+    let namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
     let bus = match backend {
         Backend::Sqlite => format!("log:sqlite://{}", dir.path().join("events.db").display()),
         Backend::Postgres => {
@@ -251,8 +255,10 @@ async fn processes_killed_at_every_crash_point_still_give_each_order_one_effect(
                 databases.push(db);
             }
             servers.push(("--amqp-url", amqp.clone()));
+            servers.push(("--amqp-namespace", namespace.clone()));
             let mut rabbit = RabbitBus::new(amqp.clone());
             rabbit.topics = vec!["OrderPlaced".into()];
+            rabbit.namespace.clone_from(&namespace);
             rabbit.declare(&consumer).await.unwrap();
             format!("amqp:{amqp}")
         }
@@ -316,6 +322,7 @@ async fn processes_killed_at_every_crash_point_still_give_each_order_one_effect(
             .args(["--exact", "binary::consumer_process", "--ignored", "--nocapture"])
             .env("CRASH_TEST_BUS", &bus)
             .env("CRASH_TEST_CONSUMER", &consumer)
+            .env("CRASH_TEST_NAMESPACE", &namespace)
             .env("CRASH_TEST_EFFECTS", &effects_db.url)
             .env("CRASH_TEST_EXPECT", placed.len().to_string())
             .env("FAILPOINTS", failpoints)
@@ -351,7 +358,9 @@ async fn processes_killed_at_every_crash_point_still_give_each_order_one_effect(
     assert!(deliveries > 1, "the unacknowledged event came again and the inbox absorbed it: {deliveries}");
     if let Some(amqp) = bus.strip_prefix("amqp:") {
         assert!(deliveries >= 3, "the broker also delivered the event published twice: {deliveries}");
-        RabbitBus::new(amqp).delete_queues(&consumer).await.unwrap();
+        let mut rabbit = RabbitBus::new(amqp);
+        rabbit.namespace = namespace;
+        rabbit.delete_queues(&consumer).await.unwrap();
     }
 }
 
@@ -379,6 +388,7 @@ async fn consumer_process() {
     } else {
         let mut rabbit = RabbitBus::new(bus.strip_prefix("amqp:").unwrap());
         rabbit.topics = vec!["OrderPlaced".into()];
+        rabbit.namespace = var("CRASH_TEST_NAMESPACE");
         Bus::Rabbit(Arc::new(rabbit))
     };
     let stop = tokio_util::sync::CancellationToken::new();

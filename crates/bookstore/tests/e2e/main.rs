@@ -5,6 +5,7 @@
 mod api;
 mod binary;
 mod edge;
+mod fulfillment;
 mod hosts;
 mod lifecycle;
 mod orders;
@@ -31,6 +32,7 @@ pub struct System {
     pub books_db: TestDatabase,
     pub users_db: TestDatabase,
     pub orders_db: TestDatabase,
+    pub fulfillment_db: TestDatabase,
     _data_dir: tempfile::TempDir,
 }
 
@@ -44,6 +46,7 @@ impl System {
         let books_db = TestDatabase::new(backend).await?;
         let users_db = TestDatabase::new(backend).await?;
         let orders_db = TestDatabase::new(backend).await?;
+        let fulfillment_db = TestDatabase::new(backend).await?;
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -62,9 +65,13 @@ impl System {
         config.users.signing_key_reload_ms = 100;
         config.orders.grpc = port0;
         config.orders.database_url = Some(orders_db.url.clone());
+        config.fulfillment.grpc = port0;
+        config.fulfillment.database_url = Some(fulfillment_db.url.clone());
         if backend == Backend::Postgres {
-            // With the real servers, the bus is the real broker too.
+            // With the real servers, the bus is the real broker too: exchanges and queues of
+            // this test's own on the shared broker.
             config.process.amqp_url = bookstore_platform::testing::amqp_url_or_skip();
+            config.process.amqp_namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
         }
         tweak(&mut config);
         let app =
@@ -85,6 +92,7 @@ impl System {
             books_db,
             users_db,
             orders_db,
+            fulfillment_db,
             _data_dir: data_dir,
         })
     }
@@ -98,7 +106,22 @@ impl Drop for System {
     fn drop(&mut self) {
         if let Some(app) = &self.app {
             app.shutdown_token().cancel();
+            // Consumers stop before their queues go, rather than declare them again.
+            app.stop_background();
         }
+        // The test's own exchanges and queues on the shared broker go with it.
+        let Some(url) = self.config.process.amqp_url.clone() else { return };
+        let mut rabbit = bookstore_platform::events::RabbitBus::new(url);
+        rabbit.namespace.clone_from(&self.config.process.amqp_namespace);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            if let Err(e) =
+                runtime.block_on(rabbit.delete_namespace(&[bookstore_fulfillment::events::CONSUMER]))
+            {
+                eprintln!("could not delete the test's RabbitMQ namespace: {e:#}");
+            }
+        })
+        .join();
     }
 }
 
@@ -126,7 +149,6 @@ pub async fn post_json(
     answer.json().await.unwrap()
 }
 
-/// A valid ISBN-13 made from `n`.
 /// Waits for `condition`, checking every 50 ms, up to `limit`; fails the test with `what`.
 pub async fn until<F: std::future::Future<Output = bool>>(
     what: &str,
@@ -145,6 +167,7 @@ pub fn shipping_address() -> serde_json::Value {
     serde_json::json!({"name": "Test Recipient", "line1": "1 Test Street", "city": "Testville", "country": "DE"})
 }
 
+/// A valid ISBN-13 made from `n`.
 pub fn isbn(n: u32) -> String {
     let body = format!("978{n:09}");
     format!("{body}{}", bookstore_books::domain::check_digit(body.as_bytes()))

@@ -403,6 +403,7 @@ async fn every_change_writes_its_event_in_the_same_transaction(backend: Backend)
     let rabbit = sys.config.process.amqp_url.clone().map(|url| {
         let mut bus = RabbitBus::new(url);
         bus.topics = vec!["OrderPlaced".into(), "OrderCancelled".into()];
+        bus.namespace.clone_from(&sys.config.process.amqp_namespace);
         std::sync::Arc::new(bus)
     });
     let consumer = format!("e2e-{}", uuid::Uuid::new_v4().simple());

@@ -145,6 +145,7 @@ fn quiet_config(dir: &std::path::Path) -> Config {
     config.gateway.http = port0;
     config.users.grpc = port0;
     config.orders.grpc = port0;
+    config.fulfillment.grpc = port0;
     config
 }
 

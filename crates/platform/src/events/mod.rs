@@ -76,6 +76,35 @@ impl Bus {
 
     /// Makes sure events of `subscription`'s types are kept for it from now on, before any
     /// subscriber runs (on RabbitMQ: declares and binds its stream; the log keeps everything).
+    /// As [`Bus::consume`], for the event types in `types` only: on RabbitMQ the consumer's
+    /// queue is bound to those routing keys alone, so the broker never delivers the rest; on the
+    /// log the rest are passed over (the position still moves past them).
+    pub async fn consume_types<F, Fut>(
+        &self,
+        consumer: &str,
+        types: &[&str],
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        match self {
+            Bus::Log(log) => {
+                let wanted = |event: &Event| types.contains(&event.event_type.as_str());
+                let handler = &handler;
+                log.consume(
+                    consumer,
+                    move |event| async move { if wanted(&event) { handler(event).await } else { Ok(()) } },
+                    shutdown,
+                )
+                .await
+            }
+            Bus::Rabbit(rabbit) => rabbit.narrowed(types).consume(consumer, handler, shutdown).await,
+        }
+    }
+
     pub async fn declare_subscription(&self, subscription: &Subscription) -> anyhow::Result<()> {
         match self {
             Bus::Log(_) => Ok(()),

@@ -25,10 +25,13 @@ pub struct RabbitBus {
     /// and collecting its confirmations) before the connection is given up as broken: a broker
     /// that accepts connections but cannot serve a queue must fail a publish, not hang it.
     pub timeout: Duration,
+    /// The first part of every exchange, queue and stream name (`<namespace>.events`,
+    /// `<namespace>.<consumer>`): deployments (or tests) sharing one broker keep apart by it.
+    pub namespace: String,
 }
 
-pub(crate) const EXCHANGE: &str = "bookstore.events";
-pub(crate) const DEAD_LETTER_EXCHANGE: &str = "bookstore.events.dead";
+/// The namespace of a deployment that names none (the `amqp_namespace` setting).
+pub const DEFAULT_NAMESPACE: &str = "bookstore";
 
 impl RabbitBus {
     pub fn new(url: impl Into<String>) -> Self {
@@ -38,6 +41,33 @@ impl RabbitBus {
             max_attempts: 5,
             topics: vec!["#".into()],
             timeout: Duration::from_secs(30),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+        }
+    }
+
+    /// The topic exchange events are published to.
+    pub(crate) fn exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    fn dead_letter_exchange(&self) -> String {
+        format!("{}.events.dead", self.namespace)
+    }
+
+    /// `consumer`'s queue (its dead letters are in `<queue>.dead`), or a subscription's
+    /// stream with the suffix `.stream`.
+    pub(crate) fn queue(&self, name: &str) -> String {
+        format!("{}.{name}", self.namespace)
+    }
+
+    /// The same broker, for a consumer whose queue is bound to `topics` only.
+    pub fn narrowed(&self, topics: &[&str]) -> Self {
+        Self {
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            max_attempts: self.max_attempts,
+            timeout: self.timeout,
+            namespace: self.namespace.clone(),
+            ..Self::new(self.url.clone())
         }
     }
 
@@ -60,9 +90,14 @@ impl RabbitBus {
                 .context("connecting to RabbitMQ")?;
         let channel = conn.create_channel().await.context("opening a channel")?;
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        for name in [EXCHANGE, DEAD_LETTER_EXCHANGE] {
+        for name in [self.exchange(), self.dead_letter_exchange()] {
             channel
-                .exchange_declare(name.into(), lapin::ExchangeKind::Topic, durable, Default::default())
+                .exchange_declare(
+                    name.as_str().into(),
+                    lapin::ExchangeKind::Topic,
+                    durable,
+                    Default::default(),
+                )
                 .await
                 .context("declaring the exchanges")?;
         }
@@ -95,6 +130,7 @@ impl RabbitBus {
             *publisher = Some((conn, channel));
         }
         let (_, channel) = publisher.as_ref().expect("connected above");
+        let exchange = self.exchange();
         {
             let mut confirms = Vec::with_capacity(events.len());
             for e in events {
@@ -104,7 +140,7 @@ impl RabbitBus {
                     .with_delivery_mode(2);
                 let confirm = channel
                     .basic_publish(
-                        EXCHANGE.into(),
+                        exchange.as_str().into(),
                         e.event_type.as_str().into(),
                         BasicPublishOptions::default(),
                         &e.body,
@@ -127,7 +163,7 @@ impl RabbitBus {
     pub async fn declare(&self, consumer: &str) -> anyhow::Result<()> {
         self.within("declaring queues", async {
             let (conn, channel) = self.open().await?;
-            declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
+            self.declare_queues(&channel, consumer).await?;
             conn.close(200, "declared".into()).await.ok();
             Ok(())
         })
@@ -162,7 +198,7 @@ impl RabbitBus {
         let (conn, mut deliveries) = self
             .within("starting to consume", async {
                 let (conn, channel) = self.open().await?;
-                let queue = declare_queues(&channel, consumer, self.max_attempts, &self.topics).await?;
+                let queue = self.declare_queues(&channel, consumer).await?;
                 channel.basic_qos(32, BasicQosOptions::default()).await.context("setting the prefetch")?;
                 let deliveries = channel
                     .basic_consume(
@@ -287,7 +323,7 @@ impl RabbitBus {
         self.within("reading dead letters", async {
             let (conn, channel) = self.open().await?;
             let mut ids = Vec::new();
-            let queue = format!("bookstore.{consumer}.dead");
+            let queue = format!("{}.dead", self.queue(consumer));
             while let Some(message) = channel
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
                 .await
@@ -302,12 +338,38 @@ impl RabbitBus {
         .await
     }
 
+    /// Removes the exchanges of this bus's namespace and the queues of `consumers` (a test that
+    /// gave itself a namespace cleans up after itself, so the shared broker does not fill up).
+    pub async fn delete_namespace(&self, consumers: &[&str]) -> anyhow::Result<()> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        self.within("deleting a namespace", async {
+            let (conn, channel) = self.open().await?;
+            for consumer in consumers {
+                for queue in [self.queue(consumer), format!("{}.dead", self.queue(consumer))] {
+                    channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                        .context("deleting a queue")?;
+                }
+            }
+            for exchange in [self.exchange(), self.dead_letter_exchange()] {
+                channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await
+                    .context("deleting an exchange")?;
+            }
+            conn.close(200, "done".into()).await.ok();
+            Ok(())
+        })
+        .await
+    }
+
     /// Removes `consumer`'s queues (tests clean up after themselves).
     pub async fn delete_queues(&self, consumer: &str) -> anyhow::Result<()> {
         use lapin::options::QueueDeleteOptions;
         self.within("deleting queues", async {
             let (conn, channel) = self.open().await?;
-            for queue in [format!("bookstore.{consumer}"), format!("bookstore.{consumer}.dead")] {
+            for queue in [self.queue(consumer), format!("{}.dead", self.queue(consumer))] {
                 channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                     .await
@@ -320,51 +382,53 @@ impl RabbitBus {
     }
 }
 
-/// The consumer's quorum queue (dead-lettering after `max_attempts` deliveries) and its
-/// dead-letter queue; returns the queue's name.
-async fn declare_queues(
-    channel: &lapin::Channel,
-    consumer: &str,
-    max_attempts: u32,
-    topics: &[String],
-) -> anyhow::Result<String> {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    let queue = format!("bookstore.{consumer}");
-    let dead = format!("{queue}.dead");
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel
-        .queue_declare(dead.as_str().into(), durable, FieldTable::default())
-        .await
-        .context("declaring the dead-letter queue")?;
-    channel
-        .queue_bind(
-            dead.as_str().into(),
-            DEAD_LETTER_EXCHANGE.into(),
-            consumer.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("binding the dead-letter queue")?;
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    // The broker counts returns, not deliveries: a limit of n allows n + 1 deliveries.
-    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(max_attempts.saturating_sub(1) as i32));
-    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
-    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(consumer.into()));
-    channel.queue_declare(queue.as_str().into(), durable, args).await.context("declaring the queue")?;
-    for topic in topics {
+impl RabbitBus {
+    /// The consumer's quorum queue (dead-lettering after `max_attempts` deliveries), bound to
+    /// [`Self::topics`], and its dead-letter queue; returns the queue's name.
+    async fn declare_queues(&self, channel: &lapin::Channel, consumer: &str) -> anyhow::Result<String> {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::{AMQPValue, FieldTable};
+        let (max_attempts, topics) = (self.max_attempts, &self.topics);
+        let (exchange, dead_letter_exchange) = (self.exchange(), self.dead_letter_exchange());
+        let queue = self.queue(consumer);
+        let dead = format!("{queue}.dead");
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .queue_declare(dead.as_str().into(), durable, FieldTable::default())
+            .await
+            .context("declaring the dead-letter queue")?;
         channel
             .queue_bind(
-                queue.as_str().into(),
-                EXCHANGE.into(),
-                topic.as_str().into(),
+                dead.as_str().into(),
+                dead_letter_exchange.as_str().into(),
+                consumer.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .context("binding the queue")?;
+            .context("binding the dead-letter queue")?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        // The broker counts returns, not deliveries: a limit of n allows n + 1 deliveries.
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(max_attempts.saturating_sub(1) as i32));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dead_letter_exchange.as_str().into()),
+        );
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(consumer.into()));
+        channel.queue_declare(queue.as_str().into(), durable, args).await.context("declaring the queue")?;
+        for topic in topics {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    topic.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .context("binding the queue")?;
+        }
+        Ok(queue)
     }
-    Ok(queue)
 }

@@ -160,7 +160,7 @@ impl RabbitBus {
         let (conn, mut deliveries) = self
             .within("starting a subscription", async {
                 let (conn, channel) = self.open().await?;
-                let stream = declare_stream(&channel, subscription).await?;
+                let stream = declare_stream(self, &channel, subscription).await?;
                 // A stream is read with a prefetch window and acknowledgements (which move the
                 // window, not the data).
                 channel.basic_qos(64, BasicQosOptions::default()).await.context("setting the prefetch")?;
@@ -201,7 +201,7 @@ impl RabbitBus {
     pub async fn declare_subscription(&self, subscription: &Subscription) -> anyhow::Result<()> {
         self.within("declaring a subscription", async {
             let (conn, channel) = self.open().await?;
-            declare_stream(&channel, subscription).await?;
+            declare_stream(self, &channel, subscription).await?;
             conn.close(200, "done".into()).await.ok();
             Ok(())
         })
@@ -214,7 +214,7 @@ impl RabbitBus {
         use lapin::options::QueueDeleteOptions;
         self.within("deleting a stream", async {
             let (conn, channel) = self.open().await?;
-            let stream = format!("bookstore.{name}.stream");
+            let stream = self.queue(&format!("{name}.stream"));
             channel
                 .queue_delete(stream.as_str().into(), QueueDeleteOptions::default())
                 .await
@@ -227,10 +227,15 @@ impl RabbitBus {
 }
 
 /// The subscription's stream, bound to the exchange for its types; returns its name.
-async fn declare_stream(channel: &lapin::Channel, subscription: &Subscription) -> anyhow::Result<String> {
+async fn declare_stream(
+    rabbit: &RabbitBus,
+    channel: &lapin::Channel,
+    subscription: &Subscription,
+) -> anyhow::Result<String> {
     use lapin::options::{QueueBindOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable};
-    let stream = format!("bookstore.{}.stream", subscription.name);
+    let stream = rabbit.queue(&format!("{}.stream", subscription.name));
+    let exchange = rabbit.exchange();
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
     // What a replica can catch up on: a week, or 1 GB, whichever ends first.
@@ -242,7 +247,7 @@ async fn declare_stream(channel: &lapin::Channel, subscription: &Subscription) -
         channel
             .queue_bind(
                 stream.as_str().into(),
-                super::rabbit::EXCHANGE.into(),
+                exchange.as_str().into(),
                 event_type.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
