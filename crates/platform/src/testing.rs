@@ -206,6 +206,8 @@ impl RabbitNode {
             .env("RABBITMQ_MNESIA_BASE", dir.join("data"))
             .env("RABBITMQ_LOG_BASE", dir.join("log"))
             .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            // A node that fails to boot writes erl_crash.dump where it runs: in its own folder.
+            .current_dir(dir)
             .stdout(log.try_clone()?)
             .stderr(log)
             // A group of its own, so a kill reaches the Erlang VM the script starts, too.
