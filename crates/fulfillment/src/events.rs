@@ -2,6 +2,8 @@
 //! applied once (the inbox, in the same transaction as its effect), whatever the bus
 //! redelivers. The shipping address arrives sealed under the events key and is kept encrypted
 //! under fulfillment's own data key.
+//!
+//! What it says: TaskStateChanged, written to its outbox with each change of a task's state.
 
 use anyhow::Context;
 use bookstore_api::orders::v1 as orders;
@@ -18,6 +20,22 @@ pub const CONSUMER: &str = "fulfillment";
 pub const TYPES: [&str; 2] = ["OrderPlaced", "OrderCancelled"];
 /// What opens the address sealed in OrderPlaced ([`bookstore_platform::crypto::event_key`]).
 pub const SHIPPING_ADDRESS: &str = "shipping-address";
+
+/// The payload schema version of the events fulfillment publishes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// TaskStateChanged for `task` as it is now (no personal data).
+pub fn task_state_changed(task: &crate::domain::Task) -> Event {
+    let changed = bookstore_api::fulfillment::v1::TaskStateChanged {
+        task_id: task.id.clone(),
+        order_id: task.order_id.clone(),
+        state: task.state.as_str().to_owned(),
+        version: task.version,
+        reason: task.reason.clone(),
+        assignee: task.assignee.clone(),
+    };
+    bookstore_platform::events::enveloped("TaskStateChanged", changed.encode_to_vec(), SCHEMA_VERSION)
+}
 
 /// Applies one event: a task for a placed order, a cancelled one for a cancelled order.
 pub async fn handle(store: &TaskStore, events_key: &DataKey, event: Event) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bookstore_api::fulfillment::v1::fulfillment_service_server::FulfillmentServiceServer;
 use bookstore_platform::crypto::{event_key, stored_data_key};
 use bookstore_platform::db::Migrations;
+use bookstore_platform::events::run_relay;
 use bookstore_platform::server::grpc_service_router;
 use bookstore_platform::service::{Built, Context, Spec};
 
@@ -45,6 +46,13 @@ pub async fn build(ctx: Context, _settings: Settings) -> anyhow::Result<Built> {
     let master = ctx.master_key()?;
     let store = TaskStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?);
     let events_key = Arc::new(event_key(&master, events::SHIPPING_ADDRESS));
+
+    // Committed state changes reach the bus even if fulfillment stopped right after committing.
+    let (relay_db, relay_bus, relay_stop) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
+    ctx.tasks.spawn(
+        "fulfillment-outbox-relay",
+        run_relay(relay_db, relay_bus, std::time::Duration::from_millis(200), relay_stop),
+    );
 
     let (bus, consumer_store, stopping) = (ctx.bus()?, store.clone(), ctx.tasks.stopping());
     ctx.tasks.spawn("fulfillment-consumer", async move {

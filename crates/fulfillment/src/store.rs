@@ -11,6 +11,7 @@ use anyhow::Context;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::crypto::DataKey;
 use bookstore_platform::db::Database;
+use bookstore_platform::events::outbox;
 use sqlx::Row;
 
 use crate::domain::{Change, ChangeKind, Line, Task, TaskState};
@@ -142,7 +143,9 @@ impl TaskStore {
             return Ok(None);
         }
         set_state(tx, &id, TaskState::Cancelled, None, Some("the order was cancelled")).await?;
-        self.finish(tx, seq, &id, ChangeKind::Removed).await.map(Some)
+        let change = self.finish(tx, seq, &id, ChangeKind::Removed).await?;
+        publish_state(tx, &change.task).await?;
+        Ok(Some(change))
     }
 
     /// Moves a queued task to `position` among the queued (the end, if past it).
@@ -222,6 +225,7 @@ impl TaskStore {
         set_state(&mut tx, id, next, assignee, reason).await?;
         let kind = if next.open() { ChangeKind::Updated } else { ChangeKind::Removed };
         let change = self.finish(&mut tx, seq, id, kind).await?;
+        publish_state(&mut tx, &change.task).await?;
         tx.commit().await?;
         Ok(change)
     }
@@ -302,6 +306,12 @@ impl TaskStore {
         };
         Ok(Stored { task, rank: row.try_get(5)? })
     }
+}
+
+/// Writes TaskStateChanged for `task` to the outbox, in the change's transaction.
+async fn publish_state(tx: &mut Tx, task: &Task) -> Result<(), TaskError> {
+    outbox::write(tx, &[crate::events::task_state_changed(task)]).await?;
+    Ok(())
 }
 
 /// The next sequence number; every writer waits here for the one before it.

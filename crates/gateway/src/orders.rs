@@ -65,6 +65,9 @@ pub struct Order {
     /// Where it ships (absent only on orders placed before addresses existed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shipping_address: Option<ShippingAddress>,
+    /// Why it is in its status, when someone said (e.g. why it could not be fulfilled).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_reason: String,
 }
 
 /// A postal address. `name` and `line1` are required; the rest as the country's format needs.
@@ -141,6 +144,7 @@ impl TryFrom<pb::Order> for Order {
             created_at: rfc3339(o.create_time),
             updated_at: rfc3339(o.update_time),
             shipping_address: o.shipping_address.map(ShippingAddress::from),
+            status_reason: o.status_reason,
         })
     }
 }

@@ -167,6 +167,7 @@ impl Checkout {
                     created_at: now,
                     updated_at: now,
                     shipping_address: Some(address),
+                    status_reason: String::new(),
                 };
                 let idempotency = key.map(|k| (who.subject.as_str(), k));
                 self.store

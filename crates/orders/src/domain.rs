@@ -32,6 +32,18 @@ impl Status {
         }
     }
 
+    /// Where an order goes when its fulfillment task reaches `task_state`, if that is ahead of
+    /// where it is (task events may arrive out of order, so steps may be skipped, never undone):
+    /// picked or packed → FULFILLING, shipped → SHIPPED, removed → CANCELLED while not shipped.
+    pub fn following_task(self, task_state: &str) -> Option<Status> {
+        match (task_state, self) {
+            ("PICKING" | "PACKED", Status::Placed) => Some(Status::Fulfilling),
+            ("SHIPPED", Status::Placed | Status::Fulfilling) => Some(Status::Shipped),
+            ("REMOVED", Status::Placed | Status::Fulfilling) => Some(Status::Cancelled),
+            _ => None,
+        }
+    }
+
     /// The moves an order may make: forward one step at a time, or cancelled while PLACED.
     pub fn can_become(self, next: Status) -> bool {
         matches!(
@@ -154,6 +166,8 @@ pub struct Order {
     pub updated_at: i64,
     /// Where it ships; `None` only for orders placed before addresses existed.
     pub shipping_address: Option<ShippingAddress>,
+    /// Why it is in its status, when someone said (empty otherwise).
+    pub status_reason: String,
 }
 
 bookstore_platform::text_type!(
@@ -306,6 +320,19 @@ mod tests {
         ] {
             assert!(!from.can_become(to), "{from:?} -> {to:?}");
         }
+    }
+
+    #[test]
+    fn an_order_follows_its_task_forward_only() {
+        use Status::*;
+        assert_eq!(Placed.following_task("PICKING"), Some(Fulfilling));
+        assert_eq!(Placed.following_task("SHIPPED"), Some(Shipped), "a late claim event is not needed");
+        assert_eq!(Fulfilling.following_task("SHIPPED"), Some(Shipped));
+        assert_eq!(Fulfilling.following_task("REMOVED"), Some(Cancelled));
+        assert_eq!(Fulfilling.following_task("PICKING"), None, "never back");
+        assert_eq!(Shipped.following_task("REMOVED"), None, "a shipped order stays shipped");
+        assert_eq!(Cancelled.following_task("PICKING"), None, "a cancelled order stays cancelled");
+        assert_eq!(Placed.following_task("QUEUED"), None);
     }
 
     #[test]

@@ -3,10 +3,8 @@
 //! transaction as the change.
 
 use bookstore_api::orders::v1 as pb;
-use bookstore_platform::clock::now_ms;
 use bookstore_platform::crypto::DataKey;
 use bookstore_platform::events::Event;
-use bookstore_platform::grpc::timestamp;
 use prost::Message;
 
 use crate::domain::Order;
@@ -16,17 +14,7 @@ use crate::grpc::to_proto;
 pub const SCHEMA_VERSION: u32 = 1;
 
 fn envelope(event_type: &str, payload: Vec<u8>) -> Event {
-    let id = uuid::Uuid::now_v7().to_string();
-    let envelope = pb::EventEnvelope {
-        id: id.clone(),
-        r#type: event_type.to_owned(),
-        time: Some(timestamp(now_ms())),
-        // The trace of the request that caused it, so its consumers' work joins that trace.
-        traceparent: bookstore_platform::trace::current().map(|t| t.to_string()).unwrap_or_default(),
-        payload,
-        schema_version: SCHEMA_VERSION,
-    };
-    Event { id, event_type: event_type.to_owned(), body: envelope.encode_to_vec() }
+    bookstore_platform::events::enveloped(event_type, payload, SCHEMA_VERSION)
 }
 
 /// What seals the shipping address in OrderPlaced: [`bookstore_platform::crypto::event_key`].
@@ -83,6 +71,7 @@ mod tests {
                 .parse()
                 .unwrap(),
             ),
+            status_reason: String::new(),
         }
     }
 

@@ -62,6 +62,7 @@ pub fn to_proto(o: &Order) -> pb::Order {
         create_time: Some(timestamp(o.created_at)),
         update_time: Some(timestamp(o.updated_at)),
         shipping_address: None,
+        status_reason: o.status_reason.clone(),
     }
 }
 

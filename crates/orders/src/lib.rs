@@ -7,6 +7,7 @@
 //! - [`checkout`]: the checkout saga, its compensation, settling stock, an order's moves.
 //! - [`confirmer`]: confirmations of placed orders, grouped (group commit).
 //! - [`events`]: what it publishes (OrderPlaced, OrderCancelled, OrderStatusChanged).
+//! - [`follow`]: what it hears: its orders' fulfillment tasks (TaskStateChanged).
 //! - [`grpc`]: the tonic adapter: proto ⇄ domain, who may do what.
 //! - [`settings`]: its configuration section, `[orders]`.
 //!
@@ -17,6 +18,7 @@ pub mod checkout;
 pub mod confirmer;
 pub mod domain;
 pub mod events;
+pub mod follow;
 pub mod grpc;
 pub mod settings;
 pub mod store;
@@ -66,6 +68,18 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     // Committed events reach the bus even if orders stopped right after committing them.
     let (relay_db, bus, stopping) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
     ctx.tasks.spawn("orders-outbox-relay", run_relay(relay_db, bus, Duration::from_millis(200), stopping));
+
+    // Orders follow their fulfillment tasks.
+    let (bus, follower, stopping) = (ctx.bus()?, checkout.clone(), ctx.tasks.stopping());
+    ctx.tasks.spawn("orders-task-follower", async move {
+        let handler = |event| {
+            let checkout = follower.clone();
+            async move { follow::handle(&checkout, event).await }
+        };
+        if let Err(e) = bus.consume_types(follow::CONSUMER, &follow::TYPES, handler, stopping).await {
+            tracing::error!(error = %format!("{e:#}"), "the orders task follower stopped");
+        }
+    });
 
     // Finishes settlements a crash or an outage interrupted: placed orders whose stock is
     // still only held get it confirmed, cancelled ones get it back on the shelf.

@@ -179,7 +179,7 @@ impl OrderStore {
 
     pub async fn get(&self, id: &str) -> Result<Option<Order>> {
         let row = sqlx::query(
-            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address \
+            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address, status_reason \
              FROM orders WHERE id = $1",
         )
         .bind(id)
@@ -237,7 +237,7 @@ impl OrderStore {
         let user = user_id.map(str::to_owned);
         let status = status.map(|s| s.as_str().to_owned());
         let rows = sqlx::query(
-            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address \
+            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address, status_reason \
              FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR status = $2) \
              ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
         )
@@ -265,21 +265,54 @@ impl OrderStore {
     /// when another request moved it first.
     pub async fn transition(&self, id: &str, from: Status, to: Status, event: &Event) -> Result<bool> {
         let mut tx = self.db.begin_write().await.context("starting a transition")?;
-        let done =
-            sqlx::query("UPDATE orders SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
-                .bind(id)
-                .bind(from.as_str())
-                .bind(to.as_str())
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .context("moving an order")?;
+        if !Self::transition_in(&mut tx, id, from, to, "", event).await? {
+            return Ok(false);
+        }
+        tx.commit().await.context("committing a transition")?;
+        Ok(true)
+    }
+
+    /// [`Self::transition`] inside `tx`, recording `reason` with the new status.
+    pub async fn transition_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &str,
+        from: Status,
+        to: Status,
+        reason: &str,
+        event: &Event,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE orders SET status = $3, status_reason = $4, updated_at = $5 WHERE id = $1 AND status = $2",
+        )
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .context("moving an order")?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        outbox::write(&mut tx, std::slice::from_ref(event)).await?;
-        tx.commit().await.context("committing a transition")?;
+        outbox::write(tx, std::slice::from_ref(event)).await?;
         Ok(true)
+    }
+
+    /// Records that the task event of `version` was applied to order `id`, in `tx`: `false`
+    /// when a newer one (or this one) was applied before, or there is no such order.
+    pub async fn advance_task_version(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &str,
+        version: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query("UPDATE orders SET task_version = $2 WHERE id = $1 AND task_version < $2")
+            .bind(id)
+            .bind(version)
+            .execute(&mut **tx)
+            .await
+            .context("recording a task version")?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn set_stock_state(&self, id: &str, state: StockState) -> Result<()> {
@@ -337,7 +370,7 @@ fn parse_status(id: &str, status: String) -> Result<Status> {
 
 impl OrderStore {
     /// An order from `SELECT id, user_id, status, total_minor, currency, created_at,
-    /// updated_at, shipping_address`, its address decrypted; lines are filled in apart.
+    /// updated_at, shipping_address, status_reason`, its address decrypted; lines are filled in apart.
     fn order_from_row(&self, row: &sqlx::any::AnyRow) -> Result<Order> {
         let id: String = row.try_get(0)?;
         let sealed: Option<Vec<u8>> = row.try_get(7)?;
@@ -360,6 +393,7 @@ impl OrderStore {
             created_at: row.try_get(5)?,
             updated_at: row.try_get(6)?,
             shipping_address,
+            status_reason: row.try_get(8)?,
             id,
         })
     }

@@ -58,6 +58,19 @@ async fn queue_of(sys: &System, n: usize) -> Value {
     queue(sys).await
 }
 
+/// Waits until order `id` is in `status`; the order then.
+async fn order_in(sys: &System, token: &str, id: &str, status: &str) -> Value {
+    let url = sys.url(&format!("/api/v1/orders/{id}"));
+    let read = || async {
+        sys.http.get(&url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
+    };
+    until(&format!("order {id} to be {status}"), std::time::Duration::from_secs(30), || async {
+        read().await["status"] == status
+    })
+    .await;
+    read().await
+}
+
 async fn act(sys: &System, task: &Value, action: &str, body: Value) -> reqwest::Response {
     let url = sys.url(&format!("/api/v1/fulfillment/tasks/{}/{action}", task["id"].as_str().unwrap()));
     sys.http.post(url).bearer_auth(&sys.admin).json(&body).send().await.unwrap()
@@ -115,6 +128,16 @@ async fn checkouts_become_queued_tasks_that_staff_reorder_claim_advance_and_remo
     assert!(claimed["task"].get("position").is_none(), "a task in hand has no queue position");
     let again = act(&sys, &claimed["task"], "claim", json!({"version": claimed["task"]["version"]})).await;
     assert_eq!(again.status(), StatusCode::CONFLICT, "only a queued task is claimed");
+    // The customer sees the order follow its task.
+    order_in(&sys, &ada, &orders[2], "FULFILLING").await;
+    let cancel = sys
+        .http
+        .post(sys.url(&format!("/api/v1/orders/{}/cancel", orders[2])))
+        .bearer_auth(&ada)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::CONFLICT, "a customer cancels only while PLACED");
     let packed: Value =
         act(&sys, &claimed["task"], "advance", json!({"version": claimed["task"]["version"]}))
             .await
@@ -131,6 +154,7 @@ async fn checkouts_become_queued_tasks_that_staff_reorder_claim_advance_and_remo
         (shipped["kind"].as_str(), shipped["task"]["state"].as_str()),
         (Some("task_removed"), Some("SHIPPED"))
     );
+    order_in(&sys, &ada, &orders[2], "SHIPPED").await;
 
     // Removing needs a reason.
     let first = queue(&sys).await["tasks"][0].clone();
@@ -146,6 +170,18 @@ async fn checkouts_become_queued_tasks_that_staff_reorder_claim_advance_and_remo
         (removed["task"]["state"].as_str(), removed["task"]["reason"].as_str()),
         (Some("REMOVED"), Some("damaged"))
     );
+    // Removing the task cancels its order with the reason, and its unit goes back on the shelf.
+    let cancelled = order_in(&sys, &ada, &orders[0], "CANCELLED").await;
+    assert_eq!(cancelled["status_reason"], "damaged");
+    let stock = || async {
+        let book: Value =
+            sys.http.get(sys.url(&format!("/api/v1/books/{b}"))).send().await.unwrap().json().await.unwrap();
+        (book["stock"].as_i64(), book["sold"].as_i64())
+    };
+    until("the removed order's unit back on the shelf", std::time::Duration::from_secs(30), || async {
+        stock().await == (Some(98), Some(2))
+    })
+    .await;
 
     // A cancelled order takes its task off the queue.
     let cancel = sys

@@ -34,6 +34,23 @@ pub use subscribe::{StartAt, Subscription};
 
 /// An event as it travels: its id (for deduplication), its type (for routing) and its body
 /// (the encoded envelope).
+/// An event of `event_type` with `payload` (its protobuf message, schema `schema_version`), in
+/// the envelope every event travels in: a fresh id, the time, and the trace of the request that
+/// caused it, so its consumers' work joins that trace.
+pub fn enveloped(event_type: &str, payload: Vec<u8>, schema_version: u32) -> Event {
+    use prost::Message;
+    let id = uuid::Uuid::now_v7().to_string();
+    let envelope = bookstore_api::orders::v1::EventEnvelope {
+        id: id.clone(),
+        r#type: event_type.to_owned(),
+        time: Some(crate::grpc::timestamp(crate::clock::now_ms())),
+        traceparent: crate::trace::current().map(|t| t.to_string()).unwrap_or_default(),
+        payload,
+        schema_version,
+    };
+    Event { id, event_type: event_type.to_owned(), body: envelope.encode_to_vec() }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub id: String,
