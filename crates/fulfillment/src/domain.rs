@@ -4,7 +4,8 @@ use bookstore_platform::status::InvalidField;
 
 /// Where a task is. QUEUED → PICKING (claimed) → PACKED → SHIPPED; REMOVED by staff with a
 /// reason; CANCELLED when its order was cancelled first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskState {
     Queued,
     Picking,
@@ -55,12 +56,14 @@ pub struct Line {
     pub title: String,
 }
 
-/// A task as staff see it. `shipping_address` is the order's address as JSON, decrypted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A task as staff see it. `shipping_address` is the order's address as JSON, decrypted; it
+/// is never serialized (the change history keeps tasks without it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub id: String,
     pub order_id: String,
     pub lines: Vec<Line>,
+    #[serde(skip)]
     pub shipping_address: Option<String>,
     pub state: TaskState,
     /// 0-based among the queued tasks; `None` when not queued.
@@ -73,11 +76,15 @@ pub struct Task {
 }
 
 /// What a change did, as clients are told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ChangeKind {
+    #[serde(rename = "task_added")]
     Added,
+    #[serde(rename = "task_moved")]
     Moved,
+    #[serde(rename = "task_updated")]
     Updated,
+    #[serde(rename = "task_removed")]
     Removed,
 }
 
@@ -93,7 +100,7 @@ impl ChangeKind {
 }
 
 /// A change, committed: its sequence number and the task after it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub seq: i64,
     pub kind: ChangeKind,

@@ -86,8 +86,64 @@ impl FulfillmentGrpc {
     }
 }
 
+/// What a watcher is sent: the snapshot, then each change after it.
+type Watch = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::QueueEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl FulfillmentService for FulfillmentGrpc {
+    type WatchQueueStream = Watch;
+
+    async fn watch_queue(
+        &self,
+        request: Request<pb::WatchQueueRequest>,
+    ) -> Result<Response<Self::WatchQueueStream>, Status> {
+        require(&request, STAFF)?;
+        // Listening before reading: nothing committed in between is missed, and what was read
+        // already (seq at or below `seq`) is not sent again.
+        let changes = self.store.watch();
+        let resumed = match request.get_ref().last_seq {
+            Some(last) => self.store.changes_after(last).await?,
+            None => None,
+        };
+        let (seq, first) = match resumed {
+            Some(kept) => {
+                let seq = kept.last().map_or(request.get_ref().last_seq.unwrap_or_default(), |c| c.seq);
+                let events: Vec<_> = kept
+                    .iter()
+                    .map(|c| {
+                        Ok(pb::QueueEvent { event: Some(pb::queue_event::Event::Change(change_to_proto(c))) })
+                    })
+                    .collect();
+                (seq, events)
+            }
+            None => {
+                let (seq, tasks) = self.store.queue().await?;
+                let snapshot = pb::Queue { seq, tasks: tasks.iter().map(task_to_proto).collect() };
+                (seq, vec![Ok(pb::QueueEvent { event: Some(pb::queue_event::Event::Snapshot(snapshot)) })])
+            }
+        };
+        use futures::StreamExt;
+        use tokio::sync::broadcast::error::RecvError;
+        let rest = futures::stream::unfold(Some(changes), move |changes| async move {
+            let mut changes = changes?;
+            loop {
+                return match changes.recv().await {
+                    Ok(change) if change.seq <= seq => continue,
+                    Ok(change) => {
+                        let event = pb::queue_event::Event::Change(change_to_proto(&change));
+                        Some((Ok(pb::QueueEvent { event: Some(event) }), Some(changes)))
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        let behind = format!("fell {missed} changes behind; load the queue again");
+                        Some((Err(Status::resource_exhausted(behind)), None))
+                    }
+                    Err(RecvError::Closed) => None,
+                };
+            }
+        });
+        Ok(Response::new(futures::stream::iter(first).chain(rest).boxed()))
+    }
+
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> Result<Response<pb::Queue>, Status> {
         require(&request, STAFF)?;
         let (seq, tasks) = self.store.queue().await?;

@@ -41,10 +41,11 @@ pub static SPEC: Spec =
     Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true, uses_master_key: true };
 
 /// The fulfillment service: its gRPC API and its consumer of orders' events.
-pub async fn build(ctx: Context, _settings: Settings) -> anyhow::Result<Built> {
+pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
     let master = ctx.master_key()?;
-    let store = TaskStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?);
+    let store =
+        TaskStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?, settings.change_history);
     let events_key = Arc::new(event_key(&master, events::SHIPPING_ADDRESS));
 
     // Committed state changes reach the bus even if fulfillment stopped right after committing.

@@ -48,7 +48,20 @@ pub struct TaskStore {
     db: Database,
     /// Encrypts shipping addresses at rest ([`bookstore_platform::crypto`]).
     key: Arc<DataKey>,
+    /// Committed changes, in sequence order, for watchers ([`TaskStore::watch`]).
+    changes: tokio::sync::broadcast::Sender<Change>,
+    /// Held from a change's first statement until it is announced, so this process announces
+    /// changes in the order they were committed (the database orders the writers anyway).
+    writing: Arc<tokio::sync::Mutex<()>>,
+    /// How many of the newest changes are kept for clients that resume.
+    history: i64,
 }
+
+/// The newest changes kept for resuming clients, unless configured otherwise.
+pub const DEFAULT_HISTORY: u32 = 10_000;
+
+/// How many changes a watcher may fall behind before it is ended.
+pub const WATCH_BACKLOG: usize = 1024;
 
 /// A task's row, before its position is known.
 struct Stored {
@@ -57,8 +70,79 @@ struct Stored {
 }
 
 impl TaskStore {
-    pub fn new(db: Database, key: DataKey) -> Self {
-        Self { db, key: Arc::new(key) }
+    /// A store keeping the newest `history` changes (at least one) for resuming clients.
+    pub fn new(db: Database, key: DataKey, history: u32) -> Self {
+        let (changes, _) = tokio::sync::broadcast::channel(WATCH_BACKLOG);
+        Self { db, key: Arc::new(key), changes, writing: Arc::default(), history: i64::from(history.max(1)) }
+    }
+
+    /// Every change after `seq`, in order, or `None` when the oldest of them is no longer kept
+    /// (the client needs a fresh snapshot instead). Tasks come with their current address.
+    pub async fn changes_after(&self, seq: i64) -> Result<Option<Vec<Change>>, TaskError> {
+        let head: i64 = sqlx::query_scalar("SELECT seq FROM queue_head WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await
+            .context("reading the queue's head")?;
+        if seq >= head {
+            return Ok((seq == head).then(Vec::new));
+        }
+        let rows = sqlx::query("SELECT seq, body FROM changes WHERE seq > $1 ORDER BY seq")
+            .bind(seq)
+            .fetch_all(self.db.pool())
+            .await
+            .context("reading changes")?;
+        // Kept without a gap from seq + 1, or not at all.
+        let first: Option<i64> = rows.first().map(|row| row.try_get(0)).transpose()?;
+        if first != Some(seq + 1) {
+            return Ok(None);
+        }
+        let mut changes = Vec::with_capacity(rows.len());
+        let mut addresses: std::collections::HashMap<String, Option<String>> =
+            std::collections::HashMap::new();
+        for row in &rows {
+            let body: String = row.try_get(1)?;
+            let mut change: Change = serde_json::from_str(&body).context("reading a kept change")?;
+            if !addresses.contains_key(&change.task.id) {
+                let address = self.address_of(&change.task.id).await?;
+                addresses.insert(change.task.id.clone(), address);
+            }
+            change.task.shipping_address.clone_from(&addresses[&change.task.id]);
+            changes.push(change);
+        }
+        Ok(Some(changes))
+    }
+
+    async fn address_of(&self, task_id: &str) -> Result<Option<String>, TaskError> {
+        let sealed: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT shipping_address FROM tasks WHERE id = $1")
+                .bind(task_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        match sealed.flatten() {
+            None => Ok(None),
+            Some(sealed) => Ok(Some(
+                self.key
+                    .decrypt(task_id, ADDRESS_COLUMN, &sealed)
+                    .with_context(|| format!("decrypting the address of task {task_id}"))?,
+            )),
+        }
+    }
+
+    /// Committed changes from now on, in sequence order.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Taken before a change's transaction begins and given back to [`Self::announce`] once it
+    /// has committed.
+    pub async fn writing(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.writing.clone().lock_owned().await
+    }
+
+    /// Tells watchers of a committed change.
+    pub fn announce(&self, change: &Change, _writing: tokio::sync::OwnedMutexGuard<()>) {
+        // No watcher is fine.
+        let _ = self.changes.send(change.clone());
     }
 
     pub fn database(&self) -> &Database {
@@ -150,6 +234,7 @@ impl TaskStore {
 
     /// Moves a queued task to `position` among the queued (the end, if past it).
     pub async fn move_task(&self, id: &str, position: usize, version: i64) -> Result<Change, TaskError> {
+        let writing = self.writing().await;
         let mut tx = self.db.begin_write().await?;
         let seq = next_seq(&mut tx).await?;
         let task = self.load_at(&mut tx, id, version).await?;
@@ -172,6 +257,7 @@ impl TaskStore {
         bump(&mut tx, id).await?;
         let change = self.finish(&mut tx, seq, id, ChangeKind::Moved).await?;
         tx.commit().await?;
+        self.announce(&change, writing);
         Ok(change)
     }
 
@@ -216,6 +302,7 @@ impl TaskStore {
         assignee: Option<&str>,
         reason: Option<&str>,
     ) -> Result<Change, TaskError> {
+        let writing = self.writing().await;
         let mut tx = self.db.begin_write().await?;
         let seq = next_seq(&mut tx).await?;
         let task = self.load_at(&mut tx, id, version).await?;
@@ -227,6 +314,7 @@ impl TaskStore {
         let change = self.finish(&mut tx, seq, id, kind).await?;
         publish_state(&mut tx, &change.task).await?;
         tx.commit().await?;
+        self.announce(&change, writing);
         Ok(change)
     }
 
@@ -265,16 +353,26 @@ impl TaskStore {
             .await?;
             task.position = Some(before as usize);
         }
-        sqlx::query("INSERT INTO changes (seq, task_id, kind, version, at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(seq)
-            .bind(id)
-            .bind(kind.as_str())
-            .bind(task.version)
-            .bind(now_ms())
+        let change = Change { seq, kind, task };
+        sqlx::query(
+            "INSERT INTO changes (seq, task_id, kind, version, at, body) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(seq)
+        .bind(id)
+        .bind(kind.as_str())
+        .bind(change.task.version)
+        .bind(now_ms())
+        .bind(serde_json::to_string(&change).context("encoding a change")?)
+        .execute(&mut **tx)
+        .await
+        .context("recording a change")?;
+        // The history keeps its newest changes: each change lets the oldest one go.
+        sqlx::query("DELETE FROM changes WHERE seq <= $1")
+            .bind(seq - self.history)
             .execute(&mut **tx)
             .await
-            .context("recording a change")?;
-        Ok(Change { seq, kind, task })
+            .context("trimming the change history")?;
+        Ok(change)
     }
 
     fn read_row(&self, row: &sqlx::any::AnyRow) -> Result<Stored, TaskError> {
@@ -350,4 +448,42 @@ async fn set_state(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bookstore_platform::crypto::MasterKey;
+    use bookstore_platform::db::Backend;
+    use bookstore_platform::testing::TestDatabase;
+
+    use super::*;
+
+    bookstore_platform::backend_tests!(changes_after_a_seq_are_kept_in_order_until_the_history_lets_them_go);
+
+    async fn changes_after_a_seq_are_kept_in_order_until_the_history_lets_them_go(backend: Backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let database = db.connect(&crate::MIGRATIONS).await;
+        let master = MasterKey::from_base64(&MasterKey::generate_base64()).unwrap();
+        let key =
+            bookstore_platform::crypto::stored_data_key(&database, &master, "fulfillment").await.unwrap();
+        let store = TaskStore::new(database.clone(), key, 3);
+        let line = [Line { book_id: "b".into(), quantity: 1, title: "t".into() }];
+        for n in 0..5 {
+            let mut tx = database.begin_write().await.unwrap();
+            store.add(&mut tx, &format!("o{n}"), &line, Some(r#"{"name":"N","line1":"L"}"#)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        let kept = store.changes_after(3).await.unwrap().expect("4 and 5 are kept");
+        assert_eq!(kept.iter().map(|c| c.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(kept[1].task.order_id, "o4");
+        assert_eq!(kept[1].task.position, Some(4), "the task as that change left it");
+        assert!(kept[1].task.shipping_address.is_some(), "the address comes from the task, decrypted");
+        assert_eq!(store.changes_after(5).await.unwrap(), Some(Vec::new()), "up to date");
+        assert_eq!(store.changes_after(1).await.unwrap(), None, "2 is gone: a snapshot instead");
+        assert_eq!(store.changes_after(9).await.unwrap(), None, "a seq from the future: a snapshot");
+        let history: Vec<String> =
+            sqlx::query_scalar("SELECT body FROM changes").fetch_all(database.pool()).await.unwrap();
+        assert_eq!(history.len(), 3, "the newest three");
+        assert!(!history.iter().any(|b| b.contains("line1")), "no address in the history");
+    }
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod edge;
 pub mod error;
 pub mod fulfillment;
+pub mod live;
 pub mod openapi;
 pub mod orders;
 pub mod proxy;
@@ -80,6 +81,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         stale: stale::StaleCache::new(STALE_ENTRIES, STALE_FOR),
         request_timeout: config.request_timeout,
         trusted_proxies: config.trusted_proxies.clone().into(),
+        live: Arc::new(live::Live::new(ctx.verifier.clone())),
     };
     let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
     let shared = proxy::Shared {
@@ -147,6 +149,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` names the client ([`client`]).
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// The live queue's sockets ([`live`]).
+    pub live: Arc<live::Live>,
 }
 
 /// The gateway's channel to each peer.
@@ -242,6 +246,7 @@ pub fn router(
         .route("/api/v1/orders/{id}/cancel", post(orders::cancel_order))
         .route("/api/v1/orders/{id}/status", post(orders::update_status))
         .route("/api/v1/fulfillment/queue", get(fulfillment::get_queue))
+        .route("/api/v1/fulfillment/queue/ws", get(live::queue_socket))
         .route("/api/v1/fulfillment/tasks/{id}/move", post(fulfillment::move_task))
         .route("/api/v1/fulfillment/tasks/{id}/claim", post(fulfillment::claim_task))
         .route("/api/v1/fulfillment/tasks/{id}/advance", post(fulfillment::advance_task))

@@ -78,6 +78,9 @@ pub struct Identity {
     pub roles: Vec<Role>,
     /// The token's `jti`.
     pub token_id: String,
+    /// When the token stops being valid (`exp`, seconds since the epoch): what holds a
+    /// connection open on it (a WebSocket) ends then.
+    pub expires_at: u64,
 }
 
 impl Identity {
@@ -184,7 +187,12 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
-        Ok(Identity { subject: claims.sub, roles: claims.roles, token_id: claims.jti })
+        Ok(Identity {
+            subject: claims.sub,
+            roles: claims.roles,
+            token_id: claims.jti,
+            expires_at: claims.exp,
+        })
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {

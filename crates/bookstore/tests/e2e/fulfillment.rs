@@ -12,7 +12,39 @@ use crate::{System, book_json, login, post_json, until};
 backend_tests!(
     checkouts_become_queued_tasks_that_staff_reorder_claim_advance_and_remove,
     two_staff_moving_one_task_at_once_one_wins_and_the_other_gets_409,
+    a_staff_socket_gets_the_snapshot_then_each_change_and_acts_on_the_queue,
+    a_socket_without_a_staff_token_is_closed_with_a_code_that_says_why,
+    a_socket_resuming_from_its_last_seq_gets_exactly_the_changes_it_missed,
 );
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn socket(sys: &System) -> Socket {
+    let url = format!("{}/api/v1/fulfillment/queue/ws", sys.base.replacen("http://", "ws://", 1));
+    tokio_tungstenite::connect_async(url).await.expect("the socket opens").0
+}
+
+async fn send(socket: &mut Socket, message: Value) {
+    use futures::SinkExt;
+    socket.send(tokio_tungstenite::tungstenite::Message::Text(message.to_string().into())).await.unwrap();
+}
+
+/// The next JSON message, or the close frame's code.
+async fn next(socket: &mut Socket) -> Result<Value, u16> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), socket.next())
+            .await
+            .expect("a message within 30 s");
+        match message {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map_or(1005, |f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
 
 const PASSWORD: &str = "velvet lantern orbit crumble";
 
@@ -228,4 +260,132 @@ async fn two_staff_moving_one_task_at_once_one_wins_and_the_other_gets_409(backe
     let positions: Vec<u64> =
         after["tasks"].as_array().unwrap().iter().map(|t| t["position"].as_u64().unwrap()).collect();
     assert_eq!(positions, [0, 1, 2], "positions stay a permutation");
+}
+
+async fn a_staff_socket_gets_the_snapshot_then_each_change_and_acts_on_the_queue(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let b = book(&sys, 1).await;
+    let ada = customer(&sys, "ada").await;
+    let first = order(&sys, &ada, &b, "First").await;
+    queue_of(&sys, 1).await;
+
+    let mut watcher = socket(&sys).await;
+    send(&mut watcher, json!({"type": "auth", "token": sys.admin})).await;
+    let snapshot = next(&mut watcher).await.unwrap();
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["tasks"][0]["order_id"], first.as_str());
+    let seq = snapshot["seq"].as_i64().unwrap();
+
+    // A checkout reaches the connected client as task_added, with the next number.
+    let second = order(&sys, &ada, &b, "Second").await;
+    let added = next(&mut watcher).await.unwrap();
+    assert_eq!((added["type"].as_str(), added["seq"].as_i64()), (Some("task_added"), Some(seq + 1)));
+    assert_eq!(
+        (added["task"]["order_id"].as_str(), added["task"]["position"].as_u64()),
+        (Some(second.as_str()), Some(1))
+    );
+
+    // A second staff socket moves it first; both see the move, the mover gets its ack.
+    let mut mover = socket(&sys).await;
+    send(&mut mover, json!({"type": "auth", "token": sys.admin})).await;
+    assert_eq!(
+        next(&mut mover).await.unwrap()["seq"].as_i64(),
+        Some(seq + 1),
+        "a snapshot as new as the change"
+    );
+    let version = added["task"]["version"].clone();
+    let task_id = added["task"]["id"].clone();
+    send(
+        &mut mover,
+        json!({"type": "move", "request_id": "r1", "task_id": task_id, "position": 0, "version": version}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(next(&mut mover).await.unwrap());
+    }
+    let ack = seen.iter().find(|m| m["type"] == "ack").expect("an ack");
+    assert_eq!((ack["request_id"].as_str(), ack["seq"].as_i64()), (Some("r1"), Some(seq + 2)));
+    assert!(seen.iter().any(|m| m["type"] == "task_moved"), "the mover sees the change too: {seen:?}");
+    let moved = next(&mut watcher).await.unwrap();
+    assert_eq!(
+        (moved["type"].as_str(), moved["seq"].as_i64(), moved["task"]["position"].as_u64()),
+        (Some("task_moved"), Some(seq + 2), Some(0))
+    );
+
+    // A stale version is an error naming the request, and changes nothing.
+    send(
+        &mut mover,
+        json!({"type": "move", "request_id": "r2", "task_id": task_id, "position": 1, "version": version}),
+    )
+    .await;
+    let error = next(&mut mover).await.unwrap();
+    assert_eq!(
+        (error["type"].as_str(), error["request_id"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("r2"), Some("FAILED_PRECONDITION"))
+    );
+    assert_eq!(queue(&sys).await["seq"].as_i64(), Some(seq + 2));
+}
+
+async fn a_socket_without_a_staff_token_is_closed_with_a_code_that_says_why(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let ada = customer(&sys, "ada").await;
+    let mut customer_socket = socket(&sys).await;
+    send(&mut customer_socket, json!({"type": "auth", "token": ada})).await;
+    assert_eq!(next(&mut customer_socket).await, Err(4403), "a customer is refused");
+    let mut forged = socket(&sys).await;
+    send(&mut forged, json!({"type": "auth", "token": "not.a.token"})).await;
+    assert_eq!(next(&mut forged).await, Err(4401));
+    let mut rude = socket(&sys).await;
+    send(&mut rude, json!({"type": "move", "request_id": "x", "task_id": "t", "position": 0, "version": 1}))
+        .await;
+    assert_eq!(next(&mut rude).await, Err(4400), "the first message must authenticate");
+}
+
+async fn a_socket_resuming_from_its_last_seq_gets_exactly_the_changes_it_missed(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let b = book(&sys, 1).await;
+    let ada = customer(&sys, "ada").await;
+    for recipient in ["A", "B"] {
+        order(&sys, &ada, &b, recipient).await;
+    }
+    queue_of(&sys, 2).await;
+    let mut first = socket(&sys).await;
+    send(&mut first, json!({"type": "auth", "token": sys.admin})).await;
+    let snapshot = next(&mut first).await.unwrap();
+    let seen = snapshot["seq"].as_i64().unwrap();
+    drop(first);
+
+    // Missed while away: a move and a claim.
+    let tasks = snapshot["tasks"].as_array().unwrap().clone();
+    let moved: Value = act(&sys, &tasks[1], "move", json!({"position": 0, "version": tasks[1]["version"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    act(&sys, &tasks[0], "claim", json!({"version": tasks[0]["version"]})).await;
+
+    let mut back = socket(&sys).await;
+    send(&mut back, json!({"type": "auth", "token": sys.admin, "last_seq": seen})).await;
+    let missed = [next(&mut back).await.unwrap(), next(&mut back).await.unwrap()];
+    assert_eq!(
+        missed.iter().map(|m| (m["type"].as_str().unwrap(), m["seq"].as_i64().unwrap())).collect::<Vec<_>>(),
+        [("task_moved", seen + 1), ("task_updated", seen + 2)],
+        "changes only, each once, in order: no snapshot"
+    );
+    assert_eq!(missed[0]["task"]["position"], moved["task"]["position"]);
+    assert_eq!(missed[0]["task"]["shipping_address"]["name"], "B", "with the task's address");
+    // And then live.
+    let third = order(&sys, &ada, &b, "C").await;
+    let added = next(&mut back).await.unwrap();
+    assert_eq!(
+        (added["type"].as_str(), added["seq"].as_i64(), added["task"]["order_id"].as_str()),
+        (Some("task_added"), Some(seen + 3), Some(third.as_str()))
+    );
+
+    // A last_seq it cannot serve (from the future here; too old works the same): a snapshot.
+    let mut lost = socket(&sys).await;
+    send(&mut lost, json!({"type": "auth", "token": sys.admin, "last_seq": seen + 100})).await;
+    let fresh = next(&mut lost).await.unwrap();
+    assert_eq!((fresh["type"].as_str(), fresh["seq"].as_i64()), (Some("snapshot"), Some(seen + 3)));
 }

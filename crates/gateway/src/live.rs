@@ -1,0 +1,296 @@
+//! `GET /api/v1/fulfillment/queue/ws`: the work queue, live, over a WebSocket.
+//!
+//! - The first message authenticates (tokens never go in the URL):
+//!   `{"type": "auth", "token": "<access token>"}`, within 10 s. A token that does not verify
+//!   closes the socket with 4401, a customer's with 4403, a sixth socket of one user with 4429,
+//!   anything else first with 4400. The socket closes (4401) when the token expires.
+//! - Server → client: `{"type": "snapshot", "seq", "tasks"}` first, then each change as
+//!   fulfillment commits it, in sequence order: `{"type": "task_added" | "task_moved" |
+//!   "task_updated" | "task_removed", "seq", "task"}`.
+//! - Client → server: `move` (`task_id`, `position`, `version`), `claim`, `advance` (`task_id`,
+//!   `version`), `remove` (`task_id`, `version`, `reason`), each with a `request_id` of the
+//!   client's, answered `{"type": "ack", "request_id", "seq"}` or `{"type": "error",
+//!   "request_id", "code", "message"}` (the REST error codes).
+//! - Pings every 20 s; a socket silent for 60 s is closed. Nothing is buffered without bound: a
+//!   client that does not read within 10 s is disconnected (1008), and one that falls more
+//!   than fulfillment's backlog behind gets 1013 and reconnects to a fresh snapshot.
+//!
+//! The changes come from fulfillment's `WatchQueue` stream, called with the client's token, so
+//! fulfillment checks the caller as it does for every call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use bookstore_api::fulfillment::v1 as pb;
+use bookstore_platform::auth::{Identity, Role, Verifier};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::fulfillment::Task;
+
+/// How long a client has to send its `auth` message.
+pub const AUTH_WITHIN: Duration = Duration::from_secs(10);
+/// How long a message to the client may wait for the client to read.
+pub const SEND_WITHIN: Duration = Duration::from_secs(10);
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// A socket that sent nothing (not even a pong) for this long is closed.
+pub const IDLE_AFTER: Duration = Duration::from_secs(60);
+/// Open sockets per user.
+pub const SOCKETS_PER_USER: usize = 5;
+
+/// What the live endpoint needs besides the clients: who may connect, and how many each has.
+pub struct Live {
+    verifier: Arc<Verifier>,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl Live {
+    pub fn new(verifier: Arc<Verifier>) -> Self {
+        Self { verifier, open: Mutex::default() }
+    }
+
+    /// A place for one more socket of `subject`, given back when the guard drops.
+    fn admit(self: &Arc<Self>, subject: &str) -> Option<SocketGuard> {
+        let mut open = self.open.lock().expect("sockets lock");
+        let count = open.entry(subject.to_owned()).or_default();
+        if *count >= SOCKETS_PER_USER {
+            return None;
+        }
+        *count += 1;
+        Some(SocketGuard { live: self.clone(), subject: subject.to_owned() })
+    }
+}
+
+struct SocketGuard {
+    live: Arc<Live>,
+    subject: String,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let mut open = self.live.open.lock().expect("sockets lock");
+        if let Some(count) = open.get_mut(&self.subject) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// What a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Incoming {
+    Auth {
+        token: String,
+        #[serde(default)]
+        last_seq: Option<i64>,
+    },
+    Move {
+        request_id: String,
+        task_id: String,
+        position: i32,
+        version: i64,
+    },
+    Claim {
+        request_id: String,
+        task_id: String,
+        version: i64,
+    },
+    Advance {
+        request_id: String,
+        task_id: String,
+        version: i64,
+    },
+    Remove {
+        request_id: String,
+        task_id: String,
+        version: i64,
+        reason: String,
+    },
+}
+
+/// The upgrade; the socket is served by [`serve`].
+pub async fn queue_socket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| serve(state, socket))
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
+}
+
+async fn serve(state: AppState, mut socket: WebSocket) {
+    let (identity, token, last_seq) = match authenticate(&state, &mut socket).await {
+        Ok(caller) => caller,
+        Err(refusal) => {
+            let _ = tokio::time::timeout(SEND_WITHIN, socket.send(refusal)).await;
+            return;
+        }
+    };
+    let Some(_guard) = state.live.admit(&identity.subject) else {
+        let _ = tokio::time::timeout(SEND_WITHIN, socket.send(close(4429, "too many sockets"))).await;
+        return;
+    };
+    let outcome = stream(&state, socket, &identity, &token, last_seq).await;
+    tracing::debug!(subject = identity.subject, ?outcome, "queue socket ended");
+}
+
+/// The first message: a token that verifies, of staff or an admin.
+async fn authenticate(
+    state: &AppState,
+    socket: &mut WebSocket,
+) -> Result<(Identity, String, Option<i64>), Message> {
+    let first = tokio::time::timeout(AUTH_WITHIN, socket.recv()).await;
+    let Ok(Some(Ok(Message::Text(text)))) = first else {
+        return Err(close(4400, "the first message must be {\"type\": \"auth\", \"token\": ...}"));
+    };
+    let Ok(Incoming::Auth { token, last_seq }) = serde_json::from_str::<Incoming>(&text) else {
+        return Err(close(4400, "the first message must be {\"type\": \"auth\", \"token\": ...}"));
+    };
+    let identity =
+        state.live.verifier.verify(&token).await.map_err(|_| close(4401, "the token does not verify"))?;
+    if !identity.has_any(&[Role::Staff, Role::Admin]) {
+        return Err(close(4403, "the queue is for staff"));
+    }
+    Ok((identity, token, last_seq))
+}
+
+/// Relays fulfillment's changes to the client and the client's actions to fulfillment, until
+/// either side ends, the token expires, or the client stops reading or answering.
+async fn stream(
+    state: &AppState,
+    socket: WebSocket,
+    identity: &Identity,
+    token: &str,
+    last_seq: Option<i64>,
+) -> anyhow::Result<()> {
+    let (mut to_client, mut from_client) = socket.split();
+    let mut request = tonic::Request::new(pb::WatchQueueRequest { last_seq });
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    let mut changes = match state.fulfillment.clone().watch_queue(request).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => {
+            let _ =
+                to_client.send(close(1011, &format!("the queue is unavailable: {}", status.message()))).await;
+            return Ok(());
+        }
+    };
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
+    let until_expiry = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    let expiry = tokio::time::sleep(until_expiry);
+    tokio::pin!(expiry);
+    let mut pings = tokio::time::interval(PING_EVERY);
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        let outgoing = tokio::select! {
+            () = &mut expiry => close(4401, "the token expired"),
+            _ = pings.tick() => {
+                if heard.elapsed() > IDLE_AFTER {
+                    close(1001, "no answer to pings")
+                } else {
+                    Message::Ping(Default::default())
+                }
+            }
+            event = changes.next() => match event {
+                Some(Ok(event)) => Message::Text(queue_event(event).to_string().into()),
+                Some(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
+                    close(1013, "fell behind; connect again for a fresh snapshot")
+                }
+                Some(Err(status)) => close(1011, &format!("the queue stream ended: {}", status.message())),
+                None => close(1012, "the queue stream ended; connect again"),
+            },
+            message = from_client.next() => {
+                heard = tokio::time::Instant::now();
+                match message {
+                    Some(Ok(Message::Text(text))) => Message::Text(act(state, token, &text).await.to_string().into()),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                    Some(Ok(_)) => continue, // pongs, pings (answered by the library), binary
+                }
+            }
+        };
+        let closing = matches!(outgoing, Message::Close(_));
+        match tokio::time::timeout(SEND_WITHIN, to_client.send(outgoing)).await {
+            Ok(Ok(())) if !closing => {}
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                // The client is not reading: drop it rather than buffer for it.
+                let _ = tokio::time::timeout(Duration::from_secs(1), to_client.send(close(1008, "too slow")))
+                    .await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn queue_event(event: pb::QueueEvent) -> serde_json::Value {
+    match event.event {
+        Some(pb::queue_event::Event::Snapshot(queue)) => json!({
+            "type": "snapshot",
+            "seq": queue.seq,
+            "tasks": queue.tasks.into_iter().map(Task::from).collect::<Vec<_>>(),
+        }),
+        Some(pb::queue_event::Event::Change(change)) => json!({
+            "type": change.kind,
+            "seq": change.seq,
+            "task": change.task.map(Task::from),
+        }),
+        None => json!({"type": "unknown"}),
+    }
+}
+
+/// Carries out one client message; the ack or error to send back.
+async fn act(state: &AppState, token: &str, text: &str) -> serde_json::Value {
+    let incoming = match serde_json::from_str::<Incoming>(text) {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            return json!({"type": "error", "code": "INVALID_ARGUMENT", "message": format!("unreadable message: {e}")});
+        }
+    };
+    let mut fulfillment = state.fulfillment.clone();
+    let step =
+        |task_id, version| authorized(state.request_timeout, token, pb::TaskRequest { task_id, version });
+    let (request_id, answer) = match incoming {
+        Incoming::Auth { .. } => {
+            return json!({"type": "error", "code": "INVALID_ARGUMENT", "message": "already authenticated"});
+        }
+        Incoming::Move { request_id, task_id, position, version } => {
+            let message = pb::MoveTaskRequest { task_id, position, version };
+            (request_id, fulfillment.move_task(authorized(state.request_timeout, token, message)).await)
+        }
+        Incoming::Claim { request_id, task_id, version } => {
+            (request_id, fulfillment.claim_task(step(task_id, version)).await)
+        }
+        Incoming::Advance { request_id, task_id, version } => {
+            (request_id, fulfillment.advance_task(step(task_id, version)).await)
+        }
+        Incoming::Remove { request_id, task_id, version, reason } => {
+            let message = pb::RemoveTaskRequest { task_id, version, reason };
+            (request_id, fulfillment.remove_task(authorized(state.request_timeout, token, message)).await)
+        }
+    };
+    match answer {
+        Ok(change) => json!({"type": "ack", "request_id": request_id, "seq": change.into_inner().seq}),
+        Err(status) => {
+            let error = ApiError::from(status);
+            json!({"type": "error", "request_id": request_id, "code": error.code, "message": error.message})
+        }
+    }
+}
+
+/// A call to fulfillment with the client's token, due within `timeout`.
+fn authorized<T>(timeout: Duration, token: &str, message: T) -> tonic::Request<T> {
+    let mut request = bookstore_platform::grpc::Deadline::after(timeout).request(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
