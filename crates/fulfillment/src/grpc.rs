@@ -37,7 +37,7 @@ pub fn task_to_proto(t: &Task) -> pb::Task {
             .iter()
             .map(|l| pb::Line { book_id: l.book_id.clone(), quantity: l.quantity, title: l.title.clone() })
             .collect(),
-        shipping_address: address.map(|a| pb::ShippingAddress {
+        shipping_address: address.map(|a| bookstore_api::orders::v1::ShippingAddress {
             name: a.name,
             line1: a.line1,
             line2: a.line2,

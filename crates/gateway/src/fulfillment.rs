@@ -54,14 +54,7 @@ impl From<pb::Task> for Task {
                 .into_iter()
                 .map(|l| TaskLine { book_id: l.book_id, quantity: l.quantity, title: l.title })
                 .collect(),
-            shipping_address: t.shipping_address.map(|a| ShippingAddress {
-                name: a.name,
-                line1: a.line1,
-                line2: a.line2,
-                city: a.city,
-                postal_code: a.postal_code,
-                country: a.country,
-            }),
+            shipping_address: t.shipping_address.map(ShippingAddress::from),
             state: t.state,
             position: u32::try_from(t.position).ok(),
             version: t.version,
