@@ -40,7 +40,6 @@ pub fn task_state_changed(task: &crate::domain::Task) -> Event {
 /// Applies one event: a task for a placed order, a cancelled one for a cancelled order.
 pub async fn handle(store: &TaskStore, events_key: &DataKey, event: Event) -> anyhow::Result<()> {
     let envelope = orders::EventEnvelope::decode(event.body.as_slice()).context("decoding an envelope")?;
-    let writing = store.writing().await;
     let Some(mut tx) = inbox_begin(store.database(), CONSUMER, &event.id).await? else {
         return Ok(()); // applied before
     };
@@ -76,7 +75,7 @@ pub async fn handle(store: &TaskStore, events_key: &DataKey, event: Event) -> an
     };
     tx.commit().await.context("committing an event's effect")?;
     if let Some(change) = change {
-        store.announce(&change, writing);
+        store.ring();
         tracing::info!(
             seq = change.seq,
             kind = change.kind.as_str(),

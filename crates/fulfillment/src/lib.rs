@@ -5,7 +5,8 @@
 //! - [`store`]: all of its SQL; every change numbered in commit order.
 //! - [`events`]: the consumer of OrderPlaced and OrderCancelled (its queue bound to those two
 //!   types only), applied once each through the inbox.
-//! - [`grpc`]: the tonic adapter, staff only.
+//! - [`grpc`]: the tonic adapter, staff only; the live queue as a stream.
+//! - [`fanout`]: replicas ring each other through Redis when a change is committed.
 //! - [`settings`]: its configuration section, `[fulfillment]`.
 //!
 //! [`build`] assembles the service from its [`Context`].
@@ -13,6 +14,7 @@
 
 pub mod domain;
 pub mod events;
+pub mod fanout;
 pub mod grpc;
 pub mod settings;
 pub mod store;
@@ -44,8 +46,15 @@ pub static SPEC: Spec =
 pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
     let master = ctx.master_key()?;
-    let store =
+    let mut store =
         TaskStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?, settings.change_history);
+    if let Some(url) = &settings.redis_url {
+        let fanout = Arc::new(fanout::Fanout::connect(url, &settings.redis_channel).await?);
+        store = store.with_fanout(fanout.clone());
+        ctx.tasks.spawn("fulfillment-fanout", fanout.listen(store.clone(), ctx.tasks.stopping()));
+    }
+    let poll = std::time::Duration::from_millis(settings.change_poll_ms);
+    ctx.tasks.spawn("fulfillment-change-follower", store.clone().follow(poll, ctx.tasks.stopping()));
     let events_key = Arc::new(event_key(&master, events::SHIPPING_ADDRESS));
 
     // Committed state changes reach the bus even if fulfillment stopped right after committing.

@@ -48,11 +48,14 @@ pub struct TaskStore {
     db: Database,
     /// Encrypts shipping addresses at rest ([`bookstore_platform::crypto`]).
     key: Arc<DataKey>,
-    /// Committed changes, in sequence order, for watchers ([`TaskStore::watch`]).
+    /// Committed changes, in sequence order, for watchers ([`TaskStore::watch`]), as
+    /// [`TaskStore::follow`] reads them from the history.
     changes: tokio::sync::broadcast::Sender<Change>,
-    /// Held from a change's first statement until it is announced, so this process announces
-    /// changes in the order they were committed (the database orders the writers anyway).
-    writing: Arc<tokio::sync::Mutex<()>>,
+    /// Rung after every change committed here (and by [`crate::fanout`] for changes of other
+    /// replicas): the history has something new.
+    doorbell: Arc<tokio::sync::Notify>,
+    /// Rings the other replicas' doorbells, when Redis is configured.
+    fanout: Option<Arc<crate::fanout::Fanout>>,
     /// How many of the newest changes are kept for clients that resume.
     history: i64,
 }
@@ -73,7 +76,20 @@ impl TaskStore {
     /// A store keeping the newest `history` changes (at least one) for resuming clients.
     pub fn new(db: Database, key: DataKey, history: u32) -> Self {
         let (changes, _) = tokio::sync::broadcast::channel(WATCH_BACKLOG);
-        Self { db, key: Arc::new(key), changes, writing: Arc::default(), history: i64::from(history.max(1)) }
+        Self {
+            db,
+            key: Arc::new(key),
+            changes,
+            doorbell: Arc::default(),
+            fanout: None,
+            history: i64::from(history.max(1)),
+        }
+    }
+
+    /// The store, ringing every replica through `fanout` after each change it commits.
+    pub fn with_fanout(mut self, fanout: Arc<crate::fanout::Fanout>) -> Self {
+        self.fanout = Some(fanout);
+        self
     }
 
     /// Every change after `seq`, in order, or `None` when the oldest of them is no longer kept
@@ -133,16 +149,68 @@ impl TaskStore {
         self.changes.subscribe()
     }
 
-    /// Taken before a change's transaction begins and given back to [`Self::announce`] once it
-    /// has committed.
-    pub async fn writing(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.writing.clone().lock_owned().await
+    /// Says that a change was committed here: this replica's watchers get it at once, and the
+    /// other replicas' (through Redis) as soon as they hear.
+    pub fn ring(&self) {
+        self.doorbell.notify_one();
+        if let Some(fanout) = &self.fanout {
+            let fanout = fanout.clone();
+            tokio::spawn(async move { fanout.publish().await });
+        }
     }
 
-    /// Tells watchers of a committed change.
-    pub fn announce(&self, change: &Change, _writing: tokio::sync::OwnedMutexGuard<()>) {
-        // No watcher is fine.
-        let _ = self.changes.send(change.clone());
+    /// Says that another replica committed a change.
+    pub fn ring_here(&self) {
+        self.doorbell.notify_one();
+    }
+
+    /// Reads the change history as it grows and hands each change to the watchers, in sequence
+    /// order, each once: when rung, and every `poll` in any case (what another replica
+    /// committed, when nothing rings for it). The history is the one source, so watchers of
+    /// every replica see every change in the order the database committed them (a change's
+    /// writer holds the queue's head row until it commits, so a change is never visible before
+    /// the one numbered before it).
+    pub async fn follow(self, poll: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut last = loop {
+            match sqlx::query_scalar::<_, i64>("SELECT seq FROM queue_head WHERE id = 1")
+                .fetch_one(self.db.pool())
+                .await
+            {
+                Ok(seq) => break seq,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the queue's head failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.doorbell.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            match self.changes_after(last).await {
+                Ok(Some(changes)) => {
+                    for change in changes {
+                        last = change.seq;
+                        // No watcher is fine.
+                        let _ = self.changes.send(change);
+                    }
+                }
+                Ok(None) => {
+                    // More changes between two reads than the history keeps: start again from
+                    // the head (a watcher that resumes gets a snapshot then).
+                    tracing::warn!(last, "the change follower fell behind the history");
+                    if let Ok((seq, _)) = self.queue().await {
+                        last = seq;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the change history failed; retrying"),
+            }
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -234,7 +302,6 @@ impl TaskStore {
 
     /// Moves a queued task to `position` among the queued (the end, if past it).
     pub async fn move_task(&self, id: &str, position: usize, version: i64) -> Result<Change, TaskError> {
-        let writing = self.writing().await;
         let mut tx = self.db.begin_write().await?;
         let seq = next_seq(&mut tx).await?;
         let task = self.load_at(&mut tx, id, version).await?;
@@ -257,7 +324,7 @@ impl TaskStore {
         bump(&mut tx, id).await?;
         let change = self.finish(&mut tx, seq, id, ChangeKind::Moved).await?;
         tx.commit().await?;
-        self.announce(&change, writing);
+        self.ring();
         Ok(change)
     }
 
@@ -302,7 +369,6 @@ impl TaskStore {
         assignee: Option<&str>,
         reason: Option<&str>,
     ) -> Result<Change, TaskError> {
-        let writing = self.writing().await;
         let mut tx = self.db.begin_write().await?;
         let seq = next_seq(&mut tx).await?;
         let task = self.load_at(&mut tx, id, version).await?;
@@ -314,7 +380,7 @@ impl TaskStore {
         let change = self.finish(&mut tx, seq, id, kind).await?;
         publish_state(&mut tx, &change.task).await?;
         tx.commit().await?;
-        self.announce(&change, writing);
+        self.ring();
         Ok(change)
     }
 

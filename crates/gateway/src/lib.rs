@@ -81,7 +81,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         stale: stale::StaleCache::new(STALE_ENTRIES, STALE_FOR),
         request_timeout: config.request_timeout,
         trusted_proxies: config.trusted_proxies.clone().into(),
-        live: Arc::new(live::Live::new(ctx.verifier.clone())),
+        live: Arc::new(live::Live::new(ctx.verifier.clone(), settings.queue_sockets_per_user)),
     };
     let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
     let shared = proxy::Shared {

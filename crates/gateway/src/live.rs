@@ -2,7 +2,7 @@
 //!
 //! - The first message authenticates (tokens never go in the URL):
 //!   `{"type": "auth", "token": "<access token>"}`, within 10 s. A token that does not verify
-//!   closes the socket with 4401, a customer's with 4403, a sixth socket of one user with 4429,
+//!   closes the socket with 4401, a customer's with 4403, one socket too many of a user (`queue_sockets_per_user`, 5) with 4429,
 //!   anything else first with 4400. The socket closes (4401) when the token expires.
 //! - Server → client: `{"type": "snapshot", "seq", "tasks"}` first, then each change as
 //!   fulfillment commits it, in sequence order: `{"type": "task_added" | "task_moved" |
@@ -42,25 +42,27 @@ pub const SEND_WITHIN: Duration = Duration::from_secs(10);
 pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket that sent nothing (not even a pong) for this long is closed.
 pub const IDLE_AFTER: Duration = Duration::from_secs(60);
-/// Open sockets per user.
+/// Open sockets per user, unless `queue_sockets_per_user` says otherwise.
 pub const SOCKETS_PER_USER: usize = 5;
 
 /// What the live endpoint needs besides the clients: who may connect, and how many each has.
 pub struct Live {
     verifier: Arc<Verifier>,
     open: Mutex<HashMap<String, usize>>,
+    per_user: usize,
 }
 
 impl Live {
-    pub fn new(verifier: Arc<Verifier>) -> Self {
-        Self { verifier, open: Mutex::default() }
+    /// Sockets verified by `verifier`, at most `per_user` of one user at once.
+    pub fn new(verifier: Arc<Verifier>, per_user: usize) -> Self {
+        Self { verifier, open: Mutex::default(), per_user }
     }
 
     /// A place for one more socket of `subject`, given back when the guard drops.
     fn admit(self: &Arc<Self>, subject: &str) -> Option<SocketGuard> {
         let mut open = self.open.lock().expect("sockets lock");
         let count = open.entry(subject.to_owned()).or_default();
-        if *count >= SOCKETS_PER_USER {
+        if *count >= self.per_user {
             return None;
         }
         *count += 1;

@@ -342,6 +342,72 @@ impl Drop for EtcdNode {
     }
 }
 
+/// The variable naming the `redis-server` executable the Redis restart tests start.
+pub(crate) const REDIS_SERVER_VAR: &str = "BOOKSTORE_TEST_REDIS_SERVER";
+
+/// A Redis server of one test's own (keeping nothing on disk) on a port of its own, so the test
+/// can kill and restart it; killed when dropped.
+pub struct RedisNode {
+    server: std::path::PathBuf,
+    port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl RedisNode {
+    /// A running server, or `None` (after saying so) when `BOOKSTORE_TEST_REDIS_SERVER` is unset
+    /// outside CI; a panic when it is unset under CI or the server does not come up.
+    pub async fn start_or_skip() -> Option<Self> {
+        let server = match std::env::var(REDIS_SERVER_VAR) {
+            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("{REDIS_SERVER_VAR} is not set, and CI must run the Redis restart tests")
+            }
+            _ => {
+                eprintln!("SKIPPED (Redis restart): {REDIS_SERVER_VAR} is not set; this test did not run");
+                return None;
+            }
+        };
+        let mut node = Self { server, port: restartable_port(), process: None };
+        node.start().await.expect("starting a Redis of the test's own");
+        Some(node)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, after [`Self::kill`], on the same port), and waits until it
+    /// accepts connections.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let port = self.port.to_string();
+        let child = std::process::Command::new(&self.server)
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("running {}", self.server.display()))?;
+        self.process = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "Redis did not come up in 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server outright (SIGKILL), like a crashed host.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.process.take() else { return };
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The PostgreSQL server URL for tests; `None` with a loud note when unset outside CI; a panic
 /// when unset under CI.
 pub(crate) fn postgres_url_or_skip() -> Option<String> {

@@ -15,6 +15,8 @@ backend_tests!(
     a_staff_socket_gets_the_snapshot_then_each_change_and_acts_on_the_queue,
     a_socket_without_a_staff_token_is_closed_with_a_code_that_says_why,
     a_socket_resuming_from_its_last_seq_gets_exactly_the_changes_it_missed,
+    two_replicas_sharing_redis_show_a_move_through_one_to_sockets_on_the_other_at_once,
+    a_redis_restart_mid_stream_loses_no_change,
 );
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -388,4 +390,105 @@ async fn a_socket_resuming_from_its_last_seq_gets_exactly_the_changes_it_missed(
     send(&mut lost, json!({"type": "auth", "token": sys.admin, "last_seq": seen + 100})).await;
     let fresh = next(&mut lost).await.unwrap();
     assert_eq!((fresh["type"].as_str(), fresh["seq"].as_i64()), (Some("snapshot"), Some(seen + 3)));
+}
+
+/// The system with fulfillment on `redis`, changes delivered only by Redis (the poll is ten
+/// minutes), and a second replica of fulfillment and the gateway over the same databases, bus
+/// and Redis; its gateway's socket URL.
+async fn two_replicas(backend: Backend, redis: String) -> Option<(System, bookstore::App, String)> {
+    let channel = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let sys = System::start_with(backend, false, |c| {
+        c.fulfillment.redis_url = Some(redis);
+        c.fulfillment.redis_channel = channel;
+        // Far longer than the tests wait: only the doorbell through Redis can deliver in time.
+        c.fulfillment.change_poll_ms = 600_000;
+        // Fifty staff sockets of one test account.
+        c.gateway.queue_sockets_per_user = 50;
+    })
+    .await?;
+    let app = sys.app.as_ref().unwrap();
+    let mut config = sys.config.clone();
+    let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    (config.gateway.http, config.fulfillment.grpc, config.process.admin_http) = (port0, port0, port0);
+    config.books.url = Some(format!("http://{}", app.addr("books").unwrap()));
+    config.users.url = Some(format!("http://{}", app.addr("users").unwrap()));
+    config.orders.url = Some(format!("http://{}", app.addr("orders").unwrap()));
+    let replica =
+        bookstore::App::start(&["fulfillment", "gateway"], &config, bookstore_platform::service::Mode::Serve)
+            .await
+            .unwrap();
+    let ws = format!("ws://{}/api/v1/fulfillment/queue/ws", replica.addr("gateway").unwrap());
+    Some((sys, replica, ws))
+}
+
+/// A staff socket at `url`, past its snapshot (which must be at `seq`).
+async fn staff_socket(url: &str, sys: &System, seq: &Value) -> Socket {
+    let mut socket = tokio_tungstenite::connect_async(url).await.unwrap().0;
+    send(&mut socket, json!({"type": "auth", "token": sys.admin})).await;
+    let snapshot = next(&mut socket).await.unwrap();
+    assert_eq!((snapshot["type"].as_str(), &snapshot["seq"]), (Some("snapshot"), seq));
+    socket
+}
+
+async fn two_replicas_sharing_redis_show_a_move_through_one_to_sockets_on_the_other_at_once(
+    backend: Backend,
+) {
+    let Some(redis) = bookstore_platform::testing::redis_url_or_skip() else { return };
+    let Some((sys, replica, replica_ws)) = two_replicas(backend, redis).await else { return };
+    let b = book(&sys, 1).await;
+    let ada = customer(&sys, "ada").await;
+    for recipient in ["A", "B", "C"] {
+        order(&sys, &ada, &b, recipient).await;
+    }
+    let q = queue_of(&sys, 3).await;
+    let mut sockets = Vec::new();
+    for _ in 0..50 {
+        sockets.push(staff_socket(&replica_ws, &sys, &q["seq"]).await);
+    }
+    // A move through replica A reaches every socket of replica B, with the same number.
+    let last = q["tasks"][2].clone();
+    let moved: Value = act(&sys, &last, "move", json!({"position": 0, "version": last["version"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    for socket in &mut sockets {
+        let change = next(socket).await.unwrap();
+        assert_eq!((change["type"].as_str(), &change["seq"]), (Some("task_moved"), &moved["seq"]));
+        assert_eq!(change["task"]["id"], last["id"]);
+    }
+    replica.stop_background();
+}
+
+async fn a_redis_restart_mid_stream_loses_no_change(backend: Backend) {
+    let Some(mut redis) = bookstore_platform::testing::RedisNode::start_or_skip().await else { return };
+    let Some((sys, replica, replica_ws)) = two_replicas(backend, redis.url()).await else { return };
+    let b = book(&sys, 1).await;
+    let ada = customer(&sys, "ada").await;
+    for recipient in ["A", "B"] {
+        order(&sys, &ada, &b, recipient).await;
+    }
+    let q = queue_of(&sys, 2).await;
+    let mut socket = staff_socket(&replica_ws, &sys, &q["seq"]).await;
+
+    // Redis dies; a change is committed through replica A while it is down (its ring is lost).
+    redis.kill();
+    let last = q["tasks"][1].clone();
+    let moved: Value = act(&sys, &last, "move", json!({"position": 0, "version": last["version"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moved["kind"], "task_moved", "the queue works without Redis");
+    // Redis comes back: replica B subscribes again, reads the history, and the socket gets it.
+    redis.start().await.unwrap();
+    let change = next(&mut socket).await.unwrap();
+    assert_eq!((change["type"].as_str(), &change["seq"]), (Some("task_moved"), &moved["seq"]));
+    // And live again through Redis.
+    let first = queue(&sys).await["tasks"][1].clone();
+    let claimed: Value =
+        act(&sys, &first, "claim", json!({"version": first["version"]})).await.json().await.unwrap();
+    let change = next(&mut socket).await.unwrap();
+    assert_eq!((change["type"].as_str(), &change["seq"]), (Some("task_updated"), &claimed["seq"]));
+    replica.stop_background();
 }
