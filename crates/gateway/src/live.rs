@@ -189,7 +189,8 @@ async fn stream(
     let until_expiry = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
     let expiry = tokio::time::sleep(until_expiry);
     tokio::pin!(expiry);
-    let mut pings = tokio::time::interval(PING_EVERY);
+    // The first ping after a period, not at once (before the snapshot).
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut heard = tokio::time::Instant::now();
     loop {
         let outgoing = tokio::select! {

@@ -121,6 +121,10 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// for [`HTTP2_PING_TIMEOUT`].
 pub const HTTP2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
 pub const HTTP2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Streams one HTTP/2 connection may have open at once. Long-lived streams are normal here
+/// (the live queue: one per staff socket, all on the gateway's connection to fulfillment), so
+/// far above hyper's default of 200, past which new calls would wait and time out.
+pub const HTTP2_MAX_STREAMS: u32 = 10_000;
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
 ///
@@ -144,7 +148,8 @@ pub fn serve(
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(HTTP2_PING_INTERVAL)
-            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+            .max_concurrent_streams(HTTP2_MAX_STREAMS);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let accepted = tokio::select! {
