@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
@@ -74,10 +75,8 @@ fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
         "invalid configuration: amqp_namespace must be 1 to 64 of a-z, A-Z, 0-9, - and _"
     );
     if let Some(key) = &s.master_key {
-        anyhow::Context::context(
-            bookstore_platform::crypto::MasterKey::from_base64(key),
-            "invalid configuration: master_key (BOOKSTORE_MASTER_KEY)",
-        )?;
+        bookstore_platform::crypto::MasterKey::from_base64(key)
+            .context("invalid configuration: master_key (BOOKSTORE_MASTER_KEY)")?;
     }
     anyhow::ensure!(
         s.db_max_connections >= 1,

@@ -26,12 +26,13 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bookstore_api::fulfillment::v1 as pb;
-use bookstore_platform::auth::{Identity, Role, Verifier};
+use bookstore_platform::auth::{Role, Verifier};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
+use crate::auth::{Auth, Caller};
 use crate::error::ApiError;
 use crate::fulfillment::Task;
 
@@ -130,26 +131,24 @@ fn close(code: u16, reason: &str) -> Message {
 }
 
 async fn serve(state: AppState, mut socket: WebSocket) {
-    let (identity, token, last_seq) = match authenticate(&state, &mut socket).await {
+    let (caller, last_seq) = match authenticate(&state, &mut socket).await {
         Ok(caller) => caller,
         Err(refusal) => {
             let _ = tokio::time::timeout(SEND_WITHIN, socket.send(refusal)).await;
             return;
         }
     };
-    let Some(_guard) = state.live.admit(&identity.subject) else {
+    let Some(_guard) = state.live.admit(&caller.identity.subject) else {
         let _ = tokio::time::timeout(SEND_WITHIN, socket.send(close(4429, "too many sockets"))).await;
         return;
     };
-    let outcome = stream(&state, socket, &identity, &token, last_seq).await;
-    tracing::debug!(subject = identity.subject, ?outcome, "queue socket ended");
+    let subject = caller.identity.subject.clone();
+    let outcome = stream(&state, socket, caller, last_seq).await;
+    tracing::debug!(subject, ?outcome, "queue socket ended");
 }
 
 /// The first message: a token that verifies, of staff or an admin.
-async fn authenticate(
-    state: &AppState,
-    socket: &mut WebSocket,
-) -> Result<(Identity, String, Option<i64>), Message> {
+async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Result<(Caller, Option<i64>), Message> {
     let first = tokio::time::timeout(AUTH_WITHIN, socket.recv()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else {
         return Err(close(4400, "the first message must be {\"type\": \"auth\", \"token\": ...}"));
@@ -162,7 +161,7 @@ async fn authenticate(
     if !identity.has_any(&[Role::Staff, Role::Admin]) {
         return Err(close(4403, "the queue is for staff"));
     }
-    Ok((identity, token, last_seq))
+    Ok((Caller { identity, token }, last_seq))
 }
 
 /// Relays fulfillment's changes to the client and the client's actions to fulfillment, until
@@ -170,13 +169,16 @@ async fn authenticate(
 async fn stream(
     state: &AppState,
     socket: WebSocket,
-    identity: &Identity,
-    token: &str,
+    caller: Caller,
     last_seq: Option<i64>,
 ) -> anyhow::Result<()> {
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(caller.identity.expires_at);
+    // The client's token goes with every call to fulfillment, as on the REST endpoints.
+    let auth = &Auth(Some(caller));
     let (mut to_client, mut from_client) = socket.split();
+    // No deadline: the stream lives as long as the socket.
     let mut request = tonic::Request::new(pb::WatchQueueRequest { last_seq });
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    auth.attach(&mut request);
     let mut changes = match state.fulfillment.clone().watch_queue(request).await {
         Ok(stream) => stream.into_inner(),
         Err(status) => {
@@ -185,7 +187,6 @@ async fn stream(
             return Ok(());
         }
     };
-    let expires = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
     let until_expiry = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
     let expiry = tokio::time::sleep(until_expiry);
     tokio::pin!(expiry);
@@ -213,7 +214,7 @@ async fn stream(
             message = from_client.next() => {
                 heard = tokio::time::Instant::now();
                 match message {
-                    Some(Ok(Message::Text(text))) => Message::Text(act(state, token, &text).await.to_string().into()),
+                    Some(Ok(Message::Text(text))) => Message::Text(act(state, auth, &text).await.to_string().into()),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
                     Some(Ok(_)) => continue, // pongs, pings (answered by the library), binary
                 }
@@ -251,7 +252,7 @@ fn queue_event(event: pb::QueueEvent) -> serde_json::Value {
 }
 
 /// Carries out one client message; the ack or error to send back.
-async fn act(state: &AppState, token: &str, text: &str) -> serde_json::Value {
+async fn act(state: &AppState, auth: &Auth, text: &str) -> serde_json::Value {
     let incoming = match serde_json::from_str::<Incoming>(text) {
         Ok(incoming) => incoming,
         Err(e) => {
@@ -259,15 +260,14 @@ async fn act(state: &AppState, token: &str, text: &str) -> serde_json::Value {
         }
     };
     let mut fulfillment = state.fulfillment.clone();
-    let step =
-        |task_id, version| authorized(state.request_timeout, token, pb::TaskRequest { task_id, version });
+    let step = |task_id, version| state.request(pb::TaskRequest { task_id, version }, auth);
     let (request_id, answer) = match incoming {
         Incoming::Auth { .. } => {
             return json!({"type": "error", "code": "INVALID_ARGUMENT", "message": "already authenticated"});
         }
         Incoming::Move { request_id, task_id, position, version } => {
             let message = pb::MoveTaskRequest { task_id, position, version };
-            (request_id, fulfillment.move_task(authorized(state.request_timeout, token, message)).await)
+            (request_id, fulfillment.move_task(state.request(message, auth)).await)
         }
         Incoming::Claim { request_id, task_id, version } => {
             (request_id, fulfillment.claim_task(step(task_id, version)).await)
@@ -277,7 +277,7 @@ async fn act(state: &AppState, token: &str, text: &str) -> serde_json::Value {
         }
         Incoming::Remove { request_id, task_id, version, reason } => {
             let message = pb::RemoveTaskRequest { task_id, version, reason };
-            (request_id, fulfillment.remove_task(authorized(state.request_timeout, token, message)).await)
+            (request_id, fulfillment.remove_task(state.request(message, auth)).await)
         }
     };
     match answer {
@@ -287,13 +287,4 @@ async fn act(state: &AppState, token: &str, text: &str) -> serde_json::Value {
             json!({"type": "error", "request_id": request_id, "code": error.code, "message": error.message})
         }
     }
-}
-
-/// A call to fulfillment with the client's token, due within `timeout`.
-fn authorized<T>(timeout: Duration, token: &str, message: T) -> tonic::Request<T> {
-    let mut request = bookstore_platform::grpc::Deadline::after(timeout).request(message);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }
