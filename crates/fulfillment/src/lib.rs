@@ -24,7 +24,6 @@ use std::sync::Arc;
 use bookstore_api::fulfillment::v1::fulfillment_service_server::FulfillmentServiceServer;
 use bookstore_platform::crypto::{event_key, stored_data_key};
 use bookstore_platform::db::Migrations;
-use bookstore_platform::events::run_relay;
 use bookstore_platform::server::grpc_service_router;
 use bookstore_platform::service::{Built, Context, Spec};
 
@@ -57,23 +56,12 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     ctx.tasks.spawn("fulfillment-change-follower", store.clone().follow(poll, ctx.tasks.stopping()));
     let events_key = Arc::new(event_key(&master, events::SHIPPING_ADDRESS));
 
-    // Committed state changes reach the bus even if fulfillment stopped right after committing.
-    let (relay_db, relay_bus, relay_stop) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
-    ctx.tasks.spawn(
-        "fulfillment-outbox-relay",
-        run_relay(relay_db, relay_bus, std::time::Duration::from_millis(200), relay_stop),
-    );
-
-    let (bus, consumer_store, stopping) = (ctx.bus()?, store.clone(), ctx.tasks.stopping());
-    ctx.tasks.spawn("fulfillment-consumer", async move {
-        let handler = |event| {
-            let (store, key) = (consumer_store.clone(), events_key.clone());
-            async move { events::handle(&store, &key, event).await }
-        };
-        if let Err(e) = bus.consume_types(events::CONSUMER, &events::TYPES, handler, stopping).await {
-            tracing::error!(error = %format!("{e:#}"), "the fulfillment consumer stopped");
-        }
-    });
+    ctx.relay_outbox("fulfillment-outbox-relay")?;
+    let consumer_store = store.clone();
+    ctx.consume(events::CONSUMER, &events::TYPES, move |event| {
+        let (store, key) = (consumer_store.clone(), events_key.clone());
+        async move { events::handle(&store, &key, event).await }
+    })?;
 
     let routes = tonic::service::Routes::new(FulfillmentServiceServer::new(FulfillmentGrpc::new(store)));
     let router = grpc_service_router(

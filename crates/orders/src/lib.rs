@@ -32,7 +32,6 @@ use bookstore_platform::auth::{ServiceToken, TokenSource};
 use bookstore_platform::balance::PeerChannel;
 use bookstore_platform::crypto::{event_key, stored_data_key};
 use bookstore_platform::db::Migrations;
-use bookstore_platform::events::run_relay;
 use bookstore_platform::server::grpc_service_router;
 use bookstore_platform::service::{Built, Context, Spec};
 
@@ -65,21 +64,13 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let events_key = event_key(&master, events::SHIPPING_ADDRESS);
     let checkout = Checkout::new(store.clone(), ctx.channel("books").await?, token, events_key, &ctx.tasks);
 
-    // Committed events reach the bus even if orders stopped right after committing them.
-    let (relay_db, bus, stopping) = (db.clone(), ctx.bus()?, ctx.tasks.stopping());
-    ctx.tasks.spawn("orders-outbox-relay", run_relay(relay_db, bus, Duration::from_millis(200), stopping));
-
+    ctx.relay_outbox("orders-outbox-relay")?;
     // Orders follow their fulfillment tasks.
-    let (bus, follower, stopping) = (ctx.bus()?, checkout.clone(), ctx.tasks.stopping());
-    ctx.tasks.spawn("orders-task-follower", async move {
-        let handler = |event| {
-            let checkout = follower.clone();
-            async move { follow::handle(&checkout, event).await }
-        };
-        if let Err(e) = bus.consume_types(follow::CONSUMER, &follow::TYPES, handler, stopping).await {
-            tracing::error!(error = %format!("{e:#}"), "the orders task follower stopped");
-        }
-    });
+    let follower = checkout.clone();
+    ctx.consume(follow::CONSUMER, &follow::TYPES, move |event| {
+        let checkout = follower.clone();
+        async move { follow::handle(&checkout, event).await }
+    })?;
 
     // Finishes settlements a crash or an outage interrupted: placed orders whose stock is
     // still only held get it confirmed, cancelled ones get it back on the shelf.

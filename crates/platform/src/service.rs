@@ -112,6 +112,36 @@ impl Context {
         self.master_key.clone().ok_or_else(|| anyhow::anyhow!("{} has no master key in its spec", self.name))
     }
 
+    /// Relays the service's outbox to the bus in the background, until the process stops:
+    /// committed events reach the bus even if the service stopped right after committing them.
+    /// `task` names the relay in the log.
+    pub fn relay_outbox(&self, task: &'static str) -> anyhow::Result<()> {
+        let (db, bus, stopping) = (self.database()?, self.bus()?, self.tasks.stopping());
+        self.tasks.spawn(task, crate::events::run_relay(db, bus, Duration::from_millis(200), stopping));
+        Ok(())
+    }
+
+    /// Consumes the event `types` as `consumer` (its queue on RabbitMQ, its inbox rows) in the
+    /// background, until the process stops; each event goes to `handler`.
+    pub fn consume<F, Fut>(
+        &self,
+        consumer: &'static str,
+        types: &'static [&'static str],
+        handler: F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(crate::events::Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (bus, stopping) = (self.bus()?, self.tasks.stopping());
+        self.tasks.spawn(consumer, async move {
+            if let Err(e) = bus.consume_types(consumer, types, handler, stopping).await {
+                tracing::error!(consumer, error = %format!("{e:#}"), "a consumer stopped");
+            }
+        });
+        Ok(())
+    }
+
     /// The bus its [`Spec`] asked for.
     pub fn bus(&self) -> anyhow::Result<Bus> {
         self.bus.clone().ok_or_else(|| anyhow::anyhow!("{} does not use the bus in its spec", self.name))
