@@ -93,6 +93,10 @@ pub static SERVICES: [Entry; 5] = [
     },
 ];
 
+/// Every consumer of the bus among the services (each a queue of its own on RabbitMQ).
+pub const CONSUMERS: [&str; 2] =
+    [bookstore_fulfillment::events::CONSUMER, bookstore_orders::follow::CONSUMER];
+
 /// The names `serve` accepts.
 pub fn service_names() -> Vec<&'static str> {
     SERVICES.iter().map(Entry::name).collect()

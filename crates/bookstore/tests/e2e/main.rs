@@ -115,9 +115,7 @@ impl Drop for System {
         rabbit.namespace.clone_from(&self.config.process.amqp_namespace);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            if let Err(e) =
-                runtime.block_on(rabbit.delete_namespace(&[bookstore_fulfillment::events::CONSUMER]))
-            {
+            if let Err(e) = runtime.block_on(rabbit.delete_namespace(&bookstore::CONSUMERS)) {
                 eprintln!("could not delete the test's RabbitMQ namespace: {e:#}");
             }
         })
