@@ -142,6 +142,34 @@ impl Context {
         Ok(())
     }
 
+    /// Delivers every event of `types` from `start` to `handler`, with its position, in the
+    /// background until the process stops. Unlike [`Self::consume`], every replica gets every
+    /// event ([`crate::events::subscribe`]): for what each replica keeps for itself.
+    pub fn subscribe<F, Fut>(
+        &self,
+        name: &'static str,
+        types: &'static [&'static str],
+        start: crate::events::StartAt,
+        handler: F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(crate::events::Event, i64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (bus, stopping) = (self.bus()?, self.tasks.stopping());
+        let subscription = crate::events::Subscription {
+            name: name.to_owned(),
+            types: types.iter().map(|t| (*t).to_owned()).collect(),
+            start,
+        };
+        self.tasks.spawn(name, async move {
+            if let Err(e) = bus.subscribe(&subscription, handler, stopping).await {
+                tracing::error!(subscription = name, error = %format!("{e:#}"), "a subscription stopped");
+            }
+        });
+        Ok(())
+    }
+
     /// The bus its [`Spec`] asked for.
     pub fn bus(&self) -> anyhow::Result<Bus> {
         self.bus.clone().ok_or_else(|| anyhow::anyhow!("{} does not use the bus in its spec", self.name))

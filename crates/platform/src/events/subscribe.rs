@@ -36,6 +36,10 @@ pub enum StartAt {
     Now,
     /// The first event after this position (one a handler was given before).
     After(i64),
+    /// Every event published from this moment on (milliseconds since the epoch), and perhaps a
+    /// few from the second before it: a start fixed when a service is built, so that what is
+    /// published once it serves is never missed, however late the subscription attaches.
+    Since(i64),
 }
 
 /// A per-instance subscription to some event types.
@@ -90,6 +94,14 @@ impl EventLog {
                 .await
                 .context("finding the end of the event log")?
                 .unwrap_or(0),
+            StartAt::Since(ms) => {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM event_log WHERE created_at < $1")
+                    .bind(ms)
+                    .fetch_one(self.db.pool())
+                    .await
+                    .context("finding where the event log stood")?
+                    .unwrap_or(0)
+            }
         };
         let placeholders: Vec<String> =
             (0..subscription.types.len()).map(|i| format!("${}", i + 2)).collect();
@@ -156,6 +168,8 @@ impl RabbitBus {
             StartAt::Beginning => AMQPValue::LongString("first".into()),
             StartAt::Now => AMQPValue::LongString("next".into()),
             StartAt::After(position) => AMQPValue::LongLongInt(position + 1),
+            // A stream offset by time counts whole seconds, from the chunk that holds it.
+            StartAt::Since(ms) => AMQPValue::Timestamp(ms.max(0) as u64 / 1000),
         };
         let (conn, mut deliveries) = self
             .within("starting a subscription", async {
