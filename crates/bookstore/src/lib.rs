@@ -97,6 +97,9 @@ pub static SERVICES: [Entry; 5] = [
 pub const CONSUMERS: [&str; 2] =
     [bookstore_fulfillment::events::CONSUMER, bookstore_orders::follow::CONSUMER];
 
+/// Every per-replica subscription among the services (each a stream of its own on RabbitMQ).
+pub const SUBSCRIPTIONS: [&str; 1] = [bookstore_orders::live::SUBSCRIPTION];
+
 /// The names `serve` accepts.
 pub fn service_names() -> Vec<&'static str> {
     SERVICES.iter().map(Entry::name).collect()

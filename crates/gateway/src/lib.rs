@@ -81,7 +81,11 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         stale: stale::StaleCache::new(STALE_ENTRIES, STALE_FOR),
         request_timeout: config.request_timeout,
         trusted_proxies: config.trusted_proxies.clone().into(),
-        live: Arc::new(live::Live::new(ctx.verifier.clone(), settings.queue_sockets_per_user)),
+        live: Arc::new(live::Live::new(
+            ctx.verifier.clone(),
+            settings.queue_sockets_per_user,
+            config.cors_allowed_origins.clone(),
+        )),
     };
     let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
     let shared = proxy::Shared {
@@ -242,6 +246,7 @@ pub fn router(
         )
         .route("/api/v1/service-accounts", post(users::create_service_account))
         .route("/api/v1/orders", get(orders::list_orders).post(orders::create_order))
+        .route("/api/v1/orders/events", get(orders::order_events))
         .route("/api/v1/orders/{id}", get(orders::get_order))
         .route("/api/v1/orders/{id}/cancel", post(orders::cancel_order))
         .route("/api/v1/orders/{id}/status", post(orders::update_status))
@@ -260,6 +265,7 @@ pub fn router(
     let mut router = Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi()))
+        .route("/api/asyncapi.json", get(openapi::asyncapi))
         .fallback(|| async { error::ApiError::not_found("no such resource") });
     router = with_request_metrics(router, SERVICE);
     router = router

@@ -43,7 +43,7 @@ pub const SEND_WITHIN: Duration = Duration::from_secs(10);
 pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket that sent nothing (not even a pong) for this long is closed.
 pub const IDLE_AFTER: Duration = Duration::from_secs(60);
-/// Open sockets per user, unless `queue_sockets_per_user` says otherwise.
+/// Open live connections (sockets and order streams) per user, unless `queue_sockets_per_user` says otherwise.
 pub const SOCKETS_PER_USER: usize = 5;
 
 /// What the live endpoint needs besides the clients: who may connect, and how many each has.
@@ -51,16 +51,19 @@ pub struct Live {
     verifier: Arc<Verifier>,
     open: Mutex<HashMap<String, usize>>,
     per_user: usize,
+    /// Pages of other origins that may open a socket (`cors_allowed_origins`).
+    origins: Vec<String>,
 }
 
 impl Live {
-    /// Sockets verified by `verifier`, at most `per_user` of one user at once.
-    pub fn new(verifier: Arc<Verifier>, per_user: usize) -> Self {
-        Self { verifier, open: Mutex::default(), per_user }
+    /// Sockets verified by `verifier`, at most `per_user` of one user at once, opened by pages
+    /// of the gateway's own origin or of `origins`.
+    pub fn new(verifier: Arc<Verifier>, per_user: usize, origins: Vec<String>) -> Self {
+        Self { verifier, open: Mutex::default(), per_user, origins }
     }
 
-    /// A place for one more socket of `subject`, given back when the guard drops.
-    fn admit(self: &Arc<Self>, subject: &str) -> Option<SocketGuard> {
+    /// A place for one more socket (or order stream) of `subject`, given back when the guard drops.
+    pub(crate) fn admit(self: &Arc<Self>, subject: &str) -> Option<SocketGuard> {
         let mut open = self.open.lock().expect("sockets lock");
         let count = open.entry(subject.to_owned()).or_default();
         if *count >= self.per_user {
@@ -71,7 +74,7 @@ impl Live {
     }
 }
 
-struct SocketGuard {
+pub(crate) struct SocketGuard {
     live: Arc<Live>,
     subject: String,
 }
@@ -121,8 +124,37 @@ enum Incoming {
     },
 }
 
-/// The upgrade; the socket is served by [`serve`].
-pub async fn queue_socket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// Whether a page of `origin` may open a socket to the gateway at `host`: its own origin, or
+/// one of `allowed`. WebSockets are not subject to CORS, so without this any site a user visits
+/// could open one.
+fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    let own = host.is_some_and(|host| {
+        origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) == Some(host)
+    });
+    own || allowed.iter().any(|allowed| allowed == origin)
+}
+
+/// The upgrade; the socket is served by [`serve`]. A browser's socket from a page of another
+/// origin than the gateway's own or the configured ones is refused (403) before it opens;
+/// clients that are not browsers send no `Origin`.
+pub async fn queue_socket(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    use axum::http::header::{HOST, ORIGIN};
+    use axum::response::IntoResponse;
+    if let Some(origin) = headers.get(ORIGIN) {
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        if !origin.to_str().is_ok_and(|origin| origin_allowed(origin, host, &state.live.origins)) {
+            let refusal = ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                crate::error::ErrorCode::PermissionDenied,
+                "sockets are opened from the shop's own pages or an allowed origin",
+            );
+            return refusal.into_response();
+        }
+    }
     upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| serve(state, socket))
 }
 
@@ -145,6 +177,12 @@ async fn serve(state: AppState, mut socket: WebSocket) {
     let subject = caller.identity.subject.clone();
     let outcome = stream(&state, socket, caller, last_seq).await;
     tracing::debug!(subject, ?outcome, "queue socket ended");
+}
+
+/// How long until `identity`'s token expires (zero if it has).
+pub(crate) fn until_expiry(identity: &bookstore_platform::auth::Identity) -> Duration {
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
+    expires.duration_since(std::time::SystemTime::now()).unwrap_or_default()
 }
 
 /// The first message: a token that verifies, of staff or an admin.
@@ -172,7 +210,7 @@ async fn stream(
     caller: Caller,
     last_seq: Option<i64>,
 ) -> anyhow::Result<()> {
-    let expires = std::time::UNIX_EPOCH + Duration::from_secs(caller.identity.expires_at);
+    let until_expiry = until_expiry(&caller.identity);
     // The client's token goes with every call to fulfillment, as on the REST endpoints.
     let auth = &Auth(Some(caller));
     let (mut to_client, mut from_client) = socket.split();
@@ -187,7 +225,6 @@ async fn stream(
             return Ok(());
         }
     };
-    let until_expiry = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
     let expiry = tokio::time::sleep(until_expiry);
     tokio::pin!(expiry);
     // The first ping after a period, not at once (before the snapshot).
@@ -285,6 +322,77 @@ async fn act(state: &AppState, auth: &Auth, text: &str) -> serde_json::Value {
         Err(status) => {
             let error = ApiError::from(status);
             json!({"type": "error", "request_id": request_id, "code": error.code, "message": error.message})
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asyncapi() -> serde_json::Value {
+        serde_json::from_str(crate::openapi::ASYNCAPI).expect("asyncapi.json is JSON")
+    }
+
+    /// The value a local `$ref` (`#/a/b`) points at.
+    fn resolve<'a>(doc: &'a serde_json::Value, reference: &str) -> &'a serde_json::Value {
+        let pointer = reference.strip_prefix('#').expect("a local reference");
+        doc.pointer(pointer).unwrap_or_else(|| panic!("{reference} points at nothing"))
+    }
+
+    #[test]
+    fn a_socket_opens_from_the_gateways_own_origin_or_an_allowed_one_only() {
+        let allowed = ["https://shop.example".to_owned()];
+        let host = Some("gateway:8080");
+        assert!(origin_allowed("https://shop.example", host, &allowed), "allowed");
+        assert!(origin_allowed("http://gateway:8080", host, &allowed), "its own");
+        assert!(origin_allowed("https://gateway:8080", host, &allowed), "its own, behind TLS");
+        assert!(!origin_allowed("https://evil.example", host, &allowed));
+        assert!(!origin_allowed("https://gateway:8080.evil.example", host, &allowed));
+        assert!(!origin_allowed("null", None, &allowed));
+    }
+
+    #[test]
+    fn every_client_message_the_asyncapi_document_shows_is_one_the_socket_reads() {
+        let doc = asyncapi();
+        let sent = doc.pointer("/operations/actOnTheQueue/messages").unwrap().as_array().unwrap();
+        assert_eq!(sent.len(), 5, "auth, move, claim, advance, remove");
+        for message in sent {
+            let message =
+                resolve(&doc, resolve(&doc, message["$ref"].as_str().unwrap())["$ref"].as_str().unwrap());
+            let examples = message["examples"].as_array().expect("each client message has an example");
+            for example in examples {
+                let parsed: Result<Incoming, _> = serde_json::from_value(example["payload"].clone());
+                assert!(parsed.is_ok(), "the socket cannot read {}: {parsed:?}", example["payload"]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_reference_in_the_asyncapi_document_leads_somewhere() {
+        fn refs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                        out.push(r);
+                    }
+                    map.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = asyncapi();
+        assert_eq!(doc["asyncapi"], "3.0.0");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        let openapi = serde_json::to_value(<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi()).unwrap();
+        for reference in found {
+            if let Some(pointer) = reference.strip_prefix("/api/openapi.json#") {
+                assert!(openapi.pointer(pointer).is_some(), "the OpenAPI document has no {pointer}");
+            } else {
+                resolve(&doc, reference);
+            }
         }
     }
 }

@@ -1,10 +1,19 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations; and beside it the AsyncAPI
+//! document of what the gateway streams (the queue's WebSocket, customers' order events),
+//! written by hand in `asyncapi.json` and checked against the socket's parser by its tests.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
 use crate::{books, fulfillment, orders, users};
+
+/// The AsyncAPI document, served at `/api/asyncapi.json`.
+pub const ASYNCAPI: &str = include_str!("../asyncapi.json");
+
+pub async fn asyncapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], ASYNCAPI)
+}
 
 /// Declares the bearer scheme, so Swagger UI's Authorize button takes an access token.
 struct BearerAuth;
@@ -119,6 +128,7 @@ impl Modify for EdgeResponses {
         users::create_service_account,
         orders::create_order,
         orders::get_order,
+        orders::order_events,
         orders::list_orders,
         orders::cancel_order,
         orders::update_status,

@@ -231,6 +231,86 @@ pub async fn create_order(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(order)))
 }
 
+/// Where a stream of your orders resumes.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// The `id` of the last event you saw (milliseconds since the epoch: the order's
+    /// `updated_at`); the `Last-Event-ID` header, which browsers send on reconnecting, wins.
+    pub since: Option<i64>,
+}
+
+/// Your orders, live, as server-sent events: each time one of yours is placed or changes status,
+/// an `order` event whose data is the order (as `GET /api/v1/orders/{id}` answers it, without
+/// its shipping address) and whose `id` is its `updated_at` in milliseconds. From now on; with
+/// `Last-Event-ID` (or `since`), first every order of yours changed from 5 s before it, so an
+/// order may come twice (each event carries its whole state). Comments keep the stream alive
+/// every 20 s. The stream ends with an `expired` event when the token expires, or an `error`
+/// event (`{"code", "message"}`: `RESOURCE_EXHAUSTED` for a client that fell behind, then it
+/// reconnects with `Last-Event-ID`). Live connections per user are capped as the queue's sockets are.
+#[utoipa::path(get, path = "/api/v1/orders/events", tag = "orders", security(("bearer" = [])),
+    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "The id of the last event you saw")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = Order, description = "`order` events, then `expired` or `error`"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn order_events(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let caller = auth.required()?;
+    let since = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID: not an event id this stream sent"))?,
+        ),
+        None => query.since,
+    };
+    let guard = state.live.admit(&caller.identity.subject).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::ResourceExhausted,
+            "too many live connections",
+        )
+    })?;
+    let expiry = Box::pin(tokio::time::sleep(crate::live::until_expiry(&caller.identity)));
+    // No deadline: the stream lives as long as the client listens.
+    let mut request = tonic::Request::new(pb::WatchMyOrdersRequest { since_ms: since });
+    auth.attach(&mut request);
+    let orders = state.orders.clone().watch_my_orders(request).await?.into_inner();
+
+    let ended = |kind: &str, code: ErrorCode, message: &str| {
+        Event::default().event(kind).json_data(serde_json::json!({"code": code, "message": message}))
+    };
+    let events = futures::stream::unfold(Some((orders, expiry, guard)), move |watching| async move {
+        let (mut orders, mut expiry, guard) = watching?;
+        let event = tokio::select! {
+            () = &mut expiry => return Some((ended("expired", ErrorCode::Unauthenticated, "the token expired"), None)),
+            next = orders.next() => match next {
+                Some(Ok(order)) => {
+                    let id = order.update_time.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+                    match Order::try_from(order) {
+                        Ok(order) => Event::default().event("order").id(id.to_string()).json_data(order),
+                        Err(e) => return Some((ended("error", e.code, &e.message), None)),
+                    }
+                }
+                Some(Err(status)) => {
+                    let e = ApiError::from(status);
+                    return Some((ended("error", e.code, &e.message), None));
+                }
+                None => return None,
+            },
+        };
+        Some((event, Some((orders, expiry, guard))))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(crate::live::PING_EVERY)).into_response())
+}
+
 /// One order: yours, or any for staff (others answer 404).
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
     params(("id" = String, Path, description = "Order id")),

@@ -23,7 +23,7 @@ bookstore_platform::settings! {
         redis_url: Option<String> = None, flag redis_url "URL";
         /// What the gateway's Redis keys start with (one prefix per deployment sharing a Redis).
         redis_key_prefix: String = "bookstore".to_owned(), flag redis_key_prefix "PREFIX";
-        /// Live queue sockets (WebSocket) one user may hold open at once.
+        /// Live connections one user may hold open at once: queue sockets and order event streams.
         queue_sockets_per_user: usize = crate::live::SOCKETS_PER_USER, flag queue_sockets_per_user "N";
         /// Pass-through routes ([[gateway.routes]] tables: prefix, strip_prefix, backends).
         routes: Vec<crate::proxy::Route> = Vec::new(), file routes "TABLES";

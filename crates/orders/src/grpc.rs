@@ -18,6 +18,7 @@ use crate::domain::{
     BasketLine, Order, PlainAddress, ShippingAddress, Status as OrderStatus, parse_basket,
     parse_idempotency_key,
 };
+use crate::live::{Live, RESUME_SLACK_MS, RESUMED_AT_MOST};
 use crate::store::StoreError;
 
 const STAFF: &[Role] = &[Role::Staff, Role::Admin];
@@ -89,11 +90,13 @@ pub struct OrdersGrpc {
     checkout: Checkout,
     /// For the caller's account address, asked with the caller's own token.
     users: UserServiceClient<PeerChannel>,
+    /// Changed orders, for their owners' watches.
+    live: Live,
 }
 
 impl OrdersGrpc {
-    pub fn new(checkout: Checkout, users: PeerChannel) -> Self {
-        Self { checkout, users: UserServiceClient::new(users) }
+    pub fn new(checkout: Checkout, users: PeerChannel, live: Live) -> Self {
+        Self { checkout, users: UserServiceClient::new(users), live }
     }
 
     /// Where an order ships: the address the request gives, else the caller's account name and
@@ -145,8 +148,49 @@ impl OrdersGrpc {
     }
 }
 
+/// What a watcher of its own orders is sent.
+type Watch = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Order, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl OrderService for OrdersGrpc {
+    type WatchMyOrdersStream = Watch;
+
+    async fn watch_my_orders(
+        &self,
+        request: Request<pb::WatchMyOrdersRequest>,
+    ) -> Result<Response<Self::WatchMyOrdersStream>, Status> {
+        use futures::StreamExt;
+        use tokio::sync::broadcast::error::RecvError;
+        let owner = require(&request, ANYONE)?.subject.clone();
+        // Listening before reading: what changes in between comes live, if not in the replay.
+        let changes = self.live.watch();
+        let replay = match request.get_ref().since_ms {
+            Some(since) => {
+                self.checkout.store().changed_since(&owner, since - RESUME_SLACK_MS, RESUMED_AT_MOST).await?
+            }
+            None => Vec::new(),
+        };
+        let first: Vec<_> = replay.iter().map(|o| Ok(to_proto(o))).collect();
+        let rest = futures::stream::unfold(Some(changes), move |changes| {
+            let owner = owner.clone();
+            async move {
+                let mut changes = changes?;
+                loop {
+                    return match changes.recv().await {
+                        Ok(order) if order.user_id != owner => continue,
+                        Ok(order) => Some((Ok(pb::Order::clone(&order)), Some(changes))),
+                        Err(RecvError::Lagged(missed)) => {
+                            let behind = format!("fell {missed} orders behind; watch again with since_ms");
+                            Some((Err(Status::resource_exhausted(behind)), None))
+                        }
+                        Err(RecvError::Closed) => None,
+                    };
+                }
+            }
+        });
+        Ok(Response::new(futures::stream::iter(first).chain(rest).boxed()))
+    }
+
     async fn create_order(
         &self,
         request: Request<pb::CreateOrderRequest>,

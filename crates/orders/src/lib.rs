@@ -8,6 +8,8 @@
 //! - [`confirmer`]: confirmations of placed orders, grouped (group commit).
 //! - [`events`]: what it publishes (OrderPlaced, OrderCancelled, OrderStatusChanged).
 //! - [`follow`]: what it hears: its orders' fulfillment tasks (TaskStateChanged).
+//! - [`live`]: customers' orders, live: every replica hears every order's events and hands
+//!   them to the owner's watches.
 //! - [`grpc`]: the tonic adapter: proto ⇄ domain, who may do what.
 //! - [`settings`]: its configuration section, `[orders]`.
 //!
@@ -20,6 +22,7 @@ pub mod domain;
 pub mod events;
 pub mod follow;
 pub mod grpc;
+pub mod live;
 pub mod settings;
 pub mod store;
 
@@ -30,8 +33,10 @@ use bookstore_api::orders::v1::order_service_server::OrderServiceServer;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::{ServiceToken, TokenSource};
 use bookstore_platform::balance::PeerChannel;
+use bookstore_platform::clock::now_ms;
 use bookstore_platform::crypto::{event_key, stored_data_key};
 use bookstore_platform::db::Migrations;
+use bookstore_platform::events::StartAt;
 use bookstore_platform::server::grpc_service_router;
 use bookstore_platform::service::{Built, Context, Spec};
 
@@ -80,7 +85,15 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         async move { sweeper.settle_unsettled(100).await }
     });
 
-    let routes = tonic::service::Routes::new(OrderServiceServer::new(OrdersGrpc::new(checkout, users)));
+    // Customers watch their own orders change, through any replica.
+    let live = live::Live::default();
+    let watched = live.clone();
+    ctx.subscribe(live::SUBSCRIPTION, &live::TYPES, StartAt::Since(now_ms()), move |event, _| {
+        let result = watched.handle(&event);
+        async move { result }
+    })?;
+
+    let routes = tonic::service::Routes::new(OrderServiceServer::new(OrdersGrpc::new(checkout, users, live)));
     let router =
         grpc_service_router(SERVICE, "bookstore.orders.v1.OrderService", routes, ctx.verifier.clone()).await;
     Ok(Built::new(router).with_database(SERVICE, &db))

@@ -261,6 +261,23 @@ impl OrderStore {
         Ok((orders, total))
     }
 
+    /// The orders of `user_id` changed at or after `since_ms`, oldest change first, at most `limit`.
+    pub async fn changed_since(&self, user_id: &str, since_ms: i64, limit: i64) -> Result<Vec<Order>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address, status_reason \
+             FROM orders WHERE user_id = $1 AND updated_at >= $2 ORDER BY updated_at, id LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await
+        .context("listing changed orders")?;
+        let mut orders = rows.iter().map(|row| self.order_from_row(row)).collect::<Result<Vec<_>>>()?;
+        self.fill_lines(&mut orders).await?;
+        Ok(orders)
+    }
+
     /// Moves an order from `from` to `to` with its event, if it is still in `from`: `false`
     /// when another request moved it first.
     pub async fn transition(&self, id: &str, from: Status, to: Status, event: &Event) -> Result<bool> {

@@ -18,7 +18,7 @@ backend_tests!(
     search_and_author_filter_find_seeded_books,
     request_ids_are_kept_or_made,
     responses_are_compressed_when_asked,
-    openapi_and_swagger_ui_are_served,
+    openapi_asyncapi_and_swagger_ui_are_served,
     metrics_count_requests_per_route,
     cors_is_off_by_default_and_on_when_configured,
 );
@@ -355,7 +355,7 @@ async fn responses_are_compressed_when_asked(backend: Backend) {
     assert_eq!(decoded["items"].as_array().unwrap().len(), 50);
 }
 
-async fn openapi_and_swagger_ui_are_served(backend: Backend) {
+async fn openapi_asyncapi_and_swagger_ui_are_served(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
     let doc: Value = sys.http.get(sys.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -366,6 +366,10 @@ async fn openapi_and_swagger_ui_are_served(backend: Backend) {
     // The UI's assets are in the binary: no network needed.
     let asset = sys.http.get(sys.url("/docs/swagger-ui.css")).send().await.unwrap();
     assert_eq!(asset.status(), StatusCode::OK);
+    // What streams is described beside it.
+    let live: Value = sys.http.get(sys.url("/api/asyncapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(live["channels"]["queue"]["address"], "/api/v1/fulfillment/queue/ws");
+    assert!(doc["paths"]["/api/v1/orders/events"]["get"].is_object());
 }
 
 async fn metrics_count_requests_per_route(backend: Backend) {

@@ -14,9 +14,13 @@ backend_tests!(
     two_staff_moving_one_task_at_once_one_wins_and_the_other_gets_409,
     a_staff_socket_gets_the_snapshot_then_each_change_and_acts_on_the_queue,
     a_socket_without_a_staff_token_is_closed_with_a_code_that_says_why,
+    a_staff_socket_is_closed_with_4401_when_its_token_expires,
     a_socket_resuming_from_its_last_seq_gets_exactly_the_changes_it_missed,
     two_replicas_sharing_redis_show_a_move_through_one_to_sockets_on_the_other_at_once,
     a_redis_restart_mid_stream_loses_no_change,
+    a_customer_hears_each_of_their_orders_move_and_nothing_of_anyone_elses,
+    an_order_stream_resumed_from_its_last_event_id_replays_what_changed_meanwhile,
+    an_order_stream_ends_with_an_expired_event_when_its_token_expires,
 );
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -342,6 +346,50 @@ async fn a_socket_without_a_staff_token_is_closed_with_a_code_that_says_why(back
     send(&mut rude, json!({"type": "move", "request_id": "x", "task_id": "t", "position": 0, "version": 1}))
         .await;
     assert_eq!(next(&mut rude).await, Err(4400), "the first message must authenticate");
+
+    // A page of another site cannot open one (WebSockets know no CORS); the shop's own can.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/api/v1/fulfillment/queue/ws", sys.base.replacen("http://", "ws://", 1));
+    let mut foreign = url.as_str().into_client_request().unwrap();
+    foreign.headers_mut().insert("Origin", "https://elsewhere.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(foreign).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => assert_eq!(answer.status(), 403),
+        other => panic!("a foreign page's socket opened: {:?}", other.map(|(_, answer)| answer.status())),
+    }
+    let mut own = url.as_str().into_client_request().unwrap();
+    let origin = sys.base.clone();
+    own.headers_mut().insert("Origin", origin.parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(own).await.is_ok(), "the gateway's own pages open one");
+}
+
+/// A staff access token signed with the system's own current key, living `ttl` (shorter than
+/// users will issue, so the test need not wait a minute).
+pub async fn short_lived_token(
+    sys: &System,
+    role: bookstore_platform::auth::Role,
+    ttl: std::time::Duration,
+) -> String {
+    use bookstore_platform::db::{Database, PoolConfig};
+    let db = Database::connect(&sys.users_db.url, &PoolConfig::default()).await.unwrap();
+    let store = bookstore_users::store::UserStore::new(db);
+    let master = bookstore_platform::crypto::MasterKey::from_base64(
+        sys.config.process.master_key.as_deref().expect("the system's master key"),
+    )
+    .unwrap();
+    let keyring = bookstore_users::keys::Keyring::load(&store, master, ttl).await.unwrap();
+    bookstore_users::tokens::access_token(&keyring, &uuid::Uuid::new_v4().to_string(), &[role], ttl).unwrap()
+}
+
+async fn a_staff_socket_is_closed_with_4401_when_its_token_expires(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let token =
+        short_lived_token(&sys, bookstore_platform::auth::Role::Staff, std::time::Duration::from_secs(2))
+            .await;
+    let mut staff = socket(&sys).await;
+    send(&mut staff, json!({"type": "auth", "token": token})).await;
+    assert_eq!(next(&mut staff).await.expect("a snapshot while the token lives")["type"], "snapshot");
+    // Nothing else happens on the queue: the next thing the socket hears is its close.
+    assert_eq!(next(&mut staff).await, Err(4401), "closed when the token expires");
 }
 
 async fn a_socket_resuming_from_its_last_seq_gets_exactly_the_changes_it_missed(backend: Backend) {
@@ -491,4 +539,174 @@ async fn a_redis_restart_mid_stream_loses_no_change(backend: Backend) {
     let change = next(&mut socket).await.unwrap();
     assert_eq!((change["type"].as_str(), &change["seq"]), (Some("task_updated"), &claimed["seq"]));
     replica.stop_background();
+}
+
+/// A customer's stream of their orders' events, as a client reads it.
+struct OrderEvents {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buffer: Vec<u8>,
+}
+
+/// One server-sent event: its name, its id, its data.
+#[derive(Debug)]
+struct SentEvent {
+    kind: String,
+    id: String,
+    data: Value,
+}
+
+impl OrderEvents {
+    async fn open(sys: &System, token: &str, last_event_id: Option<&str>) -> Self {
+        let answer = Self::request(sys, token, last_event_id).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let kind = answer.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("text/event-stream"), "{kind}");
+        use futures::StreamExt;
+        Self {
+            body: answer.bytes_stream().map(|chunk| chunk.map(|b| b.to_vec())).boxed(),
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn request(sys: &System, token: &str, last_event_id: Option<&str>) -> reqwest::Response {
+        let mut request = sys.http.get(sys.url("/api/v1/orders/events")).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// The next event with data (keep-alive comments skipped), or `None` when the stream ended.
+    async fn next(&mut self) -> Option<SentEvent> {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8(block).unwrap();
+                let mut event = SentEvent { kind: "message".into(), id: String::new(), data: Value::Null };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event.kind = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                event.data = serde_json::from_str(&data).unwrap();
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), self.body.next())
+                .await
+                .expect("an event within 30 s");
+            match chunk {
+                Some(Ok(bytes)) => self.buffer.extend_from_slice(&bytes),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event, which must be `order` `id` in `status`.
+    async fn order(&mut self, id: &str, status: &str) -> SentEvent {
+        let event = self.next().await.expect("an event");
+        assert_eq!(
+            (event.kind.as_str(), event.data["id"].as_str(), event.data["status"].as_str()),
+            ("order", Some(id), Some(status)),
+            "{event:?}"
+        );
+        event
+    }
+}
+
+/// The task of `order_id` on the queue, once it is there.
+async fn task_of(sys: &System, order_id: &str) -> Value {
+    let limit = std::time::Duration::from_secs(30);
+    until(&format!("a task for order {order_id}"), limit, || async {
+        queue(sys).await["tasks"].as_array().unwrap().iter().any(|t| t["order_id"] == order_id)
+    })
+    .await;
+    let q = queue(sys).await;
+    q["tasks"].as_array().unwrap().iter().find(|t| t["order_id"] == order_id).unwrap().clone()
+}
+
+async fn a_customer_hears_each_of_their_orders_move_and_nothing_of_anyone_elses(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let b = book(&sys, 1).await;
+    let (ada, bob) = (customer(&sys, "ada").await, customer(&sys, "bob").await);
+    let mut events = OrderEvents::open(&sys, &ada, None).await;
+    let mine = order(&sys, &ada, &b, "Ada").await;
+    let placed = events.order(&mine, "PLACED").await;
+    assert!(placed.data.get("shipping_address").is_none(), "no address on the stream: {:?}", placed.data);
+    let stamp = placed.id.parse::<i64>().expect("the id is the order's update time in ms");
+    assert!(stamp > 1_700_000_000_000, "{stamp}");
+    // Bob's order is placed before Ada's is claimed: were it sent to Ada, it would come next.
+    let _theirs = order(&sys, &bob, &b, "Bob").await;
+
+    let task = task_of(&sys, &mine).await;
+    let claimed: Value =
+        act(&sys, &task, "claim", json!({"version": task["version"]})).await.json().await.unwrap();
+    events.order(&mine, "FULFILLING").await;
+    let packed: Value =
+        act(&sys, &claimed["task"], "advance", json!({"version": claimed["task"]["version"]}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    act(&sys, &packed["task"], "advance", json!({"version": packed["task"]["version"]})).await;
+    let shipped = events.order(&mine, "SHIPPED").await;
+    assert!(shipped.id.parse::<i64>().unwrap() >= stamp, "ids grow with the order's updates");
+
+    // A stream needs a token.
+    let anonymous = sys.http.get(sys.url("/api/v1/orders/events")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHENTICATED", "{body}");
+}
+
+async fn an_order_stream_resumed_from_its_last_event_id_replays_what_changed_meanwhile(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let b = book(&sys, 1).await;
+    let ada = customer(&sys, "ada").await;
+    let mut events = OrderEvents::open(&sys, &ada, None).await;
+    let mine = order(&sys, &ada, &b, "Ada").await;
+    let last = events.order(&mine, "PLACED").await.id;
+    drop(events);
+
+    // While Ada is away, staff claim her order.
+    let task = task_of(&sys, &mine).await;
+    act(&sys, &task, "claim", json!({"version": task["version"]})).await;
+    order_in(&sys, &ada, &mine, "FULFILLING").await;
+
+    // Back with the last id she saw: her order as it is now comes first.
+    let mut events = OrderEvents::open(&sys, &ada, Some(&last)).await;
+    events.order(&mine, "FULFILLING").await;
+
+    // An id this stream never sent is refused, in the envelope.
+    let bad = OrderEvents::request(&sys, &ada, Some("yesterday")).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["code"], "INVALID_ARGUMENT", "{body}");
+
+    // Live connections per user are capped (five, one of them open above).
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        more.push(OrderEvents::open(&sys, &ada, None).await);
+    }
+    let refused = OrderEvents::request(&sys, &ada, None).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+async fn an_order_stream_ends_with_an_expired_event_when_its_token_expires(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let token =
+        short_lived_token(&sys, bookstore_platform::auth::Role::Customer, std::time::Duration::from_secs(2))
+            .await;
+    let mut events = OrderEvents::open(&sys, &token, None).await;
+    let expired = events.next().await.expect("an event before the end");
+    assert_eq!((expired.kind.as_str(), expired.data["code"].as_str()), ("expired", Some("UNAUTHENTICATED")));
+    assert!(events.next().await.is_none(), "and then the stream ends");
 }

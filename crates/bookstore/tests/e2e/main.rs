@@ -115,7 +115,9 @@ impl Drop for System {
         rabbit.namespace.clone_from(&self.config.process.amqp_namespace);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            if let Err(e) = runtime.block_on(rabbit.delete_namespace(&bookstore::CONSUMERS)) {
+            if let Err(e) =
+                runtime.block_on(rabbit.delete_namespace(&bookstore::CONSUMERS, &bookstore::SUBSCRIPTIONS))
+            {
                 eprintln!("could not delete the test's RabbitMQ namespace: {e:#}");
             }
         })

@@ -338,9 +338,10 @@ impl RabbitBus {
         .await
     }
 
-    /// Removes the exchanges of this bus's namespace and the queues of `consumers` (a test that
-    /// gave itself a namespace cleans up after itself, so the shared broker does not fill up).
-    pub async fn delete_namespace(&self, consumers: &[&str]) -> anyhow::Result<()> {
+    /// Removes the exchanges of this bus's namespace, the queues of `consumers` and the streams
+    /// of `subscriptions` (a test that gave itself a namespace cleans up after itself, so the
+    /// shared broker does not fill up).
+    pub async fn delete_namespace(&self, consumers: &[&str], subscriptions: &[&str]) -> anyhow::Result<()> {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
         self.within("deleting a namespace", async {
             let (conn, channel) = self.open().await?;
@@ -351,6 +352,13 @@ impl RabbitBus {
                         .await
                         .context("deleting a queue")?;
                 }
+            }
+            for name in subscriptions {
+                let stream = self.queue(&format!("{name}.stream"));
+                channel
+                    .queue_delete(stream.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .context("deleting a stream")?;
             }
             for exchange in [self.exchange(), self.dead_letter_exchange()] {
                 channel
