@@ -26,13 +26,9 @@ pub mod live;
 pub mod settings;
 pub mod store;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bookstore_api::orders::v1::order_service_server::OrderServiceServer;
-use bookstore_api::users::v1::user_service_client::UserServiceClient;
-use bookstore_platform::auth::{ServiceToken, TokenSource};
-use bookstore_platform::balance::PeerChannel;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::crypto::{event_key, stored_data_key};
 use bookstore_platform::db::Migrations;
@@ -65,7 +61,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let master = ctx.master_key()?;
     let store = OrderStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?);
     let users = ctx.channel("users").await?;
-    let token = Arc::new(ServiceToken::new(token_source(&ctx, &settings, &users).await?));
+    let token = ctx.service_token(settings.client_id.clone(), settings.client_secret.clone(), &users)?;
     let events_key = event_key(&master, events::SHIPPING_ADDRESS);
     let checkout = Checkout::new(store.clone(), ctx.channel("books").await?, token, events_key, &ctx.tasks);
 
@@ -97,36 +93,4 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let router =
         grpc_service_router(SERVICE, "bookstore.orders.v1.OrderService", routes, ctx.verifier.clone()).await;
     Ok(Built::new(router).with_database(SERVICE, &db))
-}
-
-/// Where the orders service gets its service token: minted in-process when users runs in this
-/// process, else by client credentials from users.
-async fn token_source(
-    ctx: &Context,
-    settings: &Settings,
-    users: &PeerChannel,
-) -> anyhow::Result<TokenSource> {
-    if let Some(local) = &ctx.local_tokens {
-        return Ok(local(SERVICE));
-    }
-    let (Some(client_id), Some(client_secret)) = (settings.client_id.clone(), settings.client_secret.clone())
-    else {
-        anyhow::bail!(
-            "orders runs apart from users, so it needs a service account: set orders_client_id \
-             (BOOKSTORE_ORDERS_CLIENT_ID) and orders_client_secret (BOOKSTORE_ORDERS_CLIENT_SECRET); \
-             an admin creates one with POST /api/v1/service-accounts"
-        );
-    };
-    let channel = users.clone();
-    Ok(Arc::new(move || {
-        let mut client = UserServiceClient::new(channel.clone());
-        let request = bookstore_api::users::v1::IssueServiceTokenRequest {
-            client_id: client_id.clone(),
-            client_secret: client_secret.clone(),
-        };
-        Box::pin(async move {
-            let response = client.issue_service_token(request).await?.into_inner();
-            Ok((response.access_token, Duration::from_secs(response.expires_in.max(1) as u64)))
-        })
-    }))
 }

@@ -170,6 +170,43 @@ impl Context {
         Ok(())
     }
 
+    /// This service's own credentials for calling others ([`crate::auth::ServiceToken`]): tokens
+    /// minted in-process when users runs in this process, else obtained from users with the
+    /// service account's `client_id` and `client_secret` (client credentials), cached and renewed
+    /// before they expire.
+    pub fn service_token(
+        &self,
+        client_id: Option<String>,
+        client_secret: Option<String>,
+        users: &PeerChannel,
+    ) -> anyhow::Result<Arc<crate::auth::ServiceToken>> {
+        use bookstore_api::users::v1::user_service_client::UserServiceClient;
+        if let Some(local) = &self.local_tokens {
+            return Ok(Arc::new(crate::auth::ServiceToken::new(local(self.name))));
+        }
+        let (Some(client_id), Some(client_secret)) = (client_id, client_secret) else {
+            let (name, upper) = (self.name, self.name.to_uppercase());
+            anyhow::bail!(
+                "{name} runs apart from users, so it needs a service account: set {name}_client_id \
+                 (BOOKSTORE_{upper}_CLIENT_ID) and {name}_client_secret (BOOKSTORE_{upper}_CLIENT_SECRET); \
+                 an admin creates one with POST /api/v1/service-accounts"
+            );
+        };
+        let channel = users.clone();
+        let source: crate::auth::TokenSource = Arc::new(move || {
+            let mut client = UserServiceClient::new(channel.clone());
+            let request = bookstore_api::users::v1::IssueServiceTokenRequest {
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+            };
+            Box::pin(async move {
+                let response = client.issue_service_token(request).await?.into_inner();
+                Ok((response.access_token, Duration::from_secs(response.expires_in.max(1) as u64)))
+            })
+        });
+        Ok(Arc::new(crate::auth::ServiceToken::new(source)))
+    }
+
     /// The bus its [`Spec`] asked for.
     pub fn bus(&self) -> anyhow::Result<Bus> {
         self.bus.clone().ok_or_else(|| anyhow::anyhow!("{} does not use the bus in its spec", self.name))
