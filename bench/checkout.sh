@@ -36,7 +36,7 @@ BOOKSTORE_ADMIN_PASSWORD="$ADMIN_PASSWORD" RUST_LOG=warn \
   ./target/release/bookstore serve users books orders gateway --seed --amqp-url "$AMQP_URL" \
   --books-database-url "$(db_url bookstore_bench_books)" --users-database-url "$(db_url bookstore_bench_users)" \
   --orders-database-url "$(db_url bookstore_bench_orders)" --data-dir "$work" --http "$HTTP" \
-  --admin-http 127.0.0.1:15069 --books-grpc 127.0.0.1:15061 --users-grpc 127.0.0.1:15062 --orders-grpc 127.0.0.1:15063 --fulfillment-grpc 127.0.0.1:15064 >"$work/server.log" 2>&1 &
+  --admin-http 127.0.0.1:15069 --books-grpc 127.0.0.1:15061 --users-grpc 127.0.0.1:15062 --orders-grpc 127.0.0.1:15063 --fulfillment-grpc 127.0.0.1:15064 --recommendations-grpc 127.0.0.1:15065 >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 kill -0 "$server_pid" 2>/dev/null && curl -sf "http://$ADMIN/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }

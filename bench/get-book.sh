@@ -40,7 +40,7 @@ gateway_run() {
   RUST_LOG=warn ./target/release/bookstore serve users books orders gateway --seed --books-cache-ttl-ms "$ttl" \
     --books-database-url "$(db_url bookstore_bench_books)" --users-database-url "$(db_url bookstore_bench_users)" \
     --orders-database-url "$(db_url bookstore_bench_orders)" --data-dir "$work" \
-    --http "$HTTP" --admin-http "$ADMIN" --books-grpc "$GRPC" --users-grpc "$USERS_GRPC" --orders-grpc 127.0.0.1:15053 --fulfillment-grpc 127.0.0.1:15054 >"$work/server.log" 2>&1 &
+    --http "$HTTP" --admin-http "$ADMIN" --books-grpc "$GRPC" --users-grpc "$USERS_GRPC" --orders-grpc 127.0.0.1:15053 --fulfillment-grpc 127.0.0.1:15054 --recommendations-grpc 127.0.0.1:15055 >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
   curl -sf "http://$ADMIN/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }

@@ -34,7 +34,7 @@ TOML
 BOOKSTORE_ADMIN_PASSWORD="bench admin passphrase of some length" RUST_LOG=warn \
   "$target/release/bookstore" --config "$work/bookstore.toml" up --no-seed --data-dir "$work" --http "$HTTP" \
   --admin-http 127.0.0.1:18409 --books-grpc 127.0.0.1:18402 --users-grpc 127.0.0.1:18403 \
-  --orders-grpc 127.0.0.1:18404 --fulfillment-grpc 127.0.0.1:18405 >"$work/server.log" 2>&1 &
+  --orders-grpc 127.0.0.1:18404 --fulfillment-grpc 127.0.0.1:18405 --recommendations-grpc 127.0.0.1:18406 >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:18409/readyz" >/dev/null && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:18409/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bookstore/users/v1/users.proto",
         "bookstore/orders/v1/orders.proto",
         "bookstore/fulfillment/v1/fulfillment.proto",
+        "bookstore/recommendations/v1/recommendations.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

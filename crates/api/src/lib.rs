@@ -27,3 +27,9 @@ pub mod fulfillment {
         tonic::include_proto!("bookstore.fulfillment.v1");
     }
 }
+
+pub mod recommendations {
+    pub mod v1 {
+        tonic::include_proto!("bookstore.recommendations.v1");
+    }
+}

@@ -130,10 +130,11 @@ pub struct Config {
     pub users: bookstore_users::Settings,
     pub orders: bookstore_orders::Settings,
     pub fulfillment: bookstore_fulfillment::Settings,
+    pub recommendations: bookstore_recommendations::Settings,
 }
 
 /// Every section's name and keys; the process's section has the empty name.
-pub fn sections() -> [(&'static str, &'static [Key]); 6] {
+pub fn sections() -> [(&'static str, &'static [Key]); 7] {
     [
         (ProcessSettings::NAME, ProcessSettings::KEYS),
         (bookstore_gateway::Settings::NAME, bookstore_gateway::Settings::KEYS),
@@ -141,6 +142,7 @@ pub fn sections() -> [(&'static str, &'static [Key]); 6] {
         (bookstore_users::Settings::NAME, bookstore_users::Settings::KEYS),
         (bookstore_orders::Settings::NAME, bookstore_orders::Settings::KEYS),
         (bookstore_fulfillment::Settings::NAME, bookstore_fulfillment::Settings::KEYS),
+        (bookstore_recommendations::Settings::NAME, bookstore_recommendations::Settings::KEYS),
     ]
 }
 
@@ -260,6 +262,9 @@ impl Config {
             users: figment.extract_inner(bookstore_users::Settings::NAME).map_err(describe)?,
             orders: figment.extract_inner(bookstore_orders::Settings::NAME).map_err(describe)?,
             fulfillment: figment.extract_inner(bookstore_fulfillment::Settings::NAME).map_err(describe)?,
+            recommendations: figment
+                .extract_inner(bookstore_recommendations::Settings::NAME)
+                .map_err(describe)?,
         };
         config.validate()?;
         Ok(config)
@@ -272,7 +277,8 @@ impl Config {
         self.books.validate()?;
         self.users.validate()?;
         self.orders.validate()?;
-        self.fulfillment.validate()
+        self.fulfillment.validate()?;
+        self.recommendations.validate()
     }
 
     /// The master key ([`bookstore_platform::crypto::load_master_key`]); `up` generates one in

@@ -65,7 +65,7 @@ impl Entry {
 
 /// Every service, in start order: what others depend on first (users issues the tokens the
 /// others verify; the gateway calls all of them).
-pub static SERVICES: [Entry; 5] = [
+pub static SERVICES: [Entry; 6] = [
     Entry {
         spec: &bookstore_users::SPEC,
         endpoint: |c| &c.users,
@@ -87,6 +87,11 @@ pub static SERVICES: [Entry; 5] = [
         build: |ctx, c| Box::pin(bookstore_fulfillment::build(ctx, c.fulfillment.clone())),
     },
     Entry {
+        spec: &bookstore_recommendations::SPEC,
+        endpoint: |c| &c.recommendations,
+        build: |ctx, c| Box::pin(bookstore_recommendations::build(ctx, c.recommendations.clone())),
+    },
+    Entry {
         spec: &bookstore_gateway::SPEC,
         endpoint: |c| &c.gateway,
         build: |ctx, c| Box::pin(bookstore_gateway::build(ctx, c.gateway.clone())),
@@ -94,8 +99,11 @@ pub static SERVICES: [Entry; 5] = [
 ];
 
 /// Every consumer of the bus among the services (each a queue of its own on RabbitMQ).
-pub const CONSUMERS: [&str; 2] =
-    [bookstore_fulfillment::events::CONSUMER, bookstore_orders::follow::CONSUMER];
+pub const CONSUMERS: [&str; 3] = [
+    bookstore_fulfillment::events::CONSUMER,
+    bookstore_orders::follow::CONSUMER,
+    bookstore_recommendations::events::CONSUMER,
+];
 
 /// Every per-replica subscription among the services (each a stream of its own on RabbitMQ).
 pub const SUBSCRIPTIONS: [&str; 1] = [bookstore_orders::live::SUBSCRIPTION];

@@ -23,7 +23,7 @@ pub struct Money {
     pub currency: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Book {
     #[schema(example = "0190b6a2-7c1e-7d2a-9a53-2f0c8b1e4d10")]
     pub id: String,

@@ -16,6 +16,7 @@ pub mod live;
 pub mod openapi;
 pub mod orders;
 pub mod proxy;
+pub mod recommendations;
 pub mod settings;
 pub mod stale;
 pub mod users;
@@ -30,6 +31,7 @@ use axum::routing::{get, post};
 use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_api::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use bookstore_api::orders::v1::order_service_client::OrderServiceClient;
+use bookstore_api::recommendations::v1::recommendation_service_client::RecommendationServiceClient;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::Verifier;
 use bookstore_platform::balance::PeerChannel;
@@ -62,6 +64,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         users_url: ctx.peer_url("users")?.to_owned(),
         orders_url: ctx.peer_url("orders")?.to_owned(),
         fulfillment_url: ctx.peer_url("fulfillment")?.to_owned(),
+        recommendations_url: ctx.peer_url("recommendations")?.to_owned(),
         max_body_bytes: settings.max_body_bytes,
         request_timeout: ctx.request_timeout,
         cors_allowed_origins: settings.cors_origins(),
@@ -72,12 +75,24 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         (ctx.channel("books").await?, ctx.channel("users").await?, ctx.channel("orders").await?);
     // Not in readiness: the shop sells while the work queue is down.
     let fulfillment = ctx.channel("fulfillment").await?;
+    // Nor without recommendations: pages get the fallback.
+    let recommendations = ctx.channel("recommendations").await?;
     let state = AppState {
         books: BookServiceClient::new(books.clone()),
         users: UserServiceClient::new(users.clone()),
         orders: OrderServiceClient::new(orders.clone()),
         fulfillment: FulfillmentServiceClient::new(fulfillment.clone()),
-        peers: Peers { books: books.clone(), users: users.clone(), orders: orders.clone(), fulfillment },
+        recommendations: RecommendationServiceClient::new(recommendations.clone()),
+        recommendations_fallback: Arc::new(recommendations::Fallback::new(Duration::from_millis(
+            settings.recommendations_budget_ms,
+        ))),
+        peers: Peers {
+            books: books.clone(),
+            users: users.clone(),
+            orders: orders.clone(),
+            fulfillment,
+            recommendations,
+        },
         stale: stale::StaleCache::new(STALE_ENTRIES, STALE_FOR),
         request_timeout: config.request_timeout,
         trusted_proxies: config.trusted_proxies.clone().into(),
@@ -129,6 +144,8 @@ pub struct GatewayConfig {
     pub orders_url: String,
     /// The fulfillment service, e.g. `http://127.0.0.1:50054`.
     pub fulfillment_url: String,
+    /// The recommendations service, e.g. `http://127.0.0.1:50055`.
+    pub recommendations_url: String,
     /// The largest JSON body accepted; larger gets 413.
     pub max_body_bytes: usize,
     /// How long a request may take end to end; passed on as the gRPC deadline.
@@ -146,6 +163,9 @@ pub struct AppState {
     pub users: UserServiceClient<PeerChannel>,
     pub orders: OrderServiceClient<PeerChannel>,
     pub fulfillment: FulfillmentServiceClient<PeerChannel>,
+    pub recommendations: RecommendationServiceClient<PeerChannel>,
+    /// What a page gets when recommendations cannot answer ([`recommendations`]).
+    pub recommendations_fallback: Arc<recommendations::Fallback>,
     /// The channels under the clients: their retries and their status.
     pub peers: Peers,
     /// Last good catalog reads, served when books cannot answer.
@@ -164,6 +184,7 @@ pub struct Peers {
     pub users: PeerChannel,
     pub orders: PeerChannel,
     pub fulfillment: PeerChannel,
+    pub recommendations: PeerChannel,
 }
 
 impl AppState {
@@ -232,6 +253,8 @@ pub fn router(
             get(books::get_book).patch(books::update_book).delete(books::delete_book),
         )
         .route("/api/v1/books/{id}/stock", post(books::adjust_stock))
+        .route("/api/v1/books/{id}/recommendations", get(recommendations::book_recommendations))
+        .route("/api/v1/users/me/recommendations", get(recommendations::my_recommendations))
         .route("/api/v1/auth/register", post(users::register))
         .route("/api/v1/auth/login", post(users::login))
         .route("/api/v1/auth/refresh", post(users::refresh))

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::{books, fulfillment, orders, users};
+use crate::{books, fulfillment, orders, recommendations, users};
 
 /// The AsyncAPI document, served at `/api/asyncapi.json`.
 pub const ASYNCAPI: &str = include_str!("../asyncapi.json");
@@ -137,6 +137,8 @@ impl Modify for EdgeResponses {
         fulfillment::claim_task,
         fulfillment::advance_task,
         fulfillment::remove_task,
+        recommendations::book_recommendations,
+        recommendations::my_recommendations,
     ),
     components(schemas(
         ErrorBody,
@@ -173,6 +175,8 @@ impl Modify for EdgeResponses {
         fulfillment::Move,
         fulfillment::Step,
         fulfillment::Removal,
+        recommendations::Recommendation,
+        recommendations::Recommendations,
     )),
     modifiers(&BearerAuth, &EdgeResponses),
     tags(

@@ -25,12 +25,18 @@ bookstore_platform::settings! {
         redis_key_prefix: String = "bookstore".to_owned(), flag redis_key_prefix "PREFIX";
         /// Live connections one user may hold open at once: queue sockets and order event streams.
         queue_sockets_per_user: usize = crate::live::SOCKETS_PER_USER, flag queue_sockets_per_user "N";
+        /// How long a recommendations call may take before the page gets the fallback, ms.
+        recommendations_budget_ms: u64 = crate::recommendations::BUDGET.as_millis() as u64, flag recommendations_budget_ms "MS";
         /// Pass-through routes ([[gateway.routes]] tables: prefix, strip_prefix, backends).
         routes: Vec<crate::proxy::Route> = Vec::new(), file routes "TABLES";
     }
 }
 
 fn check(s: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        s.recommendations_budget_ms >= 10,
+        "invalid configuration: recommendations_budget_ms must be at least 10"
+    );
     anyhow::ensure!(s.max_body_bytes >= 1024, "invalid configuration: max_body_bytes must be at least 1024");
     crate::cors_layer(&s.cors_origins())?;
     s.trusted_proxies()?;

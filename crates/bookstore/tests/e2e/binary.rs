@@ -90,6 +90,8 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--fulfillment-grpc",
             "127.0.0.1:0",
+            "--recommendations-grpc",
+            "127.0.0.1:0",
             "--admin-http",
             "127.0.0.1:0",
             "--data-dir",
@@ -170,7 +172,14 @@ async fn start_up_logging(
 ) -> (std::process::Child, Option<String>) {
     let mut command = bookstore();
     command.args(["up", "--http", "127.0.0.1:0", "--data-dir"]).arg(dir);
-    for flag in ["--books-grpc", "--users-grpc", "--orders-grpc", "--fulfillment-grpc", "--admin-http"] {
+    for flag in [
+        "--books-grpc",
+        "--users-grpc",
+        "--orders-grpc",
+        "--fulfillment-grpc",
+        "--recommendations-grpc",
+        "--admin-http",
+    ] {
         command.args([flag, "127.0.0.1:0"]);
     }
     for (flag, value) in servers {

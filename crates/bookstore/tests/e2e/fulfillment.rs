@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
 
-use crate::{System, book_json, login, post_json, until};
+use crate::{System, book_json, customer, post_json, until};
 
 backend_tests!(
     checkouts_become_queued_tasks_that_staff_reorder_claim_advance_and_remove,
@@ -52,8 +52,6 @@ async fn next(socket: &mut Socket) -> Result<Value, u16> {
     }
 }
 
-const PASSWORD: &str = "velvet lantern orbit crumble";
-
 async fn book(sys: &System, n: u32) -> String {
     let mut body = book_json(n, &format!("Book {n}"));
     body["stock"] = json!(100);
@@ -61,14 +59,6 @@ async fn book(sys: &System, n: u32) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-async fn customer(sys: &System, name: &str) -> String {
-    let register = json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD,
-                          "full_name": name});
-    let answer = sys.http.post(sys.url("/api/v1/auth/register")).json(&register).send().await.unwrap();
-    assert_eq!(answer.status(), StatusCode::CREATED);
-    login(&sys.http, &sys.base, name, PASSWORD).await
 }
 
 /// Places an order of one `book` shipping to `recipient`; its id.

@@ -9,6 +9,7 @@ mod fulfillment;
 mod hosts;
 mod lifecycle;
 mod orders;
+mod recommendations;
 mod replicas;
 mod users;
 
@@ -33,6 +34,7 @@ pub struct System {
     pub users_db: TestDatabase,
     pub orders_db: TestDatabase,
     pub fulfillment_db: TestDatabase,
+    pub recommendations_db: TestDatabase,
     _data_dir: tempfile::TempDir,
 }
 
@@ -47,6 +49,7 @@ impl System {
         let users_db = TestDatabase::new(backend).await?;
         let orders_db = TestDatabase::new(backend).await?;
         let fulfillment_db = TestDatabase::new(backend).await?;
+        let recommendations_db = TestDatabase::new(backend).await?;
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -67,6 +70,8 @@ impl System {
         config.orders.database_url = Some(orders_db.url.clone());
         config.fulfillment.grpc = port0;
         config.fulfillment.database_url = Some(fulfillment_db.url.clone());
+        config.recommendations.grpc = port0;
+        config.recommendations.database_url = Some(recommendations_db.url.clone());
         if backend == Backend::Postgres {
             // With the real servers, the bus is the real broker too: exchanges and queues of
             // this test's own on the shared broker.
@@ -93,6 +98,7 @@ impl System {
             users_db,
             orders_db,
             fulfillment_db,
+            recommendations_db,
             _data_dir: data_dir,
         })
     }
@@ -163,6 +169,16 @@ pub async fn until<F: std::future::Future<Output = bool>>(
 }
 
 /// A shipping address for checkouts by accounts that keep none (the admin's).
+/// Registers customer `name` (no address on the account); their access token.
+pub async fn customer(sys: &System, name: &str) -> String {
+    const PASSWORD: &str = "velvet lantern orbit crumble";
+    let register = serde_json::json!({"username": name, "email": format!("{name}@example.com"),
+                                      "password": PASSWORD, "full_name": name});
+    let answer = sys.http.post(sys.url("/api/v1/auth/register")).json(&register).send().await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::CREATED);
+    login(&sys.http, &sys.base, name, PASSWORD).await
+}
+
 pub fn shipping_address() -> serde_json::Value {
     serde_json::json!({"name": "Test Recipient", "line1": "1 Test Street", "city": "Testville", "country": "DE"})
 }
