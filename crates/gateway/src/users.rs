@@ -125,6 +125,11 @@ pub struct ClientCredentials {
     pub grant_type: String,
     pub client_id: String,
     pub client_secret: String,
+    /// The services the token is for (RFC 8707 resource indicators, as service names, e.g.
+    /// `["books"]`), to call them directly: such a token is refused anywhere else, this
+    /// gateway included. Without it, the token is for this API.
+    #[serde(default)]
+    pub resource: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -280,8 +285,11 @@ pub async fn token(
     if body.grant_type != "client_credentials" {
         return Err(ApiError::invalid("grant_type: only client_credentials is supported"));
     }
-    let request =
-        pb::IssueServiceTokenRequest { client_id: body.client_id, client_secret: body.client_secret };
+    let request = pb::IssueServiceTokenRequest {
+        client_id: body.client_id,
+        client_secret: body.client_secret,
+        resources: body.resource,
+    };
     let tokens = state.users.clone().issue_service_token(state.request(request, &Auth::default())).await?;
     Ok(Json(tokens.into_inner().into()))
 }

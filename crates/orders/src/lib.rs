@@ -61,7 +61,9 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let master = ctx.master_key()?;
     let store = OrderStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?);
     let users = ctx.channel("users").await?;
-    let token = ctx.service_token(settings.client_id.clone(), settings.client_secret.clone(), &users)?;
+    // Good at books alone.
+    let token =
+        ctx.service_token(settings.client_id.clone(), settings.client_secret.clone(), &users, &["books"])?;
     let events_key = event_key(&master, events::SHIPPING_ADDRESS);
     let checkout = Checkout::new(store.clone(), ctx.channel("books").await?, token, events_key, &ctx.tasks);
 

@@ -57,11 +57,47 @@ impl Role {
     }
 }
 
+/// Whom a token is for (`aud`, RFC 7519: one name or several). [`AUDIENCE`] is the public API:
+/// such a token is good at the gateway and at every service it forwards it to. A service's name
+/// (`books`) is that service alone, called directly: what a service asks for when it calls
+/// another with its own credentials (as an RFC 8707 resource indicator), so a token it leaks
+/// opens nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// The audience of a token for `names`, or for the public API when there are none.
+    pub fn of(names: &[String]) -> Self {
+        match names {
+            [] => Self::One(AUDIENCE.to_owned()),
+            [one] => Self::One(one.clone()),
+            many => Self::Many(many.to_vec()),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Self::One(one) => one == name,
+            Self::Many(many) => many.iter().any(|n| n == name),
+        }
+    }
+}
+
+impl From<&str> for Audience {
+    fn from(name: &str) -> Self {
+        Self::One(name.to_owned())
+    }
+}
+
 /// The claims of a bookstore access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
-    pub aud: String,
+    pub aud: Audience,
     pub sub: String,
     pub exp: u64,
     pub nbf: u64,
@@ -141,7 +177,8 @@ impl Verifier {
         crate::jwt_crypto::install();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
+        // Required, and checked against who is asking ([`Verifier::verify_for`]).
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
@@ -154,7 +191,17 @@ impl Verifier {
         }
     }
 
+    /// A token for the public API ([`AUDIENCE`]): what the gateway accepts.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_among(token, &[AUDIENCE]).await
+    }
+
+    /// A token for the public API or for `service` alone: what `service` accepts.
+    pub async fn verify_for(&self, token: &str, service: &str) -> Result<Identity, AuthError> {
+        self.verify_among(token, &[AUDIENCE, service]).await
+    }
+
+    async fn verify_among(&self, token: &str, audiences: &[&str]) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed"))?;
         // Pinned: whatever the token claims, only EdDSA is accepted.
         if header.alg != Algorithm::EdDSA {
@@ -187,6 +234,9 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
+        if !audiences.iter().any(|a| claims.aud.contains(a)) {
+            return Err(AuthError::Invalid("wrong audience"));
+        }
         Ok(Identity {
             subject: claims.sub,
             roles: claims.roles,
@@ -244,7 +294,8 @@ pub type TokenSource =
 /// expires.
 pub struct ServiceToken {
     source: TokenSource,
-    cached: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// The token and when to renew it, on tokio's clock (tests move it).
+    cached: tokio::sync::Mutex<Option<(String, tokio::time::Instant)>>,
 }
 
 impl ServiceToken {
@@ -255,13 +306,13 @@ impl ServiceToken {
     pub async fn get(&self) -> anyhow::Result<String> {
         let mut cached = self.cached.lock().await;
         if let Some((token, renew_at)) = cached.as_ref()
-            && Instant::now() < *renew_at
+            && tokio::time::Instant::now() < *renew_at
         {
             return Ok(token.clone());
         }
         let (token, ttl) = (self.source)().await?;
-        let renew_at =
-            Instant::now() + ttl.saturating_sub(Duration::from_secs(60)).max(Duration::from_secs(1));
+        let renew_at = tokio::time::Instant::now()
+            + ttl.saturating_sub(Duration::from_secs(60)).max(Duration::from_secs(1));
         *cached = Some((token.clone(), renew_at));
         Ok(token)
     }
@@ -307,16 +358,17 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-/// gRPC-side middleware: a request with a valid token carries its [`Identity`] in its
+/// gRPC-side middleware of `service`: a request with a valid token (for the public API or for
+/// `service`) carries its [`Identity`] in its
 /// extensions; one with an invalid token is answered UNAUTHENTICATED at once; one without a
 /// token goes on anonymous, and each method decides whether that is enough.
 pub(crate) async fn authenticate_grpc(
-    State(verifier): State<Arc<Verifier>>,
+    State((verifier, service)): State<(Arc<Verifier>, &'static str)>,
     mut request: Request,
     next: Next,
 ) -> Response {
     if let Some(token) = bearer(request.headers()) {
-        match verifier.verify(token).await {
+        match verifier.verify_for(token, service).await {
             Ok(identity) => {
                 request.extensions_mut().insert(identity);
             }
@@ -449,6 +501,53 @@ mod tests {
             verifier.verify(&issuer.sign(&claims)).await,
             Err(AuthError::Invalid("wrong audience"))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_token_for_one_service_is_good_there_only_and_one_for_the_api_everywhere() {
+        let issuer = TestIssuer::new();
+        let verifier = issuer.verifier();
+        let mut claims = issuer.claims("svc-recommendations", &[Role::Service]);
+        claims.aud = Audience::of(&["books".to_owned()]);
+        let for_books = issuer.sign(&claims);
+        assert!(verifier.verify_for(&for_books, "books").await.is_ok());
+        for refused in [verifier.verify_for(&for_books, "orders").await, verifier.verify(&for_books).await] {
+            assert!(matches!(refused, Err(AuthError::Invalid("wrong audience"))), "{refused:?}");
+        }
+        claims.aud = Audience::of(&["books".to_owned(), "orders".to_owned()]);
+        let for_both = issuer.sign(&claims);
+        assert!(verifier.verify_for(&for_both, "orders").await.is_ok(), "one of several");
+        assert!(verifier.verify_for(&for_both, "users").await.is_err());
+        let api = issuer.token("u1", &[Role::Customer]);
+        assert!(verifier.verify(&api).await.is_ok() && verifier.verify_for(&api, "books").await.is_ok());
+    }
+
+    /// What a service asks for when it calls another: `aud` as a list when it names several.
+    #[test]
+    fn an_audience_is_one_name_or_a_list_on_the_wire() {
+        let one = serde_json::to_value(Audience::of(&[])).unwrap();
+        assert_eq!(one, serde_json::json!(AUDIENCE));
+        let many = serde_json::to_value(Audience::of(&["books".into(), "orders".into()])).unwrap();
+        assert_eq!(many, serde_json::json!(["books", "orders"]));
+        let read: Audience = serde_json::from_value(serde_json::json!(["a", "b"])).unwrap();
+        assert!(read.contains("b") && !read.contains("c"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_token_is_fetched_once_and_again_a_minute_before_it_expires() {
+        let fetched = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = fetched.clone();
+        let source: TokenSource = Arc::new(move || {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { Ok((format!("token-{n}"), Duration::from_secs(300))) })
+        });
+        let token = ServiceToken::new(source);
+        assert_eq!(token.get().await.unwrap(), "token-0");
+        tokio::time::advance(Duration::from_secs(239)).await;
+        assert_eq!(token.get().await.unwrap(), "token-0", "kept while it has more than a minute left");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(token.get().await.unwrap(), "token-1", "renewed in its last minute, before it expires");
+        assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

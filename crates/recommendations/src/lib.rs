@@ -42,7 +42,9 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
     let store = Store::new(db.clone());
     let users = ctx.channel("users").await?;
-    let token = ctx.service_token(settings.client_id.clone(), settings.client_secret.clone(), &users)?;
+    // Good at books alone: a token that leaked from here opens nothing else.
+    let token =
+        ctx.service_token(settings.client_id.clone(), settings.client_secret.clone(), &users, &["books"])?;
 
     let consumer_store = store.clone();
     ctx.consume(events::CONSUMER, &events::TYPES, move |event| {

@@ -126,12 +126,18 @@ impl Users {
     }
 
     /// A `service`-role token for a service running in this process (`bookstore up`), which
-    /// needs no client secret to prove it is us. Separate deployments use client credentials.
-    pub fn internal_service_token(&self, service: &str) -> anyhow::Result<(String, Duration)> {
+    /// needs no client secret to prove it is us, for the services in `audience`. Separate
+    /// deployments use client credentials.
+    pub fn internal_service_token(
+        &self,
+        service: &str,
+        audience: &[String],
+    ) -> anyhow::Result<(String, Duration)> {
         let token = tokens::access_token(
             &self.keyring,
             &format!("svc-{service}"),
             &[Role::Service],
+            audience,
             self.config.access_ttl,
         )?;
         Ok((token, self.config.access_ttl))

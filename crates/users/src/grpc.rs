@@ -105,7 +105,7 @@ impl UsersGrpc {
     ) -> Result<pb::TokenResponse, Status> {
         let config = self.config();
         let access =
-            access_token(&self.users.keyring, user_id, roles, config.access_ttl).map_err(internal)?;
+            access_token(&self.users.keyring, user_id, roles, &[], config.access_ttl).map_err(internal)?;
         let refresh_token = match refresh {
             Some(token) => token.to_owned(),
             None => {
@@ -395,9 +395,10 @@ impl UserService for UsersGrpc {
         if !ok {
             return Err(Status::unauthenticated("wrong client id or secret"));
         }
+        let audience = parse_resources(&req.resources)?;
         let ttl = self.config().access_ttl;
-        let access =
-            access_token(&self.users.keyring, &req.client_id, &[Role::Service], ttl).map_err(internal)?;
+        let access = access_token(&self.users.keyring, &req.client_id, &[Role::Service], &audience, ttl)
+            .map_err(internal)?;
         Ok(Response::new(pb::TokenResponse {
             access_token: access,
             token_type: "Bearer".into(),
@@ -406,4 +407,19 @@ impl UserService for UsersGrpc {
             refresh_expires_in: 0,
         }))
     }
+}
+
+/// The services a service token is asked for (RFC 8707's resource indicators, here service
+/// names): at most 8, each a lowercase name. None asks for the public API.
+fn parse_resources(resources: &[String]) -> Result<Vec<String>, Status> {
+    let valid = |r: &String| {
+        (1..=40).contains(&r.len())
+            && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if resources.len() > 8 || !resources.iter().all(valid) {
+        return Err(Status::invalid_argument(
+            "resources: at most 8 service names, each lowercase letters, digits and dashes",
+        ));
+    }
+    Ok(resources.to_vec())
 }

@@ -68,10 +68,10 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     });
 
     let minter = users.clone();
-    let local_tokens: LocalTokens = Arc::new(move |service: &str| {
-        let (minter, service) = (minter.clone(), service.to_owned());
+    let local_tokens: LocalTokens = Arc::new(move |service: &str, audience: &[String]| {
+        let (minter, service, audience) = (minter.clone(), service.to_owned(), audience.to_vec());
         let source: TokenSource = Arc::new(move || {
-            let minted = minter.internal_service_token(&service);
+            let minted = minter.internal_service_token(&service, &audience);
             Box::pin(async move { minted })
         });
         source

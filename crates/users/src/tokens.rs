@@ -4,24 +4,26 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bookstore_platform::auth::{AUDIENCE, Claims, ISSUER, Role};
+use bookstore_platform::auth::{Audience, Claims, ISSUER, Role};
 use jsonwebtoken::{Algorithm, Header};
 use rand::RngCore;
 
 use crate::keys::Keyring;
 
-/// Signs an access token for `subject` with `roles`, valid for `ttl`.
+/// Signs an access token for `subject` with `roles`, valid for `ttl`, for the services named in
+/// `audience` alone, or for the public API when it names none ([`Audience::of`]).
 pub fn access_token(
     keyring: &Keyring,
     subject: &str,
     roles: &[Role],
+    audience: &[String],
     ttl: Duration,
 ) -> anyhow::Result<String> {
     let key = keyring.current_signing_key()?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let claims = Claims {
         iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
+        aud: Audience::of(audience),
         sub: subject.into(),
         iat: now,
         nbf: now,

@@ -367,7 +367,8 @@ pub async fn short_lived_token(
     )
     .unwrap();
     let keyring = bookstore_users::keys::Keyring::load(&store, master, ttl).await.unwrap();
-    bookstore_users::tokens::access_token(&keyring, &uuid::Uuid::new_v4().to_string(), &[role], ttl).unwrap()
+    bookstore_users::tokens::access_token(&keyring, &uuid::Uuid::new_v4().to_string(), &[role], &[], ttl)
+        .unwrap()
 }
 
 async fn a_staff_socket_is_closed_with_4401_when_its_token_expires(backend: Backend) {

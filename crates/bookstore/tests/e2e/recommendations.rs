@@ -14,6 +14,7 @@ use crate::{System, book_json, customer, post_json, shipping_address, until};
 backend_tests!(
     recommendations_rank_what_was_bought_together_and_fill_up_with_what_is_in_stock,
     with_the_recommendations_service_gone_a_book_page_gets_the_best_sellers_marked_fallback,
+    a_service_token_asked_for_books_opens_books_and_nothing_else,
 );
 
 /// Book `n`, titled "Book n", with `stock`; its id.
@@ -177,4 +178,51 @@ async fn with_the_recommendations_service_gone_a_book_page_gets_the_best_sellers
     let (status, degraded, _) = recommended(&sys.http, &mine, Some(&ada)).await;
     assert_eq!((status, degraded.as_deref()), (StatusCode::OK, Some("fallback")));
     gateway.shutdown_token().cancel();
+}
+
+async fn a_service_token_asked_for_books_opens_books_and_nothing_else(backend: Backend) {
+    use bookstore_api::books::v1 as books;
+    use bookstore_api::orders::v1 as orders;
+    let Some(sys) = System::start(backend, false).await else { return };
+    let a = book(&sys, 1, 5).await;
+    let account =
+        post_json(&sys.http, &sys.url("/api/v1/service-accounts"), &sys.admin, &json!({"name": "reader"}))
+            .await;
+    let token_for = |resource: Value| {
+        let body = json!({"grant_type": "client_credentials", "client_id": account["client_id"],
+                          "client_secret": account["client_secret"], "resource": resource});
+        let http = sys.http.clone();
+        let url = sys.url("/api/v1/auth/token");
+        async move {
+            let answer: Value = http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+            answer["access_token"].as_str().unwrap_or_else(|| panic!("no token: {answer}")).to_owned()
+        }
+    };
+    let (for_books, for_orders) = (token_for(json!(["books"])).await, token_for(json!(["orders"])).await);
+    fn with<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+    let channel =
+        tonic::transport::Channel::from_shared(sys.books_base.clone()).unwrap().connect().await.unwrap();
+    let mut books_client = books::book_service_client::BookServiceClient::new(channel);
+    let read = books_client.get_book(with(&for_books, books::GetBookRequest { id: a.clone() })).await;
+    assert_eq!(read.unwrap().into_inner().id, a, "books takes a token asked for books");
+    let refused = books_client.get_book(with(&for_orders, books::GetBookRequest { id: a.clone() })).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated, "and refuses one asked for orders");
+
+    let orders_url = format!("http://{}", sys.app.as_ref().unwrap().addr("orders").unwrap());
+    let channel = tonic::transport::Channel::from_shared(orders_url).unwrap().connect().await.unwrap();
+    let mut orders_client = orders::order_service_client::OrderServiceClient::new(channel);
+    let refused = orders_client.list_orders(with(&for_books, orders::ListOrdersRequest::default())).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated, "orders refuses books' token");
+    // Nor is it good at the gateway, which takes tokens for the public API only.
+    let at_the_edge = sys.http.get(sys.url("/api/v1/orders")).bearer_auth(&for_books).send().await.unwrap();
+    assert_eq!(at_the_edge.status(), StatusCode::UNAUTHORIZED);
+    // A name that is not one is refused in the envelope.
+    let body = json!({"grant_type": "client_credentials", "client_id": account["client_id"],
+                      "client_secret": account["client_secret"], "resource": ["Books!"]});
+    let bad = sys.http.post(sys.url("/api/v1/auth/token")).json(&body).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
