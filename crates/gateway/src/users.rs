@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use bookstore_api::users::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::auth::Auth;
 use crate::books::rfc3339;
-use crate::error::{ApiError, ErrorBody, Json, Path, Query};
+use crate::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct User {
@@ -123,7 +123,10 @@ pub struct ClientCredentials {
     /// Must be `client_credentials`.
     #[schema(example = "client_credentials")]
     pub grant_type: String,
+    /// Absent when given as HTTP Basic.
+    #[serde(default)]
     pub client_id: String,
+    #[serde(default)]
     pub client_secret: String,
     /// The services the token is for (RFC 8707 resource indicators, as service names, e.g.
     /// `["books"]`), to call them directly: such a token is refused anywhere else, this
@@ -271,17 +274,49 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A service account's client credentials for an access token with the `service` role.
-#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = ClientCredentials,
+/// A service account's client credentials for an access token with the `service` role: as JSON,
+/// or as RFC 6749's form (`application/x-www-form-urlencoded`, §4.4), with the client's id and
+/// secret in the body or in HTTP Basic (§2.3.1), so standard OAuth2 clients work unchanged.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth",
+    request_body(content(
+        (ClientCredentials = "application/json"),
+        (ClientCredentials = "application/x-www-form-urlencoded"),
+    ), description = "With the form, `client_id` and `client_secret` may come as HTTP Basic instead; `resource` may repeat."),
     responses(
         (status = 200, description = "An access token", body = Tokens),
-        (status = 400, description = "Unsupported grant type", body = ErrorBody),
+        (status = 400, description = "Unsupported grant type, or credentials given twice", body = ErrorBody),
         (status = 401, description = "Wrong client id or secret", body = ErrorBody),
     ))]
 pub async fn token(
     State(state): State<AppState>,
-    Json(body): Json<ClientCredentials>,
+    request: axum::extract::Request,
 ) -> Result<Json<Tokens>, ApiError> {
+    let form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let basic = basic_credentials(request.headers())?;
+    let mut body = if form {
+        // A token request is a few short fields.
+        let bytes = axum::body::to_bytes(request.into_body(), 16 * 1024).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                "the form is over 16 KiB",
+            )
+        })?;
+        ClientCredentials::from_form(&bytes)
+    } else {
+        use axum::extract::FromRequest;
+        Json::<ClientCredentials>::from_request(request, &state).await?.0
+    };
+    if let Some((id, secret)) = basic {
+        if !body.client_id.is_empty() || !body.client_secret.is_empty() {
+            return Err(ApiError::invalid("client credentials: in HTTP Basic or in the body, not both"));
+        }
+        (body.client_id, body.client_secret) = (id, secret);
+    }
     if body.grant_type != "client_credentials" {
         return Err(ApiError::invalid("grant_type: only client_credentials is supported"));
     }
@@ -292,6 +327,49 @@ pub async fn token(
     };
     let tokens = state.users.clone().issue_service_token(state.request(request, &Auth::default())).await?;
     Ok(Json(tokens.into_inner().into()))
+}
+
+impl ClientCredentials {
+    /// RFC 6749's form: unknown parameters are ignored (§3.2), `resource` may repeat (RFC 8707).
+    fn from_form(body: &[u8]) -> Self {
+        let mut grant = Self {
+            grant_type: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            resource: Vec::new(),
+        };
+        for (key, value) in url::form_urlencoded::parse(body) {
+            match key.as_ref() {
+                "grant_type" => grant.grant_type = value.into_owned(),
+                "client_id" => grant.client_id = value.into_owned(),
+                "client_secret" => grant.client_secret = value.into_owned(),
+                "resource" => grant.resource.push(value.into_owned()),
+                _ => {}
+            }
+        }
+        grant
+    }
+}
+
+/// `Authorization: Basic`: the client's id and secret, each form-encoded (RFC 6749 §2.3.1).
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+    use base64::Engine;
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some((scheme, encoded)) = value.split_once(' ') else { return Ok(None) };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let unreadable = || ApiError::invalid("Authorization: Basic must be base64 of client_id:client_secret");
+    let decoded =
+        base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| unreadable())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| unreadable())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(unreadable)?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned())
+    };
+    Ok(Some((unescape(id).unwrap_or_default(), unescape(secret).unwrap_or_default())))
 }
 
 /// The public keys that verify access tokens (RFC 7517).

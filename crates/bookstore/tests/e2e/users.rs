@@ -543,6 +543,32 @@ async fn service_accounts_get_tokens_by_client_credentials(backend: Backend) {
     assert_eq!(write.status(), StatusCode::FORBIDDEN);
     assert_eq!(grant("wrong secret", "client_credentials").await.unwrap().status(), StatusCode::UNAUTHORIZED);
     assert_eq!(grant("x", "password").await.unwrap().status(), StatusCode::BAD_REQUEST);
+
+    // As a standard OAuth2 client sends it (RFC 6749 §4.4): a form, the credentials in the
+    // body or in HTTP Basic (each part form-encoded), never both.
+    let (id, secret) = (account["client_id"].as_str().unwrap(), account["client_secret"].as_str().unwrap());
+    let form = |body: String| {
+        sys.http
+            .post(sys.url("/api/v1/auth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let in_body = form(format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"));
+    let answer: Value = in_body.send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (answer["token_type"].as_str(), answer["expires_in"].as_i64().is_some()),
+        (Some("Bearer"), true)
+    );
+    let basic =
+        form("grant_type=client_credentials".into()).basic_auth(id, Some(secret)).send().await.unwrap();
+    assert_eq!(basic.status(), StatusCode::OK);
+    let twice = form(format!("grant_type=client_credentials&client_id={id}")).basic_auth(id, Some(secret));
+    assert_eq!(twice.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let wrong =
+        form("grant_type=client_credentials".into()).basic_auth(id, Some("wrong")).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHENTICATED", "refusals stay in the envelope: {body}");
     let by_customer =
         sys.http.post(sys.url("/api/v1/service-accounts")).json(&json!({"name": "x"})).send().await.unwrap();
     assert_eq!(by_customer.status(), StatusCode::UNAUTHORIZED);
