@@ -86,10 +86,16 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     // Customers watch their own orders change, through any replica.
     let live = live::Live::default();
     let watched = live.clone();
-    ctx.subscribe(live::SUBSCRIPTION, &live::TYPES, StartAt::Since(now_ms()), move |event, _| {
-        let result = watched.handle(&event);
-        async move { result }
-    })?;
+    ctx.subscribe(
+        live::SUBSCRIPTION,
+        &live::TYPES,
+        StartAt::Since(now_ms()),
+        live::KEEP,
+        move |event, _| {
+            let result = watched.handle(&event);
+            async move { result }
+        },
+    )?;
 
     let routes = tonic::service::Routes::new(OrderServiceServer::new(OrdersGrpc::new(checkout, users, live)));
     let router =

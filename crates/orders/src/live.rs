@@ -20,6 +20,9 @@ use tokio::sync::broadcast;
 pub const SUBSCRIPTION: &str = "orders-live";
 /// Every event orders publishes when an order is placed or changes status.
 pub const TYPES: [&str; 3] = ["OrderPlaced", "OrderCancelled", "OrderStatusChanged"];
+/// How long the broker keeps the events for this subscription: a replica starting reads what
+/// was published since it was built, so a little is plenty.
+pub const KEEP: &str = "1h";
 /// How many orders a watcher may fall behind before it is ended.
 pub const BACKLOG: usize = 1024;
 /// A watch resuming from `since_ms` is sent every order of its owner changed from this long

@@ -150,6 +150,7 @@ impl Context {
         name: &'static str,
         types: &'static [&'static str],
         start: crate::events::StartAt,
+        keep: &'static str,
         handler: F,
     ) -> anyhow::Result<()>
     where
@@ -161,6 +162,7 @@ impl Context {
             name: name.to_owned(),
             types: types.iter().map(|t| (*t).to_owned()).collect(),
             start,
+            keep,
         };
         self.tasks.spawn(name, async move {
             if let Err(e) = bus.subscribe(&subscription, handler, stopping).await {

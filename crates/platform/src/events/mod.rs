@@ -30,7 +30,7 @@ pub use inbox::inbox_begin;
 pub use log::EventLog;
 pub use outbox::{OUTBOX_MIGRATIONS, run_relay};
 pub use rabbit::RabbitBus;
-pub use subscribe::{StartAt, Subscription};
+pub use subscribe::{KEEP, StartAt, Subscription};
 
 /// An event as it travels: its id (for deduplication), its type (for routing) and its body
 /// (the encoded envelope).

@@ -134,9 +134,13 @@ impl RabbitBus {
         {
             let mut confirms = Vec::with_capacity(events.len());
             for e in events {
+                // The publish time (seconds) lets a subscription start from a moment.
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 let properties = lapin::BasicProperties::default()
                     .with_message_id(e.id.as_str().into())
                     .with_type(e.event_type.as_str().into())
+                    .with_timestamp(now.as_secs())
                     .with_delivery_mode(2);
                 let confirm = channel
                     .basic_publish(

@@ -38,7 +38,9 @@ pub enum StartAt {
     After(i64),
     /// Every event published from this moment on (milliseconds since the epoch), and perhaps a
     /// few from the second before it: a start fixed when a service is built, so that what is
-    /// published once it serves is never missed, however late the subscription attaches.
+    /// published once it serves is never missed, however late the subscription attaches. On
+    /// RabbitMQ the stream is read from the oldest event it keeps, skipping those published
+    /// before (each carries its publish time): give such a subscription a short `keep`.
     Since(i64),
 }
 
@@ -51,7 +53,13 @@ pub struct Subscription {
     /// The event types delivered; others never reach the handler.
     pub types: Vec<String>,
     pub start: StartAt,
+    /// How long RabbitMQ keeps its events (`x-max-age`, e.g. `7D`, `1h`): what a replica can
+    /// catch up on.
+    pub keep: &'static str,
 }
+
+/// What a subscription keeps unless it says otherwise: a week.
+pub const KEEP: &str = "7D";
 
 /// Runs `handler` for one event, retrying a few times; `false` when it gave up on it.
 async fn handle<F, Fut>(name: &str, handler: &F, event: Event, position: i64) -> bool
@@ -168,8 +176,14 @@ impl RabbitBus {
             StartAt::Beginning => AMQPValue::LongString("first".into()),
             StartAt::Now => AMQPValue::LongString("next".into()),
             StartAt::After(position) => AMQPValue::LongLongInt(position + 1),
-            // A stream offset by time counts whole seconds, from the chunk that holds it.
-            StartAt::Since(ms) => AMQPValue::Timestamp(ms.max(0) as u64 / 1000),
+            // Not a stream offset by time: this broker attaches those at the end when they fall
+            // inside a chunk's second. The publish time of each event decides instead.
+            StartAt::Since(_) => AMQPValue::LongString("first".into()),
+        };
+        // Publish times count whole seconds: the second `since` falls in is let through.
+        let since_secs = match from {
+            StartAt::Since(ms) => Some(ms.max(0) as u64 / 1000),
+            _ => None,
         };
         let (conn, mut deliveries) = self
             .within("starting a subscription", async {
@@ -200,9 +214,12 @@ impl RabbitBus {
                 })
                 .context("a stream message without its offset")?;
             let event = super::rabbit::event_of(&delivery);
+            let before_since = since_secs.is_some_and(|since| {
+                delivery.properties.timestamp().is_some_and(|published| published < since)
+            });
             // The stream may be bound to more types for another replica's version; deliver
             // only what this subscriber named.
-            if subscription.types.contains(&event.event_type) {
+            if subscription.types.contains(&event.event_type) && !before_since {
                 handle(&subscription.name, handler, event, position).await;
             }
             *start.lock().expect("subscription position") = StartAt::After(position);
@@ -252,8 +269,8 @@ async fn declare_stream(
     let exchange = rabbit.exchange();
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
-    // What a replica can catch up on: a week, or 1 GB, whichever ends first.
-    args.insert("x-max-age".into(), AMQPValue::LongString("7D".into()));
+    // What a replica can catch up on: its `keep`, or 1 GB, whichever ends first.
+    args.insert("x-max-age".into(), AMQPValue::LongString(subscription.keep.into()));
     args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(1_000_000_000));
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(stream.as_str().into(), durable, args).await.context("declaring the stream")?;

@@ -447,7 +447,8 @@ async fn subscriptions_fan_out_and_catch_up(bus: &Bus, name: &str) {
         event_type: kind.to_owned(),
         body: vec![],
     };
-    let subscription = |start| Subscription { name: name.to_owned(), types: vec![wanted.clone()], start };
+    let subscription =
+        |start| Subscription { name: name.to_owned(), types: vec![wanted.clone()], start, keep: super::KEEP };
     // The subscription exists before the first publish, as it does once a service that
     // subscribes has started.
     bus.declare_subscription(&subscription(StartAt::Now)).await.unwrap();
