@@ -3,7 +3,7 @@
 
 use bookstore_api::books::v1 as pb;
 use bookstore_api::books::v1::book_service_server::BookService;
-use bookstore_platform::auth::{Role, require};
+use bookstore_platform::auth::{Role, check_service_scope, require_or_scope};
 use bookstore_platform::grpc::timestamp;
 use bookstore_platform::status::{self, Shortfall};
 use tonic::{Request, Response, Status};
@@ -16,8 +16,11 @@ use crate::store::{BookStore, StoreError};
 
 /// Who may change the catalog.
 const CATALOG_EDITORS: &[Role] = &[Role::Staff, Role::Admin];
-/// Who may run the checkout saga's steps: the orders service, with its own service token.
-const SAGA_CALLERS: &[Role] = &[Role::Service, Role::Admin];
+/// Who may run the checkout saga's steps besides a service account granted `books:reserve`
+/// (the orders service, with its own token).
+const SAGA_CALLERS: &[Role] = &[Role::Admin];
+/// What a service account needs to read the catalog (anyone else may, anonymous included).
+const READ: &str = "books:read";
 /// How long stock is held for an order that is never confirmed.
 pub const DEFAULT_HOLD: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
@@ -109,6 +112,7 @@ fn money(price: Option<pb::Money>) -> Result<Money, InvalidField> {
 #[tonic::async_trait]
 impl BookService for BooksGrpc {
     async fn get_book(&self, request: Request<pb::GetBookRequest>) -> Result<Response<pb::Book>, Status> {
+        check_service_scope(&request, READ)?;
         let book = self.store.get(&request.into_inner().id).await?;
         Ok(Response::new(to_proto(book)))
     }
@@ -117,6 +121,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::ListBooksRequest>,
     ) -> Result<Response<pb::ListBooksResponse>, Status> {
+        check_service_scope(&request, READ)?;
         let req = request.into_inner();
         let page = PageRequest::parse(req.page, req.limit).map_err(invalid)?;
         let author = req.author.as_deref().map(Author::parse).transpose().map_err(invalid)?;
@@ -128,7 +133,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::CreateBookRequest>,
     ) -> Result<Response<pb::Book>, Status> {
-        require(&request, CATALOG_EDITORS)?;
+        require_or_scope(&request, CATALOG_EDITORS, "books:write")?;
         let req = request.into_inner();
         let book = NewBook {
             isbn: Isbn::parse(&req.isbn).map_err(invalid)?,
@@ -147,7 +152,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::UpdateBookRequest>,
     ) -> Result<Response<pb::Book>, Status> {
-        require(&request, CATALOG_EDITORS)?;
+        require_or_scope(&request, CATALOG_EDITORS, "books:write")?;
         let req = request.into_inner();
         let patch = BookPatch {
             isbn: req.isbn.as_deref().map(Isbn::parse).transpose().map_err(invalid)?,
@@ -164,7 +169,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::DeleteBookRequest>,
     ) -> Result<Response<pb::DeleteBookResponse>, Status> {
-        require(&request, CATALOG_EDITORS)?;
+        require_or_scope(&request, CATALOG_EDITORS, "books:write")?;
         let id = request.into_inner().id;
         self.store.delete(&id).await?;
         tracing::info!(%id, "book deleted");
@@ -175,6 +180,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::SearchBooksRequest>,
     ) -> Result<Response<pb::ListBooksResponse>, Status> {
+        check_service_scope(&request, READ)?;
         let req = request.into_inner();
         let query = SearchQuery::parse(&req.query).map_err(invalid)?;
         let page = PageRequest::parse(req.page, req.limit).map_err(invalid)?;
@@ -186,7 +192,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::AdjustStockRequest>,
     ) -> Result<Response<pb::Book>, Status> {
-        require(&request, CATALOG_EDITORS)?;
+        require_or_scope(&request, CATALOG_EDITORS, "books:write")?;
         let req = request.into_inner();
         let delta = parse_stock_delta(req.delta).map_err(invalid)?;
         let book = self.store.adjust_stock(&req.id, delta).await?;
@@ -197,7 +203,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::ReserveStockRequest>,
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
-        require(&request, SAGA_CALLERS)?;
+        require_or_scope(&request, SAGA_CALLERS, "books:reserve")?;
         let req = request.into_inner();
         if req.order_id.is_empty() || req.order_id.len() > 64 {
             return Err(Status::invalid_argument("order_id: must be 1 to 64 characters"));
@@ -229,7 +235,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::ReservationRequest>,
     ) -> Result<Response<pb::ReservationResponse>, Status> {
-        require(&request, SAGA_CALLERS)?;
+        require_or_scope(&request, SAGA_CALLERS, "books:reserve")?;
         let state = self.store.settle(&request.into_inner().order_id, Settlement::Confirm).await?;
         Ok(Response::new(pb::ReservationResponse { state: state.as_str().to_owned() }))
     }
@@ -238,7 +244,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::ConfirmReservationsRequest>,
     ) -> Result<Response<pb::ConfirmReservationsResponse>, Status> {
-        require(&request, SAGA_CALLERS)?;
+        require_or_scope(&request, SAGA_CALLERS, "books:reserve")?;
         let order_ids = request.into_inner().order_ids;
         if order_ids.len() > 1000 {
             return Err(Status::invalid_argument("order_ids: at most 1000 at once"));
@@ -260,7 +266,7 @@ impl BookService for BooksGrpc {
         &self,
         request: Request<pb::ReservationRequest>,
     ) -> Result<Response<pb::ReservationResponse>, Status> {
-        require(&request, SAGA_CALLERS)?;
+        require_or_scope(&request, SAGA_CALLERS, "books:reserve")?;
         let state = self.store.settle(&request.into_inner().order_id, Settlement::Release).await?;
         Ok(Response::new(pb::ReservationResponse { state: state.as_str().to_owned() }))
     }

@@ -3,7 +3,7 @@
 
 use bookstore_api::fulfillment::v1 as pb;
 use bookstore_api::fulfillment::v1::fulfillment_service_server::FulfillmentService;
-use bookstore_platform::auth::{Role, require};
+use bookstore_platform::auth::{Role, require_or_scope};
 use bookstore_platform::grpc::timestamp;
 use tonic::{Request, Response, Status};
 
@@ -11,6 +11,9 @@ use crate::domain::{Change, Task, parse_position, parse_reason};
 use crate::store::{TaskError, TaskStore};
 
 const STAFF: &[Role] = &[Role::Staff, Role::Admin];
+/// What a service account needs to read the queue, and to change it.
+const READ: &str = "queue:read";
+const WRITE: &str = "queue:write";
 
 impl From<TaskError> for Status {
     fn from(err: TaskError) -> Self {
@@ -97,7 +100,7 @@ impl FulfillmentService for FulfillmentGrpc {
         &self,
         request: Request<pb::WatchQueueRequest>,
     ) -> Result<Response<Self::WatchQueueStream>, Status> {
-        require(&request, STAFF)?;
+        require_or_scope(&request, STAFF, READ)?;
         // Listening before reading: nothing committed in between is missed, and what was read
         // already (seq at or below `seq`) is not sent again.
         let changes = self.store.watch();
@@ -145,13 +148,13 @@ impl FulfillmentService for FulfillmentGrpc {
     }
 
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> Result<Response<pb::Queue>, Status> {
-        require(&request, STAFF)?;
+        require_or_scope(&request, STAFF, READ)?;
         let (seq, tasks) = self.store.queue().await?;
         Ok(Response::new(pb::Queue { seq, tasks: tasks.iter().map(task_to_proto).collect() }))
     }
 
     async fn move_task(&self, request: Request<pb::MoveTaskRequest>) -> Result<Response<pb::Change>, Status> {
-        require(&request, STAFF)?;
+        require_or_scope(&request, STAFF, WRITE)?;
         let req = request.into_inner();
         let position = parse_position(req.position).map_err(Status::from)?;
         let change = self.store.move_task(&req.task_id, position, req.version).await?;
@@ -159,14 +162,14 @@ impl FulfillmentService for FulfillmentGrpc {
     }
 
     async fn claim_task(&self, request: Request<pb::TaskRequest>) -> Result<Response<pb::Change>, Status> {
-        let who = require(&request, STAFF)?.subject.clone();
+        let who = require_or_scope(&request, STAFF, WRITE)?.subject.clone();
         let req = request.into_inner();
         let change = self.store.claim(&req.task_id, req.version, &who).await?;
         Ok(Response::new(change_to_proto(&change)))
     }
 
     async fn advance_task(&self, request: Request<pb::TaskRequest>) -> Result<Response<pb::Change>, Status> {
-        require(&request, STAFF)?;
+        require_or_scope(&request, STAFF, WRITE)?;
         let req = request.into_inner();
         let change = self.store.advance(&req.task_id, req.version).await?;
         Ok(Response::new(change_to_proto(&change)))
@@ -176,7 +179,7 @@ impl FulfillmentService for FulfillmentGrpc {
         &self,
         request: Request<pb::RemoveTaskRequest>,
     ) -> Result<Response<pb::Change>, Status> {
-        require(&request, STAFF)?;
+        require_or_scope(&request, STAFF, WRITE)?;
         let req = request.into_inner();
         let reason = parse_reason(&req.reason).map_err(Status::from)?;
         let change = self.store.remove(&req.task_id, req.version, &reason).await?;

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod orders;
 pub mod proxy;
 pub mod recommendations;
+pub mod scopes;
 pub mod settings;
 pub mod stale;
 pub mod users;
@@ -267,7 +268,15 @@ pub fn router(
             "/api/v1/users/{id}",
             get(users::get_user).patch(users::update_user).delete(users::delete_user),
         )
-        .route("/api/v1/service-accounts", post(users::create_service_account))
+        .route(
+            "/api/v1/service-accounts",
+            get(users::list_service_accounts).post(users::create_service_account),
+        )
+        .route(
+            "/api/v1/service-accounts/{client_id}/rotate-secret",
+            post(users::rotate_service_account_secret),
+        )
+        .route("/api/v1/service-accounts/{client_id}/revoke", post(users::revoke_service_account))
         .route("/api/v1/orders", get(orders::list_orders).post(orders::create_order))
         .route("/api/v1/orders/events", get(orders::order_events))
         .route("/api/v1/orders/{id}", get(orders::get_order))
@@ -279,6 +288,9 @@ pub fn router(
         .route("/api/v1/fulfillment/tasks/{id}/claim", post(fulfillment::claim_task))
         .route("/api/v1/fulfillment/tasks/{id}/advance", post(fulfillment::advance_task))
         .route("/api/v1/fulfillment/tasks/{id}/remove", post(fulfillment::remove_task))
+        // After routing, so it knows the route; after the token check (a layer below), so it
+        // knows the caller.
+        .route_layer(axum::middleware::from_fn(scopes::require_scope))
         .with_state(state)
         // Counted after the token is checked, so a signed-in client counts as itself.
         .layer(axum::middleware::from_fn_with_state(edge.limiter.clone(), edge::rate_limit))

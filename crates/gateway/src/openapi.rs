@@ -30,6 +30,46 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Declares the OAuth2 client-credentials scheme with every scope a service account can hold,
+/// and puts on each operation the scope a service account needs for it ([`crate::scopes`]), so
+/// Swagger UI's Authorize button gets a token for them, and the document says what the gateway
+/// enforces.
+struct OAuth2Scopes;
+
+impl Modify for OAuth2Scopes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ClientCredentials, Flow, OAuth2, Scopes, SecurityRequirement};
+        let scopes = Scopes::from_iter(bookstore_platform::auth::SCOPES);
+        let flow = Flow::ClientCredentials(ClientCredentials::new("/api/v1/auth/token", scopes));
+        let scheme = OAuth2::with_description(
+            [flow],
+            "For service accounts (third-party applications): client credentials, as JSON or \
+             RFC 6749's form, for a token carrying the account's scopes.",
+        );
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("oauth2", SecurityScheme::OAuth2(scheme));
+        for (method, route, scope) in crate::scopes::ROUTE_SCOPES {
+            let Some(item) = openapi.paths.paths.get_mut(*route) else { continue };
+            let operation = match *method {
+                axum::http::Method::GET => item.get.as_mut(),
+                axum::http::Method::POST => item.post.as_mut(),
+                axum::http::Method::PATCH => item.patch.as_mut(),
+                axum::http::Method::DELETE => item.delete.as_mut(),
+                _ => None,
+            };
+            if let Some(operation) = operation {
+                let security = operation.security.get_or_insert_with(Vec::new);
+                if security.is_empty() {
+                    // Public reads: anonymous, or a bearer token.
+                    security.push(SecurityRequirement::default());
+                    security.push(SecurityRequirement::new("bearer", Vec::<String>::new()));
+                }
+                security.push(SecurityRequirement::new("oauth2", [*scope]));
+            }
+        }
+    }
+}
+
 /// What the edge may answer on every operation, and the degraded catalog reads: each
 /// operation may get 429 (over the client's rate limit, with the IETF `RateLimit` headers) and
 /// 503 (overloaded or no replica, with `Retry-After`); catalog reads may come back marked
@@ -126,6 +166,9 @@ impl Modify for EdgeResponses {
         users::update_user,
         users::delete_user,
         users::create_service_account,
+        users::list_service_accounts,
+        users::rotate_service_account_secret,
+        users::revoke_service_account,
         orders::create_order,
         orders::get_order,
         orders::order_events,
@@ -161,6 +204,8 @@ impl Modify for EdgeResponses {
         users::UpdateUser,
         users::NewServiceAccount,
         users::ServiceAccount,
+        users::ServiceAccountInfo,
+        users::ServiceAccountList,
         orders::Order,
         orders::OrderLine,
         orders::OrderPage,
@@ -178,7 +223,7 @@ impl Modify for EdgeResponses {
         recommendations::Recommendation,
         recommendations::Recommendations,
     )),
-    modifiers(&BearerAuth, &EdgeResponses),
+    modifiers(&BearerAuth, &OAuth2Scopes, &EdgeResponses),
     tags(
         (name = "books", description = "The catalog: browse and search (anyone), manage and stock (staff, admin)"),
         (name = "auth", description = "Register, sign in, refresh, sign out; service-account tokens; the JWKS"),

@@ -133,6 +133,10 @@ pub struct ClientCredentials {
     /// gateway included. Without it, the token is for this API.
     #[serde(default)]
     pub resource: Vec<String>,
+    /// Space-separated: a subset of the account's scopes for this token (RFC 6749 §3.3);
+    /// without it, all of them.
+    #[serde(default)]
+    pub scope: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -182,14 +186,55 @@ pub struct UpdateUser {
 pub struct NewServiceAccount {
     #[schema(example = "recommendations")]
     pub name: String,
+    /// What it is granted (see the `oauth2` scheme's scopes); none grants nothing that needs one.
+    #[serde(default)]
+    #[schema(example = json!(["books:read"]))]
+    pub scopes: Vec<String>,
 }
 
+/// A service account's credentials, as created or with a rotated secret.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServiceAccount {
     pub client_id: String,
     /// Shown once; store it as a secret.
     pub client_secret: String,
     pub name: String,
+    pub scopes: Vec<String>,
+}
+
+impl From<pb::ServiceAccountCredentials> for ServiceAccount {
+    fn from(c: pb::ServiceAccountCredentials) -> Self {
+        Self { client_id: c.client_id, client_secret: c.client_secret, name: c.name, scopes: c.scopes }
+    }
+}
+
+/// A service account as listed: never its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServiceAccountInfo {
+    pub client_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    /// When it was revoked; absent while it is live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+impl From<pb::ServiceAccount> for ServiceAccountInfo {
+    fn from(a: pb::ServiceAccount) -> Self {
+        Self {
+            client_id: a.client_id,
+            name: a.name,
+            scopes: a.scopes,
+            created_at: rfc3339(a.create_time),
+            revoked_at: a.revoke_time.map(|t| rfc3339(Some(t))),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServiceAccountList {
+    pub items: Vec<ServiceAccountInfo>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -324,6 +369,7 @@ pub async fn token(
         client_id: body.client_id,
         client_secret: body.client_secret,
         resources: body.resource,
+        scopes: body.scope.split_whitespace().map(str::to_owned).collect(),
     };
     let tokens = state.users.clone().issue_service_token(state.request(request, &Auth::default())).await?;
     Ok(Json(tokens.into_inner().into()))
@@ -337,6 +383,7 @@ impl ClientCredentials {
             client_id: String::new(),
             client_secret: String::new(),
             resource: Vec::new(),
+            scope: String::new(),
         };
         for (key, value) in url::form_urlencoded::parse(body) {
             match key.as_ref() {
@@ -344,6 +391,7 @@ impl ClientCredentials {
                 "client_id" => grant.client_id = value.into_owned(),
                 "client_secret" => grant.client_secret = value.into_owned(),
                 "resource" => grant.resource.push(value.into_owned()),
+                "scope" => grant.scope = value.into_owned(),
                 _ => {}
             }
         }
@@ -508,15 +556,58 @@ pub async fn create_service_account(
     Json(body): Json<NewServiceAccount>,
 ) -> Result<impl IntoResponse, ApiError> {
     auth.required()?;
-    let request = pb::CreateServiceAccountRequest { name: body.name };
+    let request = pb::CreateServiceAccountRequest { name: body.name, scopes: body.scopes };
     let created =
         state.users.clone().create_service_account(state.request(request, &auth)).await?.into_inner();
-    let account = ServiceAccount {
-        client_id: created.client_id,
-        client_secret: created.client_secret,
-        name: created.name,
-    };
-    Ok((StatusCode::CREATED, Json(account)))
+    Ok((StatusCode::CREATED, Json(ServiceAccount::from(created))))
+}
+
+/// Every service account, revoked ones included (admin); never a secret.
+#[utoipa::path(get, path = "/api/v1/service-accounts", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = ServiceAccountList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_service_accounts(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<ServiceAccountList>, ApiError> {
+    auth.required()?;
+    let request = pb::ListServiceAccountsRequest {};
+    let listed = state.users.clone().list_service_accounts(state.request(request, &auth)).await?.into_inner();
+    Ok(Json(ServiceAccountList { items: listed.accounts.into_iter().map(Into::into).collect() }))
+}
+
+/// A new secret for a service account (admin), shown once; the old one stops working at once.
+#[utoipa::path(post, path = "/api/v1/service-accounts/{client_id}/rotate-secret", tag = "users",
+    security(("bearer" = [])), params(("client_id" = String, Path, description = "The account's client id")),
+    responses((status = 200, body = ServiceAccount), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No live account with that id", body = ErrorBody)))]
+pub async fn rotate_service_account_secret(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(client_id): Path<String>,
+) -> Result<Json<ServiceAccount>, ApiError> {
+    auth.required()?;
+    let request = pb::ServiceAccountRequest { client_id };
+    let rotated =
+        state.users.clone().rotate_service_account_secret(state.request(request, &auth)).await?.into_inner();
+    Ok(Json(rotated.into()))
+}
+
+/// Revokes a service account (admin): it gets no more tokens; those it holds live out their
+/// minutes. It stays listed, with when it was revoked.
+#[utoipa::path(post, path = "/api/v1/service-accounts/{client_id}/revoke", tag = "users",
+    security(("bearer" = [])), params(("client_id" = String, Path, description = "The account's client id")),
+    responses((status = 200, body = ServiceAccountInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn revoke_service_account(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(client_id): Path<String>,
+) -> Result<Json<ServiceAccountInfo>, ApiError> {
+    auth.required()?;
+    let request = pb::ServiceAccountRequest { client_id };
+    let revoked =
+        state.users.clone().revoke_service_account(state.request(request, &auth)).await?.into_inner();
+    Ok(Json(revoked.into()))
 }
 
 async fn get_user_by_id(state: &AppState, auth: &Auth, id: String) -> Result<Json<User>, ApiError> {

@@ -3,7 +3,7 @@
 
 use bookstore_api::orders::v1 as pb;
 use bookstore_api::orders::v1::order_service_server::OrderService;
-use bookstore_platform::auth::{Identity, Role, require};
+use bookstore_platform::auth::{Identity, Role, require, require_or_scope};
 use bookstore_platform::grpc::deadline_of;
 use bookstore_platform::grpc::timestamp;
 use bookstore_platform::page::PageRequest;
@@ -25,6 +25,9 @@ const STAFF: &[Role] = &[Role::Staff, Role::Admin];
 /// The deadline of a checkout whose caller sent none.
 const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 const ANYONE: &[Role] = &[Role::Customer, Role::Staff, Role::Admin];
+/// What a service account needs to read every order, and to cancel or move one.
+const READ: &str = "orders:read";
+const WRITE: &str = "orders:write";
 
 /// An unexpected failure: logged in full, answered as a bare INTERNAL.
 pub(crate) fn internal(err: impl std::fmt::Display) -> Status {
@@ -139,10 +142,11 @@ impl OrdersGrpc {
         })
     }
 
-    async fn visible(&self, who: &Identity, id: &str) -> Result<Order, Status> {
+    /// Order `id`, if `who` may see it: its owner, staff, or a service account granted `scope`.
+    async fn visible(&self, who: &Identity, id: &str, scope: &str) -> Result<Order, Status> {
         let order = self.checkout.store().get(id).await?;
         match order {
-            Some(o) if o.user_id == who.subject || who.has_any(STAFF) => Ok(o),
+            Some(o) if o.user_id == who.subject || who.may(STAFF, scope) => Ok(o),
             _ => Err(Status::not_found(format!("no order with id {id}"))),
         }
     }
@@ -214,22 +218,23 @@ impl OrderService for OrdersGrpc {
     }
 
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
-        let who = require(&request, ANYONE)?.clone();
-        Ok(Response::new(answer(&self.visible(&who, &request.get_ref().id).await?)))
+        let who = require_or_scope(&request, ANYONE, READ)?.clone();
+        Ok(Response::new(answer(&self.visible(&who, &request.get_ref().id, READ).await?)))
     }
 
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
-        let who = require(&request, ANYONE)?.clone();
+        let who = require_or_scope(&request, ANYONE, READ)?.clone();
+        let everyone = who.may(STAFF, READ);
         let req = request.into_inner();
         let paging = PageRequest::parse(req.page, req.limit).map_err(Status::from)?;
         let (page, limit) = (paging.page() as i32, paging.limit() as i32);
         let status = if req.status.is_empty() {
             None
         } else {
-            if !who.has_any(STAFF) {
+            if !everyone {
                 return Err(Status::permission_denied("only staff filter orders by status"));
             }
             Some(
@@ -237,7 +242,7 @@ impl OrderService for OrdersGrpc {
                     .ok_or_else(|| Status::invalid_argument("status: unknown status"))?,
             )
         };
-        let user = if who.has_any(STAFF) { None } else { Some(who.subject.as_str()) };
+        let user = if everyone { None } else { Some(who.subject.as_str()) };
         let offset = paging.offset();
         let (orders, total) = self.checkout.store().list(user, status, i64::from(limit), offset).await?;
         Ok(Response::new(pb::ListOrdersResponse {
@@ -252,8 +257,8 @@ impl OrderService for OrdersGrpc {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let who = require(&request, ANYONE)?.clone();
-        let order = self.visible(&who, &request.get_ref().id).await?;
+        let who = require_or_scope(&request, ANYONE, WRITE)?.clone();
+        let order = self.visible(&who, &request.get_ref().id, WRITE).await?;
         Ok(Response::new(answer(&self.checkout.cancel(&order).await?)))
     }
 
@@ -261,14 +266,14 @@ impl OrderService for OrdersGrpc {
         &self,
         request: Request<pb::UpdateOrderStatusRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let who = require(&request, STAFF)?.clone();
+        let who = require_or_scope(&request, STAFF, WRITE)?.clone();
         let req = request.into_inner();
         let to = OrderStatus::parse(&req.status)
             .ok_or_else(|| Status::invalid_argument("status: unknown status"))?;
         if to == OrderStatus::Cancelled {
             return Err(Status::invalid_argument("status: use CancelOrder to cancel"));
         }
-        let order = self.visible(&who, &req.id).await?;
+        let order = self.visible(&who, &req.id, WRITE).await?;
         Ok(Response::new(answer(&self.checkout.move_order(&order, to).await?)))
     }
 }

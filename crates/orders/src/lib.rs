@@ -48,6 +48,9 @@ pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
+/// What orders' own token is granted at books: reading prices, and the checkout saga's stock calls.
+const SCOPES_AT_BOOKS: &[&str] = &["books:read", "books:reserve"];
+
 pub static SPEC: Spec =
     Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true, uses_master_key: true };
 
@@ -61,9 +64,14 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let master = ctx.master_key()?;
     let store = OrderStore::new(db.clone(), stored_data_key(&db, &master, SERVICE).await?);
     let users = ctx.channel("users").await?;
-    // Good at books alone.
-    let token =
-        ctx.service_token(settings.client_id.clone(), settings.client_secret.clone(), &users, &["books"])?;
+    // Good at books alone, granted what it needs there.
+    let token = ctx.service_token(
+        settings.client_id.clone(),
+        settings.client_secret.clone(),
+        &users,
+        &["books"],
+        SCOPES_AT_BOOKS,
+    )?;
     let events_key = event_key(&master, events::SHIPPING_ADDRESS);
     let checkout = Checkout::new(store.clone(), ctx.channel("books").await?, token, events_key, &ctx.tasks);
 

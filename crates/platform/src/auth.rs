@@ -93,6 +93,32 @@ impl From<&str> for Audience {
     }
 }
 
+/// What a service account may be granted, and what each grants: every route and method a
+/// service account may call needs one of these (people are governed by their roles alone).
+pub const SCOPES: [(&str, &str); 7] = [
+    ("books:read", "read the catalog and recommendations"),
+    ("books:write", "add, change and delete books, and adjust their stock"),
+    ("books:reserve", "reserve, confirm and release stock (the checkout saga)"),
+    ("orders:read", "read every order"),
+    ("orders:write", "cancel orders and move them along their lifecycle"),
+    ("queue:read", "read the fulfillment queue"),
+    ("queue:write", "move, claim, advance and remove fulfillment tasks"),
+];
+
+/// `scopes`, if each is one of [`SCOPES`]; else the first that is not.
+pub fn parse_scopes(scopes: &[String]) -> Result<Vec<String>, String> {
+    let mut parsed: Vec<String> = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        if !SCOPES.iter().any(|(name, _)| name == scope) {
+            return Err(scope.clone());
+        }
+        if !parsed.contains(scope) {
+            parsed.push(scope.clone());
+        }
+    }
+    Ok(parsed)
+}
+
 /// The claims of a bookstore access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -104,6 +130,9 @@ pub struct Claims {
     pub iat: u64,
     pub jti: String,
     pub roles: Vec<Role>,
+    /// What a service account's token is granted ([`SCOPES`]), space-separated (RFC 8693 §4.2).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
 }
 
 /// The verified caller, available to handlers in the request's extensions.
@@ -117,6 +146,8 @@ pub struct Identity {
     /// When the token stops being valid (`exp`, seconds since the epoch): what holds a
     /// connection open on it (a WebSocket) ends then.
     pub expires_at: u64,
+    /// A service account's grants ([`SCOPES`]); none for people.
+    pub scopes: Vec<String>,
 }
 
 impl Identity {
@@ -130,6 +161,11 @@ impl Identity {
 
     pub fn is_admin(&self) -> bool {
         self.has(Role::Admin)
+    }
+
+    /// Holds one of `roles`, or is a service account granted `scope`.
+    pub fn may(&self, roles: &[Role], scope: &str) -> bool {
+        self.has_any(roles) || (self.has(Role::Service) && self.scopes.iter().any(|s| s == scope))
     }
 }
 
@@ -242,6 +278,7 @@ impl Verifier {
             roles: claims.roles,
             token_id: claims.jti,
             expires_at: claims.exp,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
         })
     }
 
@@ -397,6 +434,34 @@ pub fn require<'a, T>(request: &'a tonic::Request<T>, roles: &[Role]) -> Result<
         Ok(identity)
     } else {
         Err(tonic::Status::permission_denied("your role does not allow this"))
+    }
+}
+
+/// The caller, who must hold one of `roles` or be a service account granted `scope`:
+/// UNAUTHENTICATED without a token, PERMISSION_DENIED otherwise (naming the scope).
+pub fn require_or_scope<'a, T>(
+    request: &'a tonic::Request<T>,
+    roles: &[Role],
+    scope: &str,
+) -> Result<&'a Identity, tonic::Status> {
+    let identity = caller(request).ok_or_else(|| tonic::Status::unauthenticated("sign in first"))?;
+    if identity.may(roles, scope) {
+        Ok(identity)
+    } else if identity.has(Role::Service) {
+        Err(tonic::Status::permission_denied(format!("this needs the {scope} scope")))
+    } else {
+        Err(tonic::Status::permission_denied("your role does not allow this"))
+    }
+}
+
+/// A service account must be granted `scope` for this; anyone else (anonymous included) may.
+/// For what is open to the public but should not be to a service account not granted it.
+pub fn check_service_scope<T>(request: &tonic::Request<T>, scope: &str) -> Result<(), tonic::Status> {
+    match caller(request) {
+        Some(identity) if identity.has(Role::Service) && !identity.scopes.iter().any(|s| s == scope) => {
+            Err(tonic::Status::permission_denied(format!("this needs the {scope} scope")))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -99,7 +99,8 @@ pub struct Context {
 }
 
 /// Mints a service-role token for the named service.
-pub type LocalTokens = Arc<dyn Fn(&str, &[String]) -> TokenSource + Send + Sync>;
+/// Mints tokens in-process for a service (its name, its scopes, its audience).
+pub type LocalTokens = Arc<dyn Fn(&str, &[String], &[String]) -> TokenSource + Send + Sync>;
 
 impl Context {
     /// The database its [`Spec`] asked for.
@@ -173,21 +174,24 @@ impl Context {
     }
 
     /// This service's own credentials for calling `audience` (service names: the token is good
-    /// there alone, [`crate::auth::Audience`]) ([`crate::auth::ServiceToken`]): tokens minted
-    /// in-process when users runs in this process, else obtained from users with the service
-    /// account's `client_id` and `client_secret` (client credentials), cached and renewed before
-    /// they expire.
+    /// there alone, [`crate::auth::Audience`]) with `scopes` (what it needs there,
+    /// [`crate::auth::SCOPES`]) ([`crate::auth::ServiceToken`]): tokens minted in-process when
+    /// users runs in this process, else obtained from users with the service account's
+    /// `client_id` and `client_secret` (client credentials; the account must be granted the
+    /// scopes), cached and renewed before they expire.
     pub fn service_token(
         &self,
         client_id: Option<String>,
         client_secret: Option<String>,
         users: &PeerChannel,
         audience: &[&str],
+        scopes: &[&str],
     ) -> anyhow::Result<Arc<crate::auth::ServiceToken>> {
         use bookstore_api::users::v1::user_service_client::UserServiceClient;
         let audience: Vec<String> = audience.iter().map(|a| (*a).to_owned()).collect();
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
         if let Some(local) = &self.local_tokens {
-            return Ok(Arc::new(crate::auth::ServiceToken::new(local(self.name, &audience))));
+            return Ok(Arc::new(crate::auth::ServiceToken::new(local(self.name, &scopes, &audience))));
         }
         let (Some(client_id), Some(client_secret)) = (client_id, client_secret) else {
             let (name, upper) = (self.name, self.name.to_uppercase());
@@ -204,6 +208,7 @@ impl Context {
                 client_id: client_id.clone(),
                 client_secret: client_secret.clone(),
                 resources: audience.clone(),
+                scopes: scopes.clone(),
             };
             Box::pin(async move {
                 let response = client.issue_service_token(request).await?.into_inner();

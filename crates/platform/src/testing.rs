@@ -497,6 +497,7 @@ impl TestIssuer {
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
             roles: roles.to_vec(),
+            scope: String::new(),
         }
     }
 

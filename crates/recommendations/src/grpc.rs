@@ -11,7 +11,7 @@ use bookstore_api::books::v1 as books;
 use bookstore_api::books::v1::book_service_client::BookServiceClient;
 use bookstore_api::recommendations::v1 as pb;
 use bookstore_api::recommendations::v1::recommendation_service_server::RecommendationService;
-use bookstore_platform::auth::{Role, ServiceToken, require};
+use bookstore_platform::auth::{Role, ServiceToken, check_service_scope, require};
 use bookstore_platform::balance::PeerChannel;
 use bookstore_platform::clock::now_ms;
 use tonic::{Request, Response, Status};
@@ -168,6 +168,7 @@ impl RecommendationService for RecommendationsGrpc {
         &self,
         request: Request<pb::BoughtTogetherRequest>,
     ) -> Result<Response<pb::Recommendations>, Status> {
+        check_service_scope(&request, "books:read")?;
         let req = request.into_inner();
         let limit = parse_limit(req.limit)?;
         if self.books(std::slice::from_ref(&req.book_id)).await?.is_empty() {
@@ -197,6 +198,7 @@ impl RecommendationService for RecommendationsGrpc {
         &self,
         request: Request<pb::BestSellersRequest>,
     ) -> Result<Response<pb::Recommendations>, Status> {
+        check_service_scope(&request, "books:read")?;
         let limit = parse_limit(request.get_ref().limit)?;
         Ok(Response::new(self.fill(Answer::new(limit, HashSet::new())).await?))
     }

@@ -32,6 +32,9 @@ pub static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
 
+/// What recommendations' own token is granted at books: reading.
+const SCOPES_AT_BOOKS: &[&str] = &["books:read"];
+
 pub static SPEC: Spec =
     Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true, uses_master_key: false };
 
@@ -42,9 +45,14 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
     let store = Store::new(db.clone());
     let users = ctx.channel("users").await?;
-    // Good at books alone: a token that leaked from here opens nothing else.
-    let token =
-        ctx.service_token(settings.client_id.clone(), settings.client_secret.clone(), &users, &["books"])?;
+    // Good at books alone, for reading: a token that leaked from here opens nothing else.
+    let token = ctx.service_token(
+        settings.client_id.clone(),
+        settings.client_secret.clone(),
+        &users,
+        &["books"],
+        SCOPES_AT_BOOKS,
+    )?;
 
     let consumer_store = store.clone();
     ctx.consume(events::CONSUMER, &events::TYPES, move |event| {

@@ -126,17 +126,19 @@ impl Users {
     }
 
     /// A `service`-role token for a service running in this process (`bookstore up`), which
-    /// needs no client secret to prove it is us, for the services in `audience`. Separate
-    /// deployments use client credentials.
+    /// needs no client secret to prove it is us, granted `scopes`, for the services in
+    /// `audience`. Separate deployments use client credentials.
     pub fn internal_service_token(
         &self,
         service: &str,
+        scopes: &[String],
         audience: &[String],
     ) -> anyhow::Result<(String, Duration)> {
         let token = tokens::access_token(
             &self.keyring,
             &format!("svc-{service}"),
             &[Role::Service],
+            scopes,
             audience,
             self.config.access_ttl,
         )?;

@@ -104,8 +104,8 @@ impl UsersGrpc {
         refresh: Option<&str>,
     ) -> Result<pb::TokenResponse, Status> {
         let config = self.config();
-        let access =
-            access_token(&self.users.keyring, user_id, roles, &[], config.access_ttl).map_err(internal)?;
+        let access = access_token(&self.users.keyring, user_id, roles, &[], &[], config.access_ttl)
+            .map_err(internal)?;
         let refresh_token = match refresh {
             Some(token) => token.to_owned(),
             None => {
@@ -366,20 +366,72 @@ impl UserService for UsersGrpc {
         request: Request<pb::CreateServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccountCredentials>, Status> {
         require(&request, &[Role::Admin])?;
-        let name = FullName::parse(&request.get_ref().name)
+        let req = request.into_inner();
+        let name = FullName::parse(&req.name)
             .map_err(|e| invalid(InvalidField { field: "name", reason: e.reason }))?;
+        let scopes = scopes_of(&req.scopes)?;
         let client_id = format!("svc-{}", uuid::Uuid::now_v7().simple());
         let secret = random_secret();
         self.users
             .store
-            .insert_service_account(&client_id, name.as_str(), &sha256_hex(&secret))
+            .insert_service_account(&client_id, name.as_str(), &sha256_hex(&secret), &scopes)
             .await
             .map_err(internal)?;
         Ok(Response::new(pb::ServiceAccountCredentials {
             client_id,
             client_secret: secret,
             name: name.as_str().to_owned(),
+            scopes,
         }))
+    }
+
+    async fn list_service_accounts(
+        &self,
+        request: Request<pb::ListServiceAccountsRequest>,
+    ) -> Result<Response<pb::ListServiceAccountsResponse>, Status> {
+        require(&request, &[Role::Admin])?;
+        let accounts = self.users.store.service_accounts().await.map_err(internal)?;
+        Ok(Response::new(pb::ListServiceAccountsResponse {
+            accounts: accounts.iter().map(service_account_to_proto).collect(),
+        }))
+    }
+
+    async fn rotate_service_account_secret(
+        &self,
+        request: Request<pb::ServiceAccountRequest>,
+    ) -> Result<Response<pb::ServiceAccountCredentials>, Status> {
+        require(&request, &[Role::Admin])?;
+        let client_id = request.into_inner().client_id;
+        let secret = random_secret();
+        let account = self
+            .users
+            .store
+            .set_service_account_secret(&client_id, &sha256_hex(&secret))
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no live service account {client_id}")))?;
+        Ok(Response::new(pb::ServiceAccountCredentials {
+            client_id: account.client_id,
+            client_secret: secret,
+            name: account.name,
+            scopes: account.scopes,
+        }))
+    }
+
+    async fn revoke_service_account(
+        &self,
+        request: Request<pb::ServiceAccountRequest>,
+    ) -> Result<Response<pb::ServiceAccount>, Status> {
+        require(&request, &[Role::Admin])?;
+        let client_id = request.into_inner().client_id;
+        let account = self
+            .users
+            .store
+            .revoke_service_account(&client_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no service account {client_id}")))?;
+        Ok(Response::new(service_account_to_proto(&account)))
     }
 
     async fn issue_service_token(
@@ -387,18 +439,32 @@ impl UserService for UsersGrpc {
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
         let req = request.into_inner();
-        let stored = self.users.store.service_account_secret(&req.client_id).await.map_err(internal)?;
+        // A revoked account is as good as none.
+        let stored = self.users.store.live_service_account(&req.client_id).await.map_err(internal)?;
         // Secrets are 256 random bits, so a SHA-256 is as good as a slow hash; compare in
         // constant time all the same.
         let presented = sha256_hex(&req.client_secret);
-        let ok = stored.is_some_and(|s| bool::from(s.as_bytes().ct_eq(presented.as_bytes())));
-        if !ok {
-            return Err(Status::unauthenticated("wrong client id or secret"));
-        }
+        let granted = match stored {
+            Some((hash, scopes)) if bool::from(hash.as_bytes().ct_eq(presented.as_bytes())) => scopes,
+            _ => return Err(Status::unauthenticated("wrong client id or secret")),
+        };
+        // A narrower token when asked (RFC 6749 §3.3), never a wider one.
+        let scopes = if req.scopes.is_empty() {
+            granted
+        } else {
+            let asked = scopes_of(&req.scopes)?;
+            if let Some(extra) = asked.iter().find(|s| !granted.contains(s)) {
+                return Err(Status::invalid_argument(format!(
+                    "scopes: {extra} is not granted to this account"
+                )));
+            }
+            asked
+        };
         let audience = parse_resources(&req.resources)?;
         let ttl = self.config().access_ttl;
-        let access = access_token(&self.users.keyring, &req.client_id, &[Role::Service], &audience, ttl)
-            .map_err(internal)?;
+        let access =
+            access_token(&self.users.keyring, &req.client_id, &[Role::Service], &scopes, &audience, ttl)
+                .map_err(internal)?;
         Ok(Response::new(pb::TokenResponse {
             access_token: access,
             token_type: "Bearer".into(),
@@ -422,4 +488,21 @@ fn parse_resources(resources: &[String]) -> Result<Vec<String>, Status> {
         ));
     }
     Ok(resources.to_vec())
+}
+
+/// Scopes as asked for, if each is one a service account may hold
+/// ([`bookstore_platform::auth::SCOPES`]).
+fn scopes_of(scopes: &[String]) -> Result<Vec<String>, Status> {
+    bookstore_platform::auth::parse_scopes(scopes)
+        .map_err(|unknown| Status::invalid_argument(format!("scopes: no scope {unknown:?}")))
+}
+
+fn service_account_to_proto(a: &crate::store::StoredServiceAccount) -> pb::ServiceAccount {
+    pb::ServiceAccount {
+        client_id: a.client_id.clone(),
+        name: a.name.clone(),
+        scopes: a.scopes.clone(),
+        create_time: Some(timestamp(a.created_at)),
+        revoke_time: a.revoked_at.map(timestamp),
+    }
 }

@@ -68,10 +68,11 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     });
 
     let minter = users.clone();
-    let local_tokens: LocalTokens = Arc::new(move |service: &str, audience: &[String]| {
-        let (minter, service, audience) = (minter.clone(), service.to_owned(), audience.to_vec());
+    let local_tokens: LocalTokens = Arc::new(move |service: &str, scopes: &[String], audience: &[String]| {
+        let (minter, service) = (minter.clone(), service.to_owned());
+        let (scopes, audience) = (scopes.to_vec(), audience.to_vec());
         let source: TokenSource = Arc::new(move || {
-            let minted = minter.internal_service_token(&service, &audience);
+            let minted = minter.internal_service_token(&service, &scopes, &audience);
             Box::pin(async move { minted })
         });
         source

@@ -498,26 +498,121 @@ impl UserStore {
         client_id: &str,
         name: &str,
         secret_hash: &str,
+        scopes: &[String],
     ) -> anyhow::Result<()> {
         sqlx::query(
-            "INSERT INTO service_accounts (client_id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO service_accounts (client_id, name, secret_hash, created_at, scopes) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(client_id)
         .bind(name)
         .bind(secret_hash)
         .bind(now_ms())
+        .bind(scopes.join(" "))
         .execute(self.db.pool())
         .await
         .context("storing a service account")?;
         Ok(())
     }
 
-    pub async fn service_account_secret(&self, client_id: &str) -> anyhow::Result<Option<String>> {
-        sqlx::query_scalar::<_, String>("SELECT secret_hash FROM service_accounts WHERE client_id = $1")
-            .bind(client_id)
-            .fetch_optional(self.db.pool())
-            .await
-            .context("finding a service account")
+    /// A service account that is not revoked: its secret's hash and its scopes.
+    pub async fn live_service_account(
+        &self,
+        client_id: &str,
+    ) -> anyhow::Result<Option<(String, Vec<String>)>> {
+        let row = sqlx::query(
+            "SELECT secret_hash, scopes FROM service_accounts WHERE client_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(client_id)
+        .fetch_optional(self.db.pool())
+        .await
+        .context("finding a service account")?;
+        row.map(|r| {
+            let scopes: String = r.try_get(1)?;
+            Ok((r.try_get(0)?, scopes.split_whitespace().map(str::to_owned).collect()))
+        })
+        .transpose()
+    }
+
+    /// Every service account, oldest first.
+    pub async fn service_accounts(&self) -> anyhow::Result<Vec<StoredServiceAccount>> {
+        let rows = sqlx::query(
+            "SELECT client_id, name, scopes, created_at, revoked_at FROM service_accounts ORDER BY created_at, client_id",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .context("listing service accounts")?;
+        rows.iter().map(StoredServiceAccount::from_row).collect()
+    }
+
+    /// A new secret for a live account; `None` when there is no such account, or it is revoked.
+    pub async fn set_service_account_secret(
+        &self,
+        client_id: &str,
+        secret_hash: &str,
+    ) -> anyhow::Result<Option<StoredServiceAccount>> {
+        let done = sqlx::query(
+            "UPDATE service_accounts SET secret_hash = $2 WHERE client_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(client_id)
+        .bind(secret_hash)
+        .execute(self.db.pool())
+        .await
+        .context("rotating a secret")?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.service_account(client_id).await
+    }
+
+    /// Revokes an account (again is the same); `None` when there is no such account.
+    pub async fn revoke_service_account(
+        &self,
+        client_id: &str,
+    ) -> anyhow::Result<Option<StoredServiceAccount>> {
+        sqlx::query(
+            "UPDATE service_accounts SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(client_id)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await
+        .context("revoking a service account")?;
+        self.service_account(client_id).await
+    }
+
+    async fn service_account(&self, client_id: &str) -> anyhow::Result<Option<StoredServiceAccount>> {
+        let row = sqlx::query(
+            "SELECT client_id, name, scopes, created_at, revoked_at FROM service_accounts WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(self.db.pool())
+        .await
+        .context("reading a service account")?;
+        row.as_ref().map(StoredServiceAccount::from_row).transpose()
+    }
+}
+
+/// A service account as stored, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredServiceAccount {
+    pub client_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl StoredServiceAccount {
+    fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Self> {
+        let scopes: String = row.try_get(2)?;
+        Ok(Self {
+            client_id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+            created_at: row.try_get(3)?,
+            revoked_at: row.try_get(4)?,
+        })
     }
 }
 

@@ -10,12 +10,14 @@ use rand::RngCore;
 
 use crate::keys::Keyring;
 
-/// Signs an access token for `subject` with `roles`, valid for `ttl`, for the services named in
-/// `audience` alone, or for the public API when it names none ([`Audience::of`]).
+/// Signs an access token for `subject` with `roles` (and a service account's `scopes`), valid
+/// for `ttl`, for the services named in `audience` alone, or for the public API when it names
+/// none ([`Audience::of`]).
 pub fn access_token(
     keyring: &Keyring,
     subject: &str,
     roles: &[Role],
+    scopes: &[String],
     audience: &[String],
     ttl: Duration,
 ) -> anyhow::Result<String> {
@@ -30,6 +32,7 @@ pub fn access_token(
         exp: now + ttl.as_secs(),
         jti: uuid::Uuid::now_v7().to_string(),
         roles: roles.to_vec(),
+        scope: scopes.join(" "),
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(key.kid.clone());

@@ -367,7 +367,7 @@ pub async fn short_lived_token(
     )
     .unwrap();
     let keyring = bookstore_users::keys::Keyring::load(&store, master, ttl).await.unwrap();
-    bookstore_users::tokens::access_token(&keyring, &uuid::Uuid::new_v4().to_string(), &[role], &[], ttl)
+    bookstore_users::tokens::access_token(&keyring, &uuid::Uuid::new_v4().to_string(), &[role], &[], &[], ttl)
         .unwrap()
 }
 

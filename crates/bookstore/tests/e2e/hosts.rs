@@ -363,7 +363,13 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     .await;
     let admin = crate::login(&http, &base, "admin", PASSWORD).await;
     let url = format!("{base}/api/v1/service-accounts");
-    let account = crate::post_json(&http, &url, &admin, &json!({"name": "orders"})).await;
+    let account = crate::post_json(
+        &http,
+        &url,
+        &admin,
+        &json!({"name": "orders", "scopes": ["books:read", "books:reserve"]}),
+    )
+    .await;
     let orders_env = [
         ("BOOKSTORE_ORDERS_CLIENT_ID", account["client_id"].as_str().unwrap().to_owned()),
         ("BOOKSTORE_ORDERS_CLIENT_SECRET", account["client_secret"].as_str().unwrap().to_owned()),

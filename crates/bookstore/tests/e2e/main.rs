@@ -11,6 +11,7 @@ mod lifecycle;
 mod orders;
 mod recommendations;
 mod replicas;
+mod third_party;
 mod users;
 
 use bookstore::{App, Config};

@@ -139,7 +139,7 @@ async fn with_the_recommendations_service_gone_a_book_page_gets_the_best_sellers
         &sys.http,
         &sys.url("/api/v1/service-accounts"),
         &sys.admin,
-        &json!({"name": "recommendations"}),
+        &json!({"name": "recommendations", "scopes": ["books:read"]}),
     )
     .await;
     let app = sys.app.as_ref().unwrap();
@@ -185,9 +185,13 @@ async fn a_service_token_asked_for_books_opens_books_and_nothing_else(backend: B
     use bookstore_api::orders::v1 as orders;
     let Some(sys) = System::start(backend, false).await else { return };
     let a = book(&sys, 1, 5).await;
-    let account =
-        post_json(&sys.http, &sys.url("/api/v1/service-accounts"), &sys.admin, &json!({"name": "reader"}))
-            .await;
+    let account = post_json(
+        &sys.http,
+        &sys.url("/api/v1/service-accounts"),
+        &sys.admin,
+        &json!({"name": "reader", "scopes": ["books:read"]}),
+    )
+    .await;
     let token_for = |resource: Value| {
         let body = json!({"grant_type": "client_credentials", "client_id": account["client_id"],
                           "client_secret": account["client_secret"], "resource": resource});

@@ -146,6 +146,7 @@ fn quiet_config(dir: &std::path::Path) -> Config {
     config.users.grpc = port0;
     config.orders.grpc = port0;
     config.fulfillment.grpc = port0;
+    config.recommendations.grpc = port0;
     config
 }
 
@@ -350,7 +351,13 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
     let setup_base = format!("http://{}", setup.addr("gateway").unwrap());
     let admin = crate::login(&http, &setup_base, "admin", crate::ADMIN_PASSWORD).await;
     let url = format!("{setup_base}/api/v1/service-accounts");
-    let account = crate::post_json(&http, &url, &admin, &json!({"name": "orders"})).await;
+    let account = crate::post_json(
+        &http,
+        &url,
+        &admin,
+        &json!({"name": "orders", "scopes": ["books:read", "books:reserve"]}),
+    )
+    .await;
     setup.shutdown_token().cancel();
     config.orders.client_id = Some(account["client_id"].as_str().unwrap().to_owned());
     config.orders.client_secret = Some(account["client_secret"].as_str().unwrap().to_owned());

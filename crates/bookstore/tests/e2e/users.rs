@@ -159,6 +159,7 @@ async fn tokens_breaking_rfc_8725_rules_are_refused_by_gateway_and_services(back
         iat: now,
         jti: "j1".into(),
         roles: vec![Role::Customer],
+        scope: String::new(),
     };
     assert_eq!(me(&sys, &sign(&users, &honest)).await.status(), StatusCode::OK, "the honest twin verifies");
 
@@ -506,7 +507,7 @@ async fn service_accounts_get_tokens_by_client_credentials(backend: Backend) {
         .http
         .post(sys.url("/api/v1/service-accounts"))
         .bearer_auth(&sys.admin)
-        .json(&json!({"name": "recommendations"}))
+        .json(&json!({"name": "recommendations", "scopes": ["books:read"]}))
         .send()
         .await
         .unwrap();
