@@ -109,34 +109,31 @@ impl Store {
         if books.is_empty() {
             return Ok(());
         }
+        // Each statement names the books twice: `{books}` and `{again}`.
         let n = books.len();
-        let delete = format!(
-            "DELETE FROM pairs WHERE book_id IN ({}) OR other_id IN ({})",
-            placeholders(1, n),
-            placeholders(n + 1, n)
-        );
-        let mut query = sqlx::query(&delete);
-        for book in books.iter().chain(books) {
-            query = query.bind(book);
+        let statements = [
+            ("DELETE FROM pairs WHERE book_id IN ({books}) OR other_id IN ({again})", "clearing pairs"),
+            (
+                "INSERT INTO pairs (book_id, other_id, baskets, customers) \
+                 SELECT a.book_id, b.book_id, \
+                        COUNT(DISTINCT CASE WHEN a.order_id = b.order_id THEN a.order_id END), \
+                        COUNT(DISTINCT a.user_id) \
+                 FROM purchases a JOIN purchases b ON b.user_id = a.user_id AND b.book_id <> a.book_id \
+                 WHERE a.cancelled_at IS NULL AND b.cancelled_at IS NULL \
+                   AND (a.book_id IN ({books}) OR b.book_id IN ({again})) \
+                 GROUP BY a.book_id, b.book_id",
+                "counting pairs",
+            ),
+        ];
+        for (template, doing) in statements {
+            let sql =
+                template.replace("{books}", &placeholders(1, n)).replace("{again}", &placeholders(n + 1, n));
+            let mut query = sqlx::query(&sql);
+            for book in books.iter().chain(books) {
+                query = query.bind(book);
+            }
+            query.execute(&mut **tx).await.context(doing)?;
         }
-        query.execute(&mut **tx).await.context("clearing pairs")?;
-        let insert = format!(
-            "INSERT INTO pairs (book_id, other_id, baskets, customers) \
-             SELECT a.book_id, b.book_id, \
-                    COUNT(DISTINCT CASE WHEN a.order_id = b.order_id THEN a.order_id END), \
-                    COUNT(DISTINCT a.user_id) \
-             FROM purchases a JOIN purchases b ON b.user_id = a.user_id AND b.book_id <> a.book_id \
-             WHERE a.cancelled_at IS NULL AND b.cancelled_at IS NULL \
-               AND (a.book_id IN ({}) OR b.book_id IN ({})) \
-             GROUP BY a.book_id, b.book_id",
-            placeholders(1, n),
-            placeholders(n + 1, n)
-        );
-        let mut query = sqlx::query(&insert);
-        for book in books.iter().chain(books) {
-            query = query.bind(book);
-        }
-        query.execute(&mut **tx).await.context("counting pairs")?;
         Ok(())
     }
 
