@@ -136,7 +136,8 @@ impl Drop for Base {
     }
 }
 
-/// Port 0 for every listener, data in `dir`.
+/// Port 0 for every listener, data in `dir`, and no rate limit: readers here go as fast as they
+/// can, and 6,000 reads a minute would turn a slow moment into a flood of 429s.
 fn quiet_config(dir: &std::path::Path) -> Config {
     let port0: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut config = Config::default();
@@ -147,6 +148,7 @@ fn quiet_config(dir: &std::path::Path) -> Config {
     config.orders.grpc = port0;
     config.fulfillment.grpc = port0;
     config.recommendations.grpc = port0;
+    config.gateway.rate_limit_requests = 0;
     config
 }
 
@@ -339,7 +341,6 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
     let Some(orders_db) = TestDatabase::new(backend).await else { return };
     let mut config = world.config.clone();
     config.process.ejection_ms = 1000;
-    config.gateway.rate_limit_requests = 0;
     config.orders.database_url = Some(orders_db.url.clone());
     let first = world.books("127.0.0.1:0", false, &[]).await;
     let mut second = world.books("127.0.0.1:0", false, &[]).await;
@@ -566,7 +567,6 @@ async fn with_every_books_replica_failing_calls_stay_within_a_fifth_over_the_req
     let (b, b_calls) = failing_books().await;
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = quiet_config(data_dir.path());
-    config.gateway.rate_limit_requests = 0;
     config.books.url = Some(format!("http://{a},http://{b}"));
     let gateway = App::start(&["gateway"], &config, Mode::Serve).await.unwrap();
     let base = format!("http://{}", gateway.addr("gateway").unwrap());
