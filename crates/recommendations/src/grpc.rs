@@ -65,7 +65,13 @@ pub struct RecommendationsGrpc {
     store: Store,
     books: BookServiceClient<PeerChannel>,
     token: Arc<ServiceToken>,
+    /// Answers that are the same for every caller (a book's, the best-sellers), kept a few
+    /// seconds: a book page's recommendations cost a dozen reads of books when worked out.
+    answers: Option<moka::future::Cache<String, pb::Recommendations>>,
 }
+
+/// How many answers are kept at most.
+const KEPT_ANSWERS: u64 = 10_000;
 
 /// An answer being put together: its items, and the books it may not hold (already in it,
 /// asked about, already bought).
@@ -95,8 +101,26 @@ impl Answer {
 }
 
 impl RecommendationsGrpc {
-    pub fn new(store: Store, books: PeerChannel, token: Arc<ServiceToken>) -> Self {
-        Self { store, books: BookServiceClient::new(books), token }
+    /// Answers the same for every caller are kept `keep` (none when zero).
+    pub fn new(
+        store: Store,
+        books: PeerChannel,
+        token: Arc<ServiceToken>,
+        keep: std::time::Duration,
+    ) -> Self {
+        let answers = (!keep.is_zero())
+            .then(|| moka::future::Cache::builder().max_capacity(KEPT_ANSWERS).time_to_live(keep).build());
+        Self { store, books: BookServiceClient::new(books), token, answers }
+    }
+
+    /// The answer kept under `key`, or `work`'s, kept. Callers asking for the same key at once
+    /// wait for one `work` (an expired answer is worked out once, not once per caller).
+    async fn kept<F>(&self, key: String, work: F) -> Result<pb::Recommendations, Status>
+    where
+        F: std::future::Future<Output = Result<pb::Recommendations, Status>>,
+    {
+        let Some(answers) = &self.answers else { return work.await };
+        answers.try_get_with(key, work).await.map_err(|e: Arc<Status>| Status::clone(&e))
     }
 
     /// The books of `ids` that exist, by id, read at once with the service's token.
@@ -171,14 +195,21 @@ impl RecommendationService for RecommendationsGrpc {
         check_service_scope(&request, "books:read")?;
         let req = request.into_inner();
         let limit = parse_limit(req.limit)?;
-        if self.books(std::slice::from_ref(&req.book_id)).await?.is_empty() {
-            return Err(Status::not_found(format!("no book with id {}", req.book_id)));
-        }
-        let ranked =
-            self.store.bought_together(&req.book_id, (limit + SPARE) as i64).await.map_err(store_error)?;
-        let mut answer = Answer::new(limit, HashSet::from([req.book_id]));
-        self.offer_ranked(&mut answer, &ranked, Reason::BoughtTogether).await?;
-        Ok(Response::new(self.fill(answer).await?))
+        let key = format!("book {} {limit}", req.book_id);
+        let answer = self.kept(key, async {
+            if self.books(std::slice::from_ref(&req.book_id)).await?.is_empty() {
+                return Err(Status::not_found(format!("no book with id {}", req.book_id)));
+            }
+            let ranked = self
+                .store
+                .bought_together(&req.book_id, (limit + SPARE) as i64)
+                .await
+                .map_err(store_error)?;
+            let mut answer = Answer::new(limit, HashSet::from([req.book_id.clone()]));
+            self.offer_ranked(&mut answer, &ranked, Reason::BoughtTogether).await?;
+            self.fill(answer).await
+        });
+        Ok(Response::new(answer.await?))
     }
 
     async fn for_me(
@@ -200,7 +231,9 @@ impl RecommendationService for RecommendationsGrpc {
     ) -> Result<Response<pb::Recommendations>, Status> {
         check_service_scope(&request, "books:read")?;
         let limit = parse_limit(request.get_ref().limit)?;
-        Ok(Response::new(self.fill(Answer::new(limit, HashSet::new())).await?))
+        let answer =
+            self.kept(format!("best-sellers {limit}"), self.fill(Answer::new(limit, HashSet::new())));
+        Ok(Response::new(answer.await?))
     }
 }
 

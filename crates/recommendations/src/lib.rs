@@ -60,7 +60,8 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         async move { events::handle(&store, event).await }
     })?;
 
-    let grpc = RecommendationsGrpc::new(store, ctx.channel("books").await?, token);
+    let keep = std::time::Duration::from_millis(settings.cache_ttl_ms);
+    let grpc = RecommendationsGrpc::new(store, ctx.channel("books").await?, token, keep);
     let routes = tonic::service::Routes::new(RecommendationServiceServer::new(grpc));
     let router = grpc_service_router(
         SERVICE,

@@ -11,5 +11,7 @@ bookstore_platform::settings! {
         client_id: Option<String> = None, flag recommendations_client_id "ID";
         /// The recommendations service account's secret, when it runs apart from users.
         client_secret: Option<String> = None, secret recommendations_client_secret "SECRET";
+        /// How long answers that are the same for every caller are kept, ms; 0 keeps none.
+        cache_ttl_ms: u64 = 5000, flag recommendations_cache_ttl_ms "MS";
     }
 }
