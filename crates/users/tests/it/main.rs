@@ -16,6 +16,7 @@ backend_tests!(
     an_update_based_on_a_stale_read_is_refused,
     two_admins_demoting_each_other_at_once_leave_one_admin,
     roles_stored_as_text_before_the_role_table_are_found_by_exact_match_after_it,
+    service_accounts_made_before_scopes_keep_what_they_could_do,
 );
 
 async fn users_with(db: &TestDatabase, master: &str) -> anyhow::Result<Users> {
@@ -227,4 +228,36 @@ async fn roles_stored_as_text_before_the_role_table_are_found_by_exact_match_aft
     assert_eq!(store.count_with_role(Role::Staff).await.unwrap(), 2);
     assert_eq!(store.count_with_role(Role::Customer).await.unwrap(), 2);
     assert_eq!(store.count_with_role(Role::Service).await.unwrap(), 0);
+}
+
+async fn service_accounts_made_before_scopes_keep_what_they_could_do(backend: Backend) {
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let pool = bookstore_platform::db::Database::connect(&db.url, &Default::default()).await.unwrap();
+    let full = match backend {
+        Backend::Postgres => &MIGRATIONS.postgres,
+        Backend::Sqlite => &MIGRATIONS.sqlite,
+    };
+    let before = sqlx::migrate::Migrator {
+        migrations: full.migrations.iter().filter(|m| m.version < 4).cloned().collect::<Vec<_>>().into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(pool.pool()).await.unwrap();
+    sqlx::query("INSERT INTO service_accounts (client_id, name, secret_hash, created_at) VALUES ('svc-old', 'orders', 'h', 0)")
+        .execute(pool.pool())
+        .await
+        .unwrap();
+    pool.migrate(&MIGRATIONS).await.unwrap();
+    let store = bookstore_users::store::UserStore::new(pool);
+    store.insert_service_account("svc-new", "reader", "h", &["books:read".to_owned()]).await.unwrap();
+    let scopes = |id: &str| {
+        let store = store.clone();
+        let id = id.to_owned();
+        async move { store.live_service_account(&id).await.unwrap().unwrap().1 }
+    };
+    assert_eq!(
+        scopes("svc-old").await,
+        ["books:read", "books:reserve"],
+        "what a service account could do before"
+    );
+    assert_eq!(scopes("svc-new").await, ["books:read"], "a new one gets what it is granted");
 }
