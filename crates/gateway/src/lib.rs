@@ -84,9 +84,10 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         orders: OrderServiceClient::new(orders.clone()),
         fulfillment: FulfillmentServiceClient::new(fulfillment.clone()),
         recommendations: RecommendationServiceClient::new(recommendations.clone()),
-        recommendations_fallback: Arc::new(recommendations::Fallback::new(Duration::from_millis(
-            settings.recommendations_budget_ms,
-        ))),
+        recommendations_fallback: Arc::new(recommendations::Fallback::new(
+            Duration::from_millis(settings.recommendations_budget_ms),
+            Duration::from_millis(settings.recommendations_edge_cache_ms),
+        )),
         peers: Peers {
             books: books.clone(),
             users: users.clone(),

@@ -2,6 +2,8 @@
 //! next, from the recommendations service, which must never break a page.
 //!
 //! Each call has a budget of its own (`recommendations_budget_ms`), well under the request's.
+//! A book's recommendations are the same for every caller, so the gateway keeps the JSON it
+//! sent for `recommendations_edge_cache_ms` (1 s): a popular page costs one call a second.
 //! When recommendations is down, slow, or failing, the answer is still 200: the best-sellers
 //! the gateway last heard (asked for with the first good answer, then again in the background
 //! at most once a minute while recommendations answers), or an empty list, marked
@@ -76,15 +78,23 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// How many best-sellers are kept for the fallback.
 const KEPT: i32 = 50;
 
-/// The best-sellers kept for when recommendations cannot answer.
+/// The best-sellers kept for when recommendations cannot answer, and a book's answers as sent.
 pub struct Fallback {
     budget: Duration,
     best_sellers: Mutex<(Option<Instant>, Arc<Vec<Recommendation>>)>,
+    /// A book's recommendations are the same for every caller: the JSON sent, by book and
+    /// limit, kept `recommendations_edge_cache_ms` (none when zero).
+    pages: Option<moka::sync::Cache<(String, i32), axum::body::Bytes>>,
 }
 
+/// How many books' answers the gateway keeps at most.
+const KEPT_PAGES: u64 = 10_000;
+
 impl Fallback {
-    pub fn new(budget: Duration) -> Self {
-        Self { budget, best_sellers: Mutex::new((None, Arc::default())) }
+    pub fn new(budget: Duration, keep_pages: Duration) -> Self {
+        let pages = (!keep_pages.is_zero())
+            .then(|| moka::sync::Cache::builder().max_capacity(KEPT_PAGES).time_to_live(keep_pages).build());
+        Self { budget, best_sellers: Mutex::new((None, Arc::default())), pages }
     }
 
     /// The kept best-sellers, `exclude` left out, at most `limit`.
@@ -121,6 +131,7 @@ async fn answer<F, Fut>(
     state: &AppState,
     limit: i32,
     exclude: Option<&str>,
+    page: Option<(String, i32)>,
     call: F,
 ) -> Result<Response, ApiError>
 where
@@ -133,7 +144,22 @@ where
     match answer {
         Ok(Ok(found)) => {
             refresh(state).await;
-            Ok(Json(Recommendations::from(found.into_inner())).into_response())
+            let found = Recommendations::from(found.into_inner());
+            match (page, &fallback.pages) {
+                (Some(key), Some(pages)) => {
+                    let json = axum::body::Bytes::from(serde_json::to_vec(&found).map_err(|e| {
+                        tracing::error!(error = %e, "encoding recommendations");
+                        ApiError::new(
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            crate::error::ErrorCode::Internal,
+                            "internal error",
+                        )
+                    })?);
+                    pages.insert(key, json.clone());
+                    Ok(json_bytes(json))
+                }
+                _ => Ok(Json(found).into_response()),
+            }
         }
         Ok(Err(status))
             if matches!(
@@ -155,6 +181,11 @@ where
             Ok(fallback.serve(limit, exclude))
         }
     }
+}
+
+/// An answer already encoded.
+fn json_bytes(json: axum::body::Bytes) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 /// Asks for the best-sellers when it is time: the first time before answering (so there is a
@@ -197,9 +228,13 @@ pub async fn book_recommendations(
     Query(query): Query<LimitQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.parse()?;
+    let key = (id.clone(), limit);
+    if let Some(json) = state.recommendations_fallback.pages.as_ref().and_then(|pages| pages.get(&key)) {
+        return Ok(json_bytes(json));
+    }
     let message = pb::BoughtTogetherRequest { book_id: id.clone(), limit };
     let client = state.recommendations.clone();
-    answer(&state, limit, Some(&id), |deadline| {
+    answer(&state, limit, Some(&id), Some(key), |deadline| {
         let mut request = deadline.request(message);
         auth.attach(&mut request);
         let mut client = client;
@@ -223,7 +258,7 @@ pub async fn my_recommendations(
     auth.required()?;
     let limit = query.parse()?;
     let client = state.recommendations.clone();
-    answer(&state, limit, None, |deadline| {
+    answer(&state, limit, None, None, |deadline| {
         let mut request = deadline.request(pb::ForMeRequest { limit });
         auth.attach(&mut request);
         let mut client = client;

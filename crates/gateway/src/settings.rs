@@ -25,6 +25,8 @@ bookstore_platform::settings! {
         redis_key_prefix: String = "bookstore".to_owned(), flag redis_key_prefix "PREFIX";
         /// Live connections one user may hold open at once: queue sockets and order event streams.
         queue_sockets_per_user: usize = crate::live::SOCKETS_PER_USER, flag queue_sockets_per_user "N";
+        /// How long the gateway keeps a book's recommendations as it sent them, ms; 0 keeps none.
+        recommendations_edge_cache_ms: u64 = 1000, flag recommendations_edge_cache_ms "MS";
         /// How long a recommendations call may take before the page gets the fallback, ms.
         recommendations_budget_ms: u64 = crate::recommendations::BUDGET.as_millis() as u64, flag recommendations_budget_ms "MS";
         /// Pass-through routes ([[gateway.routes]] tables: prefix, strip_prefix, backends).
