@@ -359,16 +359,9 @@ pub async fn short_lived_token(
     role: bookstore_platform::auth::Role,
     ttl: std::time::Duration,
 ) -> String {
-    use bookstore_platform::db::{Database, PoolConfig};
-    let db = Database::connect(&sys.users_db.url, &PoolConfig::default()).await.unwrap();
-    let store = bookstore_users::store::UserStore::new(db);
-    let master = bookstore_platform::crypto::MasterKey::from_base64(
-        sys.config.process.master_key.as_deref().expect("the system's master key"),
-    )
-    .unwrap();
-    let keyring = bookstore_users::keys::Keyring::load(&store, master, ttl).await.unwrap();
-    bookstore_users::tokens::access_token(&keyring, &uuid::Uuid::new_v4().to_string(), &[role], &[], &[], ttl)
-        .unwrap()
+    let users = crate::users_of(sys).await;
+    let subject = uuid::Uuid::new_v4().to_string();
+    bookstore_users::tokens::access_token(&users.keyring, &subject, &[role], &[], &[], ttl).unwrap()
 }
 
 async fn a_staff_socket_is_closed_with_4401_when_its_token_expires(backend: Backend) {

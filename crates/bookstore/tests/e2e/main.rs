@@ -170,6 +170,16 @@ pub async fn until<F: std::future::Future<Output = bool>>(
 }
 
 /// A shipping address for checkouts by accounts that keep none (the admin's).
+/// The system's users service as a test can drive it directly (its keyring signs tokens the
+/// system accepts), on the system's own database and master key.
+pub async fn users_of(sys: &System) -> bookstore_users::Users {
+    let config = &sys.config;
+    let url = config.users.database_url.clone().unwrap();
+    let db = bookstore::connect(&url, config, &[&bookstore_users::MIGRATIONS], "users").await.unwrap();
+    let master = config.master_key(bookstore_platform::service::Mode::Serve).unwrap();
+    bookstore_users::Users::new(db, master, config.users.users_config()).await.unwrap()
+}
+
 /// Registers customer `name` (no address on the account); their access token.
 pub async fn customer(sys: &System, name: &str) -> String {
     const PASSWORD: &str = "velvet lantern orbit crumble";

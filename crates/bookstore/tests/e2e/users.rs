@@ -129,14 +129,6 @@ async fn a_reused_refresh_token_ends_the_whole_session(backend: Backend) {
 }
 
 /// Opens the users service's keyring beside the running service (same database, same master key).
-async fn keyring(sys: &System) -> bookstore_users::Users {
-    let config = &sys.config;
-    let url = config.users.database_url.clone().unwrap();
-    let db = bookstore::connect(&url, config, &[&bookstore_users::MIGRATIONS], "users").await.unwrap();
-    let master = config.master_key(bookstore_platform::service::Mode::Serve).unwrap();
-    bookstore_users::Users::new(db, master, config.users.users_config()).await.unwrap()
-}
-
 fn sign(users: &bookstore_users::Users, claims: &Claims) -> String {
     let key = users.keyring.current_signing_key().unwrap();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
@@ -148,7 +140,7 @@ async fn tokens_breaking_rfc_8725_rules_are_refused_by_gateway_and_services(back
     let Some(sys) = System::start(backend, false).await else { return };
     let user = register(&sys, "carol", "carol@example.com").await;
     let id = user["id"].as_str().unwrap();
-    let users = keyring(&sys).await;
+    let users = crate::users_of(&sys).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let honest = Claims {
         iss: ISSUER.into(),
@@ -234,7 +226,7 @@ async fn rotated_signing_keys_keep_old_tokens_valid_and_new_ones_verify(backend:
     let old_token = sys.admin.clone();
     let old_kid = jsonwebtoken::decode_header(&old_token).unwrap().kid.unwrap();
 
-    let users = keyring(&sys).await;
+    let users = crate::users_of(&sys).await;
     let new_kid = users.keyring.add_signing_key(&users.store, Duration::ZERO).await.unwrap();
     assert_ne!(new_kid, old_kid);
 
@@ -418,7 +410,7 @@ async fn personal_data_is_encrypted_at_rest_and_bound_to_its_row(backend: Backen
     }
 
     // A ciphertext copied onto another row does not decrypt there.
-    let users = keyring(&sys).await;
+    let users = crate::users_of(&sys).await;
     let pool = users.store.database().pool();
     sqlx::query("UPDATE users SET address_ct = (SELECT address_ct FROM users WHERE id = $1) WHERE id = $2")
         .bind(victim["id"].as_str().unwrap())

@@ -199,16 +199,7 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin(backend: Backend
 /// role of every user becomes a row, and `sysadmin`-like text cannot match `admin`.
 async fn roles_stored_as_text_before_the_role_table_are_found_by_exact_match_after_it(backend: Backend) {
     let Some(db) = TestDatabase::new(backend).await else { return };
-    let pool = bookstore_platform::db::Database::connect(&db.url, &Default::default()).await.unwrap();
-    let full = match backend {
-        Backend::Postgres => &MIGRATIONS.postgres,
-        Backend::Sqlite => &MIGRATIONS.sqlite,
-    };
-    let before = sqlx::migrate::Migrator {
-        migrations: full.migrations.iter().filter(|m| m.version < 3).cloned().collect::<Vec<_>>().into(),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before.run(pool.pool()).await.unwrap();
+    let pool = migrated_before(&db, backend, 3).await;
     for (id, roles) in [("u1", "customer"), ("u2", "staff,admin"), ("u3", "admin"), ("u4", "customer,staff")]
     {
         sqlx::query(
@@ -232,16 +223,7 @@ async fn roles_stored_as_text_before_the_role_table_are_found_by_exact_match_aft
 
 async fn service_accounts_made_before_scopes_keep_what_they_could_do(backend: Backend) {
     let Some(db) = TestDatabase::new(backend).await else { return };
-    let pool = bookstore_platform::db::Database::connect(&db.url, &Default::default()).await.unwrap();
-    let full = match backend {
-        Backend::Postgres => &MIGRATIONS.postgres,
-        Backend::Sqlite => &MIGRATIONS.sqlite,
-    };
-    let before = sqlx::migrate::Migrator {
-        migrations: full.migrations.iter().filter(|m| m.version < 4).cloned().collect::<Vec<_>>().into(),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before.run(pool.pool()).await.unwrap();
+    let pool = migrated_before(&db, backend, 4).await;
     sqlx::query("INSERT INTO service_accounts (client_id, name, secret_hash, created_at) VALUES ('svc-old', 'orders', 'h', 0)")
         .execute(pool.pool())
         .await
@@ -260,4 +242,29 @@ async fn service_accounts_made_before_scopes_keep_what_they_could_do(backend: Ba
         "what a service account could do before"
     );
     assert_eq!(scopes("svc-new").await, ["books:read"], "a new one gets what it is granted");
+}
+
+/// `db` with users' migrations before `version` applied, as a database of an older release.
+async fn migrated_before(
+    db: &TestDatabase,
+    backend: Backend,
+    version: i64,
+) -> bookstore_platform::db::Database {
+    let pool = bookstore_platform::db::Database::connect(&db.url, &Default::default()).await.unwrap();
+    let full = match backend {
+        Backend::Postgres => &MIGRATIONS.postgres,
+        Backend::Sqlite => &MIGRATIONS.sqlite,
+    };
+    let before = sqlx::migrate::Migrator {
+        migrations: full
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(pool.pool()).await.unwrap();
+    pool
 }
