@@ -32,7 +32,7 @@ cargo build --release --quiet -p bookstore
 for db in books users orders; do fresh_db "bookstore_bench_$db"; done
 
 BOOKSTORE_MASTER_KEY=$(./target/release/bookstore admin generate-master-key) \
-BOOKSTORE_ADMIN_PASSWORD="$ADMIN_PASSWORD" RUST_LOG=warn \
+BOOKSTORE_ADMIN_PASSWORD="$ADMIN_PASSWORD" BOOKSTORE_REGISTRATIONS_PER_ADDRESS=0 RUST_LOG=warn \
   ./target/release/bookstore serve users books orders gateway --seed --amqp-url "$AMQP_URL" \
   --books-database-url "$(db_url bookstore_bench_books)" --users-database-url "$(db_url bookstore_bench_users)" \
   --orders-database-url "$(db_url bookstore_bench_orders)" --data-dir "$work" --http "$HTTP" \

@@ -24,7 +24,7 @@ done
 
 echo "building (release)..."
 cargo build --release --quiet -p bookstore
-BOOKSTORE_ADMIN_PASSWORD="bench admin passphrase" BOOKSTORE_RATE_LIMIT_REQUESTS=0 RUST_LOG=warn \
+BOOKSTORE_ADMIN_PASSWORD="bench admin passphrase" BOOKSTORE_RATE_LIMIT_REQUESTS=0 BOOKSTORE_REGISTRATIONS_PER_ADDRESS=0 RUST_LOG=warn \
   ./target/release/bookstore up --data-dir "$work" --http "$HTTP" --admin-http "$ADMIN" \
   --books-grpc 127.0.0.1:18581 --users-grpc 127.0.0.1:18582 --orders-grpc 127.0.0.1:18583 \
   --fulfillment-grpc 127.0.0.1:18584 --recommendations-grpc 127.0.0.1:18585 >"$work/server.log" 2>&1 &

@@ -106,7 +106,8 @@ pub const CONSUMERS: [&str; 3] = [
 ];
 
 /// Every per-replica subscription among the services (each a stream of its own on RabbitMQ).
-pub const SUBSCRIPTIONS: [&str; 1] = [bookstore_orders::live::SUBSCRIPTION];
+pub const SUBSCRIPTIONS: [&str; 2] =
+    [bookstore_orders::live::SUBSCRIPTION, bookstore_platform::revocation::SUBSCRIPTION];
 
 /// The names `serve` accepts.
 pub fn service_names() -> Vec<&'static str> {
@@ -163,10 +164,13 @@ impl App {
 
         let tasks = Tasks::new();
         let mut process = Process::new(tasks.clone());
-        let bus = match entries.iter().any(|e| e.spec.uses_bus) {
-            true => Some(open_bus(config, &mut process).await?),
-            false => None,
-        };
+        // Every process verifies tokens, so every process follows the revocations on the bus.
+        let bus = open_bus(config, &mut process).await?;
+        tasks.spawn(
+            "revocations",
+            bookstore_platform::revocation::follow(bus.clone(), verifier.clone(), tasks.stopping()),
+        );
+        let bus = Some(bus);
         let mode_data_dir = config.process.data_dir.clone();
         let master_key = match entries.iter().any(|e| e.spec.uses_master_key) {
             true => Some(config.master_key(mode)?),

@@ -197,6 +197,7 @@ impl Modify for EdgeResponses {
         users::Role,
         users::UserPage,
         users::Register,
+        users::Registered,
         users::Login,
         users::RefreshToken,
         users::ClientCredentials,

@@ -175,7 +175,7 @@ pub struct UpdateUser {
     pub full_name: Option<String>,
     pub address: Option<String>,
     pub new_password: Option<String>,
-    /// Required to change your own password.
+    /// Required to change your own password or email; a wrong one counts as a failed login.
     pub current_password: Option<String>,
     /// Admin only; replaces the roles.
     pub roles: Option<Vec<String>>,
@@ -245,27 +245,56 @@ pub struct PageParams {
     pub limit: Option<i32>,
 }
 
-/// Register a customer account.
+/// The answer to a sign-up, the same whether the email was free or not.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    #[schema(
+        example = "If no account has this email, yours is ready: sign in with your username and password."
+    )]
+    pub message: String,
+}
+
+/// What every accepted sign-up is told: whether the email already had an account is not said,
+/// so the form cannot be used to find out who is a customer.
+pub const REGISTERED: &str =
+    "If no account has this email, yours is ready: sign in with your username and password.";
+
+/// Register a customer account. The answer is the same whether or not the email already had an
+/// account (which is left as it was); a taken username is said. Sign-ups are limited per client
+/// address.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Register,
     responses(
-        (status = 201, description = "Registered", body = User),
+        (status = 202, description = "Accepted: sign in to continue", body = Registered),
         (status = 400, description = "A field is invalid or the password too weak", body = ErrorBody),
-        (status = 409, description = "Username or email taken", body = ErrorBody),
+        (status = 409, description = "Username taken", body = ErrorBody),
+        (status = 429, description = "Too many sign-ups from this address; see Retry-After", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<Register>,
 ) -> Result<impl IntoResponse, ApiError> {
+    use bookstore_platform::status::reason;
+    use tonic_types::StatusExt;
     let request = pb::CreateUserRequest {
         username: body.username,
         email: body.email,
         password: body.password,
         full_name: body.full_name,
         address: body.address,
+        client_address: crate::client::client_address(peer.ip(), &headers, &state.trusted_proxies)
+            .to_string(),
     };
-    let user: User =
-        state.users.clone().create_user(state.request(request, &Auth::default())).await?.into_inner().into();
-    Ok((StatusCode::CREATED, [(header::LOCATION, "/api/v1/users/me".to_owned())], Json(user)))
+    match state.users.clone().create_user(state.request(request, &Auth::default())).await {
+        Ok(_) => {}
+        Err(status)
+            if status.get_error_details().error_info().is_some_and(|i| i.reason == reason::EMAIL_TAKEN) => {}
+        Err(status) => return Err(status.into()),
+    }
+    let answer = Registered { message: REGISTERED.to_owned() };
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, "/api/v1/auth/login")], Json(answer)))
 }
 
 /// Sign in with a username (or email) and password.
@@ -437,9 +466,10 @@ pub async fn jwks(State(state): State<AppState>) -> Result<impl IntoResponse, Ap
     ))
 }
 
-fn update_request(id: String, body: UpdateUser) -> pb::UpdateUserRequest {
+fn update_request(id: String, body: UpdateUser, client_address: String) -> pb::UpdateUserRequest {
     pb::UpdateUserRequest {
         id,
+        client_address,
         email: body.email,
         full_name: body.full_name,
         address: body.address,
@@ -462,14 +492,18 @@ pub async fn get_me(State(state): State<AppState>, auth: Auth) -> Result<Json<Us
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateUser,
     responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "Wrong current_password, or roles without admin", body = ErrorBody),
-        (status = 409, description = "Email taken", body = ErrorBody)))]
+        (status = 409, description = "Email taken", body = ErrorBody),
+        (status = 429, description = "Too many wrong passwords; see Retry-After", body = ErrorBody)))]
 pub async fn update_me(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     auth: Auth,
     Json(body): Json<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
     let id = auth.required()?.identity.subject.clone();
-    update_user_by_id(&state, &auth, id, body).await
+    let client = crate::client::client_address(peer.ip(), &headers, &state.trusted_proxies).to_string();
+    update_user_by_id(&state, &auth, id, body, client).await
 }
 
 /// Delete your own account (and end all its sessions).
@@ -524,12 +558,15 @@ pub async fn get_user(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn update_user(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     auth: Auth,
     Path(id): Path<String>,
     Json(body): Json<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
     auth.required()?;
-    update_user_by_id(&state, &auth, id, body).await
+    let client = crate::client::client_address(peer.ip(), &headers, &state.trusted_proxies).to_string();
+    update_user_by_id(&state, &auth, id, body, client).await
 }
 
 /// Delete an account: yours, or any for an admin.
@@ -622,8 +659,10 @@ async fn update_user_by_id(
     auth: &Auth,
     id: String,
     body: UpdateUser,
+    client_address: String,
 ) -> Result<Json<User>, ApiError> {
-    let user = state.users.clone().update_user(state.request(update_request(id, body), auth)).await?;
+    let request = update_request(id, body, client_address);
+    let user = state.users.clone().update_user(state.request(request, auth)).await?;
     Ok(Json(user.into_inner().into()))
 }
 

@@ -133,6 +133,10 @@ pub struct Claims {
     /// What a service account's token is granted ([`SCOPES`]), space-separated (RFC 8693 §4.2).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// The sign-in session the token belongs to (OpenID Connect's `sid`): signing out ends the
+    /// session's tokens alone ([`crate::revocation`]). Service tokens have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// The verified caller, available to handlers in the request's extensions.
@@ -175,6 +179,8 @@ pub enum AuthError {
     Invalid(&'static str),
     #[error("access token expired")]
     Expired,
+    #[error("access token revoked")]
+    Revoked,
     #[error("the signing keys could not be fetched")]
     KeysUnavailable,
 }
@@ -204,6 +210,8 @@ pub struct Verifier {
     next_fetch: tokio::sync::Mutex<Option<Instant>>,
     min_refresh: Duration,
     validation: Validation,
+    /// Tokens that stopped working before they expire.
+    revocations: crate::revocation::Revocations,
 }
 
 impl Verifier {
@@ -224,7 +232,13 @@ impl Verifier {
             next_fetch: tokio::sync::Mutex::new(None),
             min_refresh,
             validation,
+            revocations: Default::default(),
         }
+    }
+
+    /// The tokens revoked before they expire, which this verifier refuses.
+    pub fn revocations(&self) -> &crate::revocation::Revocations {
+        &self.revocations
     }
 
     /// A token for the public API ([`AUDIENCE`]): what the gateway accepts.
@@ -272,6 +286,9 @@ impl Verifier {
         let claims = data.claims;
         if !audiences.iter().any(|a| claims.aud.contains(a)) {
             return Err(AuthError::Invalid("wrong audience"));
+        }
+        if self.revocations.revoked(&claims.sub, claims.sid.as_deref()) {
+            return Err(AuthError::Revoked);
         }
         Ok(Identity {
             subject: claims.sub,

@@ -15,6 +15,8 @@
 //!   and the caller's deadline passed on.
 //! - [`auth`]: who is calling: access-token verification against the users service's JWKS,
 //!   roles, and the middleware that puts the caller's [`auth::Identity`] on each request.
+//! - [`revocation`]: access tokens that stop working before they expire (sign-out, a password
+//!   or role change, a deleted account), known to every verifier through the bus.
 //! - [`basket`]: the rules of a basket, for the services that take one.
 //! - [`page`]: paging of listings, one rule for every service.
 //! - [`text`]: one rule for free text (names, titles, addresses) and newtypes over it.
@@ -40,6 +42,7 @@ pub mod events;
 pub mod grpc;
 pub mod jwt_crypto;
 pub mod page;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod settings;

@@ -18,6 +18,9 @@ pub mod reason {
     pub const OUT_OF_STOCK: &str = "OUT_OF_STOCK";
     /// An idempotency key came back with a different request.
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    /// A sign-up with an email another account has: the edge answers it as it answers a
+    /// sign-up that worked, so nobody learns who is a customer.
+    pub const EMAIL_TAKEN: &str = "EMAIL_TAKEN";
 }
 
 /// Why a value was refused, naming the field so the client knows what to fix. Every service's

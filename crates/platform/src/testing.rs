@@ -498,6 +498,7 @@ impl TestIssuer {
             jti: uuid::Uuid::new_v4().to_string(),
             roles: roles.to_vec(),
             scope: String::new(),
+            sid: None,
         }
     }
 

@@ -18,6 +18,9 @@ pub struct UsersConfig {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub limits: throttle::Limits,
+    /// Sign-ups per client address per window (0: no limit).
+    pub registrations_per_address: u32,
+    pub registration_window: Duration,
     /// How often each replica rereads the signing keys (to pick up a rotation).
     pub signing_key_reload: Duration,
     /// How many passwords may be hashed at once.
@@ -30,6 +33,8 @@ impl Default for UsersConfig {
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             limits: throttle::Limits::default(),
+            registrations_per_address: 10,
+            registration_window: Duration::from_secs(3600),
             signing_key_reload: Duration::from_secs(30),
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
@@ -42,18 +47,24 @@ pub struct Users {
     pub keyring: Keyring,
     pub hasher: passwords::Hasher,
     pub throttle: throttle::FailedLogins,
+    pub registrations: throttle::Registrations,
     pub config: UsersConfig,
 }
 
 impl Users {
     pub async fn new(db: Database, master: MasterKey, config: UsersConfig) -> anyhow::Result<Self> {
-        let store = UserStore::new(db);
+        let store = UserStore::new(db).revoking_for(config.access_ttl);
         let keyring = Keyring::load(&store, master, config.access_ttl).await?;
         Ok(Self {
             store,
             keyring,
             hasher: passwords::Hasher::new(config.hash_concurrency).await?,
             throttle: throttle::FailedLogins::new(config.limits),
+            registrations: throttle::Registrations::new(
+                config.registrations_per_address,
+                config.registration_window,
+                config.limits.capacity,
+            ),
             config,
         })
     }
@@ -140,6 +151,7 @@ impl Users {
             &[Role::Service],
             scopes,
             audience,
+            None,
             self.config.access_ttl,
         )?;
         Ok((token, self.config.access_ttl))

@@ -59,11 +59,24 @@ fn unauthenticated_login() -> Status {
 }
 
 fn throttled(wait: std::time::Duration) -> Status {
-    let secs = wait.as_secs().max(1);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     bookstore_platform::status::retry_after(
         format!("too many failed logins; try again in {secs} s"),
         std::time::Duration::from_secs(secs),
     )
+}
+
+fn too_many_sign_ups(wait: std::time::Duration) -> Status {
+    let secs = wait.as_secs().max(1);
+    bookstore_platform::status::retry_after(
+        format!("too many sign-ups from this address; try again in {secs} s"),
+        std::time::Duration::from_secs(secs),
+    )
+}
+
+/// The end client's address the gateway passed on, for the throttles.
+fn client_address(given: &str) -> &str {
+    if given.is_empty() { "unknown" } else { given }
 }
 
 /// The gRPC face of the users service.
@@ -96,29 +109,31 @@ impl UsersGrpc {
     }
 
     /// An access token for `user_id`, and a refresh token: a new session, or (when `refresh` is
-    /// given) the next token of the session whose token was spent.
+    /// given, with its session) the next token of the session whose token was spent.
     async fn tokens(
         &self,
         user_id: &str,
         roles: &[Role],
-        refresh: Option<&str>,
+        refresh: Option<(&str, &str)>,
     ) -> Result<pb::TokenResponse, Status> {
         let config = self.config();
-        let access = access_token(&self.users.keyring, user_id, roles, &[], &[], config.access_ttl)
-            .map_err(internal)?;
-        let refresh_token = match refresh {
-            Some(token) => token.to_owned(),
+        let (refresh_token, session) = match refresh {
+            Some((token, session)) => (token.to_owned(), session.to_owned()),
             None => {
                 let token = random_secret();
                 let expires_at = now_ms() + config.refresh_ttl.as_millis() as i64;
-                self.users
+                let session = self
+                    .users
                     .store
                     .start_session(user_id, &sha256_hex(&token), expires_at)
                     .await
                     .map_err(internal)?;
-                token
+                (token, session)
             }
         };
+        let access =
+            access_token(&self.users.keyring, user_id, roles, &[], &[], Some(&session), config.access_ttl)
+                .map_err(internal)?;
         Ok(pb::TokenResponse {
             access_token: access,
             token_type: "Bearer".into(),
@@ -150,10 +165,28 @@ impl UserService for UsersGrpc {
         let password =
             Password::parse(&req.password, &[username.as_str(), email.as_str(), local, full_name.as_str()])
                 .map_err(invalid)?;
-        let user =
-            self.users.create(&username, &email, &full_name, &address, &password, &[Role::Customer]).await?;
-        tracing::info!(id = %user.id, "user registered");
-        Ok(Response::new(to_proto(user)))
+        self.users.registrations.admit(client_address(&req.client_address)).map_err(too_many_sign_ups)?;
+        // A taken username is said (usernames are chosen, and shown); a taken email is not
+        // ([`reason::EMAIL_TAKEN`]), and costs the same password hash as a sign-up that works.
+        if self.users.store.find_by_username(username.as_str()).await.map_err(internal)?.is_some() {
+            return Err(StoreError::DuplicateUsername.into());
+        }
+        match self.users.create(&username, &email, &full_name, &address, &password, &[Role::Customer]).await {
+            Ok(user) => {
+                tracing::info!(id = %user.id, "user registered");
+                Ok(Response::new(to_proto(user)))
+            }
+            Err(StoreError::DuplicateEmail) => {
+                let email_hash = &self.users.keyring.blind_index.email(&email.normalized())[..16];
+                tracing::info!(email_hash, "sign-up with a taken email");
+                Err(bookstore_platform::status::with_reason(
+                    tonic::Code::AlreadyExists,
+                    "email taken",
+                    bookstore_platform::status::reason::EMAIL_TAKEN,
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
@@ -184,24 +217,27 @@ impl UserService for UsersGrpc {
             None
         };
         let demoted = roles.as_deref().is_some_and(|r| drops_admin(&row, Some(r)));
+        // The owner proves it is them before changing how they sign in (password, email); an
+        // admin resetting someone else's does not. A wrong password is a failed login.
+        if who.subject == row.id && (req.new_password.is_some() || email.is_some()) {
+            let client = client_address(&req.client_address);
+            self.users.throttle.attempt(&row.id, client).map_err(throttled)?;
+            let current_password = Password::unchecked(req.current_password.as_deref().unwrap_or_default());
+            if !self
+                .users
+                .hasher
+                .verify(&current_password, Some(&row.password_hash))
+                .await
+                .map_err(internal)?
+            {
+                tracing::info!(user = %row.id, address = client, "wrong current_password");
+                return Err(Status::permission_denied("current_password is wrong"));
+            }
+            self.users.throttle.succeeded(&row.id, client);
+        }
         let password_hash = match &req.new_password {
             None => None,
             Some(new) => {
-                // The owner proves it is them; an admin resetting someone else's does not.
-                let own = who.subject == row.id;
-                if own {
-                    let current_password =
-                        Password::unchecked(req.current_password.as_deref().unwrap_or_default());
-                    if !self
-                        .users
-                        .hasher
-                        .verify(&current_password, Some(&row.password_hash))
-                        .await
-                        .map_err(internal)?
-                    {
-                        return Err(Status::permission_denied("current_password is wrong"));
-                    }
-                }
                 let email_text = email.as_ref().map_or(current.email.as_str(), |e| e.as_str()).to_owned();
                 let password = Password::parse(new, &[row.username.as_str(), email_text.as_str()])
                     .map_err(|e| invalid(InvalidField { field: "new_password", reason: e.reason }))?;
@@ -265,14 +301,12 @@ impl UserService for UsersGrpc {
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::TokenResponse>, Status> {
         let req = request.into_inner();
-        let account = req.username.trim().to_lowercase();
-        let address =
-            if req.client_address.is_empty() { "unknown".to_owned() } else { req.client_address.clone() };
-        self.users.throttle.attempt(&account, &address).map_err(throttled)?;
+        let identifier = req.username.trim().to_lowercase();
+        let address = client_address(&req.client_address).to_owned();
 
         // A username, or the email it was registered with (found through the blind index).
-        let row = if account.contains('@') {
-            match Email::parse(&account) {
+        let row = if identifier.contains('@') {
+            match Email::parse(&identifier) {
                 Ok(email) => self
                     .users
                     .store
@@ -282,8 +316,11 @@ impl UserService for UsersGrpc {
                 Err(_) => None,
             }
         } else {
-            self.users.store.find_by_username(&account).await.map_err(internal)?
+            self.users.store.find_by_username(&identifier).await.map_err(internal)?
         };
+        // Counted per account, whichever identifier was typed; per identifier when none matches.
+        let account = row.as_ref().map_or_else(|| format!("unknown:{identifier}"), |r| r.id.clone());
+        self.users.throttle.attempt(&account, &address).map_err(throttled)?;
         let password = Password::unchecked(&req.password);
         let ok = self
             .users
@@ -294,7 +331,7 @@ impl UserService for UsersGrpc {
         let Some(row) = row.filter(|_| ok) else {
             // The identifier may be an email (or a password typed in the wrong box): log its
             // keyed hash, never the text.
-            let account_hash = &self.users.keyring.blind_index.email(&account)[..16];
+            let account_hash = &self.users.keyring.blind_index.email(&identifier)[..16];
             tracing::info!(account_hash, address, "failed login");
             return Err(unauthenticated_login());
         };
@@ -317,8 +354,8 @@ impl UserService for UsersGrpc {
             .rotate_refresh(&sha256_hex(&token), &sha256_hex(&next), expires_at)
             .await
             .map_err(internal)?;
-        let user_id = match outcome {
-            Refresh::Rotated { user_id, .. } => user_id,
+        let (user_id, session) = match outcome {
+            Refresh::Rotated { user_id, family } => (user_id, family),
             Refresh::Reused { user_id, family } => {
                 // A token used twice was stolen, or its owner's copy was: the whole chain ends.
                 tracing::warn!(user = %user_id, family = %family, "refresh token reuse; session revoked");
@@ -338,7 +375,7 @@ impl UserService for UsersGrpc {
             .map_err(internal)?
             .ok_or_else(|| Status::unauthenticated("account no longer exists"))?;
         let roles = roles_from_text(&row.roles);
-        Ok(Response::new(self.tokens(&row.id, &roles, Some(&next)).await?))
+        Ok(Response::new(self.tokens(&row.id, &roles, Some((&next, &session))).await?))
     }
 
     async fn logout(
@@ -462,9 +499,16 @@ impl UserService for UsersGrpc {
         };
         let audience = parse_resources(&req.resources)?;
         let ttl = self.config().access_ttl;
-        let access =
-            access_token(&self.users.keyring, &req.client_id, &[Role::Service], &scopes, &audience, ttl)
-                .map_err(internal)?;
+        let access = access_token(
+            &self.users.keyring,
+            &req.client_id,
+            &[Role::Service],
+            &scopes,
+            &audience,
+            None,
+            ttl,
+        )
+        .map_err(internal)?;
         Ok(Response::new(pb::TokenResponse {
             access_token: access,
             token_type: "Bearer".into(),

@@ -7,7 +7,8 @@
 //! - [`keys`]: the keyring: data, blind-index and token signing keys; rotation.
 //! - [`passwords`]: argon2id off the async threads, bounded.
 //! - [`tokens`]: EdDSA access tokens, opaque refresh tokens.
-//! - [`throttle`]: failed-login limits per account and per client address.
+//! - [`throttle`]: failed-login delays per (account, address), per address and per account;
+//!   the sign-up limit per address.
 //! - [`store`]: all of its SQL.
 //! - [`grpc`]: the tonic adapter and who may do what.
 //! - [`settings`]: its configuration section, `[users]`, and the master key.
@@ -46,7 +47,7 @@ pub static MIGRATIONS: Migrations = Migrations {
 };
 
 pub static SPEC: Spec =
-    Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: false, uses_master_key: true };
+    Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true, uses_master_key: true };
 
 /// The users service: its gRPC API, the first admin on an empty shop, and the task that picks
 /// up signing keys rotated by another replica or by `bookstore admin`. In `up` it also mints
@@ -56,6 +57,8 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let master = ctx.master_key()?;
     let users = Arc::new(Users::new(db.clone(), master, settings.users_config()).await?);
     let generated = users.ensure_admin(settings.admin_password.as_deref()).await?;
+    // Revocations reach every verifier through the outbox ([`bookstore_platform::revocation`]).
+    ctx.relay_outbox("users-outbox")?;
 
     let reload = users.clone();
     ctx.tasks.every("users-reload-signing-keys", users.config.signing_key_reload, move || {

@@ -113,6 +113,8 @@ pub struct RefreshRow {
 #[derive(Debug, Clone)]
 pub struct UserStore {
     db: Database,
+    /// How long an access token lives: how long a revocation must be held.
+    token_ttl: std::time::Duration,
 }
 
 fn map_user_conflict(err: sqlx::Error, doing: &'static str) -> StoreError {
@@ -124,8 +126,28 @@ fn map_user_conflict(err: sqlx::Error, doing: &'static str) -> StoreError {
 }
 
 impl UserStore {
+    /// The store; revocations it publishes are held for the longest access-token lifetime
+    /// until [`Self::revoking_for`] says how long tokens live.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self { db, token_ttl: bookstore_platform::revocation::REPLAY }
+    }
+
+    /// Access tokens live `ttl`: revocations are held that long (and a minute, the leeway).
+    pub fn revoking_for(self, ttl: std::time::Duration) -> Self {
+        Self { token_ttl: ttl + std::time::Duration::from_secs(60), ..self }
+    }
+
+    /// Writes in `tx` the event that ends the tokens of `sessions` of `subject` (every token of
+    /// it when `sessions` is empty): it reaches every verifier once `tx` commits.
+    async fn revoke_tokens_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        subject: &str,
+        sessions: &[String],
+    ) -> anyhow::Result<()> {
+        let until = now_ms() + self.token_ttl.as_millis() as i64;
+        let event = bookstore_platform::revocation::event(subject, sessions, until);
+        bookstore_platform::events::outbox::write(tx, &[event]).await
     }
 
     pub fn database(&self) -> &Database {
@@ -289,6 +311,9 @@ impl UserStore {
             .execute(&mut *tx)
             .await
             .context("deleting a user")?;
+        if done.rows_affected() == 1 {
+            self.revoke_tokens_in(&mut tx, id, &[]).await?;
+        }
         tx.commit().await.context("deleting a user")?;
         Ok(done.rows_affected() == 1)
     }
@@ -451,6 +476,7 @@ impl UserStore {
         };
         if !claimed {
             revoke_family_in(&mut tx, &family).await?;
+            self.revoke_tokens_in(&mut tx, &user_id, std::slice::from_ref(&family)).await?;
             tx.commit().await.context("revoking a reused session")?;
             return Ok(Refresh::Reused { user_id, family });
         }
@@ -471,24 +497,42 @@ impl UserStore {
             .context("finding a refresh token")
     }
 
+    /// Ends a session (sign-out): its refresh tokens, and its access tokens on every verifier.
     pub async fn revoke_family(&self, family_id: &str) -> anyhow::Result<u64> {
         let mut tx = self.db.begin_write().await.context("starting a revocation")?;
         let n = revoke_family_in(&mut tx, family_id).await?;
+        if n > 0 {
+            let user_id: String = sqlx::query_scalar("SELECT user_id FROM refresh_families WHERE id = $1")
+                .bind(family_id)
+                .fetch_one(&mut *tx)
+                .await
+                .context("reading a session")?;
+            self.revoke_tokens_in(&mut tx, &user_id, &[family_id.to_owned()]).await?;
+        }
         tx.commit().await.context("committing a revocation")?;
         Ok(n)
     }
 
-    /// Ends every session of a user (password or role change).
+    /// Ends every session of a user (password or role change), their access tokens included.
     pub async fn revoke_sessions_of(&self, user_id: &str) -> anyhow::Result<u64> {
-        let done = sqlx::query(
-            "UPDATE refresh_families SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(now_ms())
-        .execute(self.db.pool())
-        .await
-        .context("ending a user's sessions")?;
-        Ok(done.rows_affected())
+        let mut tx = self.db.begin_write().await.context("ending a user's sessions")?;
+        let live: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM refresh_families WHERE user_id = $1 AND revoked_at IS NULL")
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await
+                .context("finding a user's sessions")?;
+        sqlx::query("UPDATE refresh_families SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .context("ending a user's sessions")?;
+        if !live.is_empty() {
+            self.revoke_tokens_in(&mut tx, user_id, &live).await?;
+        }
+        tx.commit().await.context("ending a user's sessions")?;
+        Ok(live.len() as u64)
     }
 
     // --- service accounts -------------------------------------------------------------------
@@ -570,14 +614,20 @@ impl UserStore {
         &self,
         client_id: &str,
     ) -> anyhow::Result<Option<StoredServiceAccount>> {
-        sqlx::query(
+        let mut tx = self.db.begin_write().await.context("revoking a service account")?;
+        let done = sqlx::query(
             "UPDATE service_accounts SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL",
         )
         .bind(client_id)
         .bind(now_ms())
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await
         .context("revoking a service account")?;
+        if done.rows_affected() > 0 {
+            // Its tokens end with it, not when they expire.
+            self.revoke_tokens_in(&mut tx, client_id, &[]).await?;
+        }
+        tx.commit().await.context("revoking a service account")?;
         self.service_account(client_id).await
     }
 

@@ -12,13 +12,14 @@ use crate::keys::Keyring;
 
 /// Signs an access token for `subject` with `roles` (and a service account's `scopes`), valid
 /// for `ttl`, for the services named in `audience` alone, or for the public API when it names
-/// none ([`Audience::of`]).
+/// none ([`Audience::of`]); a person's belongs to their sign-in `session`.
 pub fn access_token(
     keyring: &Keyring,
     subject: &str,
     roles: &[Role],
     scopes: &[String],
     audience: &[String],
+    session: Option<&str>,
     ttl: Duration,
 ) -> anyhow::Result<String> {
     let key = keyring.current_signing_key()?;
@@ -33,6 +34,7 @@ pub fn access_token(
         jti: uuid::Uuid::now_v7().to_string(),
         roles: roles.to_vec(),
         scope: scopes.join(" "),
+        sid: session.map(str::to_owned),
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(key.kid.clone());

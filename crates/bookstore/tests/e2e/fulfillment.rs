@@ -361,7 +361,7 @@ pub async fn short_lived_token(
 ) -> String {
     let users = crate::users_of(sys).await;
     let subject = uuid::Uuid::new_v4().to_string();
-    bookstore_users::tokens::access_token(&users.keyring, &subject, &[role], &[], &[], ttl).unwrap()
+    bookstore_users::tokens::access_token(&users.keyring, &subject, &[role], &[], &[], None, ttl).unwrap()
 }
 
 async fn a_staff_socket_is_closed_with_4401_when_its_token_expires(backend: Backend) {

@@ -11,6 +11,7 @@ mod lifecycle;
 mod orders;
 mod recommendations;
 mod replicas;
+mod sessions;
 mod third_party;
 mod users;
 
@@ -67,6 +68,8 @@ impl System {
         config.process.master_key = Some(bookstore_platform::crypto::MasterKey::generate_base64());
         config.users.admin_password = Some(ADMIN_PASSWORD.into());
         config.users.signing_key_reload_ms = 100;
+        // Every test client signs up from one address; the sign-up limit's test sets its own.
+        config.users.registrations_per_address = 0;
         config.orders.grpc = port0;
         config.orders.database_url = Some(orders_db.url.clone());
         config.fulfillment.grpc = port0;
@@ -82,9 +85,9 @@ impl System {
         tweak(&mut config);
         let app =
             App::start(&bookstore::service_names(), &config, Mode::Serve).await.expect("starting the system");
-        let base = format!("http://{}", app.addr("gateway").unwrap());
         let books_base = format!("http://{}", app.addr("books").unwrap());
         let admin_base = format!("http://{}", app.admin_addr);
+        let base = format!("http://{}", app.addr("gateway").unwrap());
         let http = reqwest::Client::new();
         let admin = login(&http, &base, "admin", ADMIN_PASSWORD).await;
         Some(Self {
@@ -175,7 +178,8 @@ pub async fn until<F: std::future::Future<Output = bool>>(
 pub async fn users_of(sys: &System) -> bookstore_users::Users {
     let config = &sys.config;
     let url = config.users.database_url.clone().unwrap();
-    let db = bookstore::connect(&url, config, &[&bookstore_users::MIGRATIONS], "users").await.unwrap();
+    let users = bookstore::SERVICES.iter().find(|e| e.name() == "users").unwrap();
+    let db = bookstore::connect(&url, config, &users.migrations(), "users").await.unwrap();
     let master = config.master_key(bookstore_platform::service::Mode::Serve).unwrap();
     bookstore_users::Users::new(db, master, config.users.users_config()).await.unwrap()
 }
@@ -186,7 +190,7 @@ pub async fn customer(sys: &System, name: &str) -> String {
     let register = serde_json::json!({"username": name, "email": format!("{name}@example.com"),
                                       "password": PASSWORD, "full_name": name});
     let answer = sys.http.post(sys.url("/api/v1/auth/register")).json(&register).send().await.unwrap();
-    assert_eq!(answer.status(), reqwest::StatusCode::CREATED);
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
     login(&sys.http, &sys.base, name, PASSWORD).await
 }
 
