@@ -102,6 +102,16 @@ enum AdminCommand {
         #[command(flatten)]
         flags: Flags,
     },
+    /// Write a development CA and a TLS certificate it signs (for localhost and the --host names)
+    /// to try HTTPS: ca.pem, ca-key.pem, server.pem, server-key.pem. Not for production.
+    DevCerts {
+        /// The folder to write them to.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        out: PathBuf,
+        /// Another name or address the certificate is for (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -150,6 +160,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(AdminCommand::GenerateMasterKey) => {
             say(format_args!("{}", bookstore_platform::crypto::MasterKey::generate_base64()));
+            Ok(())
+        }
+        Command::Admin(AdminCommand::DevCerts { out, hosts }) => {
+            for path in bookstore_platform::tls::dev_certs(&out, &hosts)? {
+                say(format_args!("wrote {}", path.display()));
+            }
+            let dir = out.display();
+            say(format_args!(
+                "serve HTTPS with --tls-cert-file {dir}/server.pem --tls-key-file {dir}/server-key.pem; \
+                 clients trust {dir}/ca.pem"
+            ));
             Ok(())
         }
         Command::Admin(AdminCommand::RotateSigningKey { flags }) => {

@@ -124,8 +124,21 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         permits: shared.permits.clone(),
         routes: proxy::router(&settings.routes, ctx.resilience, &ctx.board, shared).await?,
     };
-    let router = router(&config, state, ctx.verifier.clone(), edge)?;
-    Ok(Built::new(router).ready_when(move || {
+    let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(bookstore_platform::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let mut router = router(&config, state, ctx.verifier.clone(), edge)?;
+    if tls.is_some() {
+        // Browsers that reached the shop over HTTPS keep to it for a year.
+        router = router.layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ));
+    }
+    let mut built = Built::new(router);
+    built.tls = tls;
+    Ok(built.ready_when(move || {
         let (books, users, orders) = (books.clone(), users.clone(), orders.clone());
         async move {
             check_serving(books, "bookstore.books.v1.BookService").await?;

@@ -29,6 +29,11 @@ bookstore_platform::settings! {
         recommendations_edge_cache_ms: u64 = 1000, flag recommendations_edge_cache_ms "MS";
         /// How long a recommendations call may take before the page gets the fallback, ms.
         recommendations_budget_ms: u64 = crate::recommendations::BUDGET.as_millis() as u64, flag recommendations_budget_ms "MS";
+        /// PEM certificate chain: with tls_key_file, the gateway serves HTTPS (HTTP/2 and 1.1) on its
+        /// port, reloading both files when they change.
+        tls_cert_file: Option<std::path::PathBuf> = None, flag tls_cert_file "FILE";
+        /// The PEM private key of tls_cert_file.
+        tls_key_file: Option<std::path::PathBuf> = None, flag tls_key_file "FILE";
         /// Pass-through routes ([[gateway.routes]] tables: prefix, strip_prefix, backends).
         routes: Vec<crate::proxy::Route> = Vec::new(), file routes "TABLES";
     }
@@ -51,6 +56,10 @@ fn check(s: &Settings) -> anyhow::Result<()> {
         bookstore_platform::settings::check_url("redis_url", url, &["redis", "rediss"])?;
     }
     crate::proxy::check_routes(&s.routes)?;
+    anyhow::ensure!(
+        s.tls_cert_file.is_some() == s.tls_key_file.is_some(),
+        "invalid configuration: tls_cert_file and tls_key_file go together"
+    );
     Ok(())
 }
 

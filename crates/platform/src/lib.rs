@@ -23,6 +23,8 @@
 //! - [`jwt_crypto`]: EdDSA for `jsonwebtoken`, without compiling RSA.
 //! - [`crypto`]: personal data encrypted at rest and in events: the master key, data keys,
 //!   values bound to their row and column.
+//! - [`tls`]: rustls for the public listener (a certificate reloaded when its files change) and
+//!   development certificates.
 //! - [`trace`]: W3C trace context, continued from the caller or started, carried by every
 //!   outgoing call and every event.
 //! - `testing` (feature `testing`, tests only): fresh databases on either backend, test
@@ -51,6 +53,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod text;
+pub mod tls;
 pub mod trace;
 
 /// Arms the crash points named in `FAILPOINTS` (`name=action;...`, the `fail` crate's syntax)

@@ -3,7 +3,8 @@
 //! A service is an axum [`Router`]: its gRPC services (tonic routes turned into axum routes,
 //! [`grpc_service_router`]) or its REST API. [`serve`] runs it on one listener that speaks
 //! HTTP/1 and HTTP/2 (h2c, which gRPC uses) and, on shutdown, stops accepting and waits for
-//! in-flight requests. The process's operational endpoints ([`ops_router`]: `/healthz`,
+//! in-flight requests; over TLS when given a certificate ([`serve_tls`], [`crate::tls`]). The
+//! process's operational endpoints ([`ops_router`]: `/healthz`,
 //! `/readyz`, `/metrics`) are served the same way on a listener of their own.
 
 use std::future::Future;
@@ -138,6 +139,18 @@ pub fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<Running> {
+    serve_tls(service, listener, router, shutdown, None)
+}
+
+/// [`serve`], over TLS when `tls` is given ([`crate::tls::acceptor`]): the handshake must end
+/// within [`HEADER_READ_TIMEOUT`], on the connection's own task (a slow one holds up no other).
+pub fn serve_tls(
+    service: &'static str,
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<Running> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -173,10 +186,26 @@ pub fn serve(
                     request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                     tower::ServiceExt::oneshot(router.clone(), request)
                 });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-            let connection = graceful.watch(connection);
+            let Some(tls) = tls.clone() else {
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+                continue;
+            };
+            let (builder, watcher) = (builder.clone(), graceful.watcher());
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
+                let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });

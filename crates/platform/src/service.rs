@@ -254,11 +254,20 @@ pub struct Built {
     pub notices: Vec<String>,
     /// Service tokens for the services built after it in this process (users provides them).
     pub local_tokens: Option<LocalTokens>,
+    /// Serve its listener over TLS with this ([`crate::tls::acceptor`]).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Built {
     pub fn new(router: Router) -> Self {
-        Self { router, readiness: Vec::new(), on_scrape: Vec::new(), notices: Vec::new(), local_tokens: None }
+        Self {
+            router,
+            readiness: Vec::new(),
+            on_scrape: Vec::new(),
+            notices: Vec::new(),
+            local_tokens: None,
+            tls: None,
+        }
     }
 
     /// Adds the checks every service with a database has: ready when it answers, pool gauges
@@ -416,7 +425,7 @@ impl Process {
         self.readiness.extend(built.readiness.into_iter().map(|check| (name, check)));
         self.on_scrape.extend(built.on_scrape);
         let stop = CancellationToken::new();
-        let running = crate::server::serve(name, listener, built.router, stop.clone())?;
+        let running = crate::server::serve_tls(name, listener, built.router, stop.clone(), built.tls)?;
         let addr = running.addr;
         self.servers.push((stop, running));
         Ok(addr)

@@ -12,6 +12,7 @@ mod orders;
 mod recommendations;
 mod replicas;
 mod sessions;
+mod tls;
 mod third_party;
 mod users;
 
@@ -87,8 +88,14 @@ impl System {
             App::start(&bookstore::service_names(), &config, Mode::Serve).await.expect("starting the system");
         let books_base = format!("http://{}", app.addr("books").unwrap());
         let admin_base = format!("http://{}", app.admin_addr);
-        let base = format!("http://{}", app.addr("gateway").unwrap());
-        let http = reqwest::Client::new();
+        // Over HTTPS when the gateway has a certificate: then the CA beside it is trusted.
+        let (base, http) = match &config.gateway.tls_cert_file {
+            None => (format!("http://{}", app.addr("gateway").unwrap()), reqwest::Client::new()),
+            Some(cert) => {
+                let port = app.addr("gateway").unwrap().port();
+                (format!("https://localhost:{port}"), https_client(&cert.with_file_name("ca.pem")))
+            }
+        };
         let admin = login(&http, &base, "admin", ADMIN_PASSWORD).await;
         Some(Self {
             app: Some(app),
@@ -133,6 +140,12 @@ impl Drop for System {
         })
         .join();
     }
+}
+
+/// An HTTP client that trusts the CA in `ca_pem` alone.
+pub fn https_client(ca_pem: &std::path::Path) -> reqwest::Client {
+    let tls = bookstore_platform::tls::client_trusting(ca_pem).unwrap();
+    reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
 }
 
 /// Signs in and returns the access token; panics if that fails.

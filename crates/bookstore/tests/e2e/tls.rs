@@ -1,0 +1,56 @@
+//! HTTPS at the gateway: a real handshake with a certificate from `admin dev-certs`, HSTS on
+//! every answer, and a renewed certificate served without a restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bookstore_platform::backend_tests;
+use bookstore_platform::db::Backend;
+use reqwest::StatusCode;
+
+use crate::{System, https_client, until};
+
+backend_tests!(the_gateway_serves_https_with_hsts_and_a_renewed_certificate_without_a_restart);
+
+/// Copies a certificate pair over the one in service, each file replaced whole (as a secret
+/// volume or certbot does).
+fn install(from: &Path, to: &Path) {
+    for name in ["server.pem", "server-key.pem"] {
+        let staged = to.join(format!(".{name}.new"));
+        std::fs::copy(from.join(name), &staged).unwrap();
+        std::fs::rename(&staged, to.join(name)).unwrap();
+    }
+}
+
+async fn the_gateway_serves_https_with_hsts_and_a_renewed_certificate_without_a_restart(backend: Backend) {
+    let (live, renewed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    bookstore_platform::tls::dev_certs(live.path(), &[]).unwrap();
+    let (cert, key) = (live.path().join("server.pem"), live.path().join("server-key.pem"));
+    let Some(sys) = System::start_with(backend, true, |c| {
+        c.gateway.tls_cert_file = Some(cert.clone());
+        c.gateway.tls_key_file = Some(key.clone());
+    })
+    .await
+    else {
+        return;
+    };
+    assert!(sys.base.starts_with("https://"));
+    let answer = sys.http.get(sys.url("/api/v1/books")).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK, "the admin signed in and the catalog reads over TLS");
+    assert_eq!(answer.headers()["strict-transport-security"], "max-age=31536000");
+
+    // Plain HTTP on the TLS port gets no answer it could mistake for one.
+    let plain = reqwest::Client::new().get(sys.url("/api/v1/books").replace("https://", "http://")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // A renewed certificate, from another CA: served from the next connection on.
+    bookstore_platform::tls::dev_certs(renewed.path(), &[]).unwrap();
+    install(renewed.path(), live.path());
+    let trusts_renewed = https_client(&renewed.path().join("ca.pem"));
+    until("the renewed certificate to be served", Duration::from_secs(20), || async {
+        trusts_renewed.get(sys.url("/api/v1/books")).send().await.is_ok_and(|a| a.status() == StatusCode::OK)
+    })
+    .await;
+    let trusts_old = https_client(&live.path().join("ca.pem"));
+    assert!(trusts_old.get(sys.url("/api/v1/books")).send().await.is_err(), "the old certificate is gone");
+}
