@@ -125,6 +125,13 @@ pub const HTTP2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// (the live queue: one per staff socket, all on the gateway's connection to fulfillment), so
 /// far above hyper's default of 200, past which new calls would wait and time out.
 pub const HTTP2_MAX_STREAMS: u32 = 10_000;
+/// The most header lines hyper parses in an HTTP/1 request (its default is 100), and the most
+/// header bytes it takes in an HTTP/2 one (its default is 16 KiB). Set above what the gateway
+/// allows (`bookstore_gateway::security`), so that the gateway, not hyper, refuses what is too
+/// much, in its error envelope: hyper's own refusals (a request it cannot parse, or past these)
+/// are a bare status line with no body, and hyper offers no hook to write them otherwise.
+pub const HTTP1_MAX_HEADERS: usize = 512;
+pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
 ///
@@ -143,13 +150,20 @@ pub fn serve(
     let task = tokio::spawn(async move {
         tracing::info!(service, %addr, "listening");
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true)
+            .max_headers(HTTP1_MAX_HEADERS);
         builder
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(HTTP2_PING_INTERVAL)
             .keep_alive_timeout(HTTP2_PING_TIMEOUT)
-            .max_concurrent_streams(HTTP2_MAX_STREAMS);
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE);
+        let builder = Arc::new(builder);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let accepted = tokio::select! {
@@ -173,10 +187,24 @@ pub fn serve(
                     request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                     tower::ServiceExt::oneshot(router.clone(), request)
                 });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-            let connection = graceful.watch(connection);
+            let (builder, watcher, shutdown) = (builder.clone(), graceful.watcher(), shutdown.clone());
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
+                // hyper tells HTTP/1 from HTTP/2 by the first bytes, and waits for them without a
+                // timeout: a client that connects and sends nothing (or part of HTTP/2's preface)
+                // would hold the connection forever. So they are read here, within the time a
+                // header has, and handed back to hyper.
+                let mut tcp = tcp;
+                let opening = tokio::select! {
+                    opening = tokio::time::timeout(HEADER_READ_TIMEOUT, opening(&mut tcp)) => opening,
+                    () = shutdown.cancelled() => return,
+                };
+                let Ok(Ok(head)) = opening else {
+                    tracing::debug!(%peer, "connection closed before it said anything");
+                    return;
+                };
+                let io = TokioIo::new(Replay { head, read: 0, io: tcp });
+                let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+                if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
@@ -187,6 +215,85 @@ pub fn serve(
         Ok(())
     });
     Ok(Running { addr, task })
+}
+
+/// HTTP/2's connection preface, which an h2c client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a connection's first bytes: until they are HTTP/2's whole preface or stop matching it
+/// (an HTTP/1 request), or the client closes.
+async fn opening(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = [0u8; H2_PREFACE.len()];
+    while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
+        let n = tcp.read(&mut buf[..H2_PREFACE.len() - head.len()]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+/// A connection that first gives back the bytes [`opening`] read from it.
+struct Replay {
+    head: Vec<u8>,
+    read: usize,
+    io: tokio::net::TcpStream,
+}
+
+impl tokio::io::AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.read);
+            buf.put_slice(&this.head[this.read..this.read + n]);
+            this.read += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C, then cancels `token`.
@@ -252,6 +359,43 @@ mod tests {
         slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
         let took = closed_after(&mut slow).await;
         assert!(took >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed early: {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_part_of_the_http2_preface_is_closed() {
+        let (addr, _stop) = hello_server().await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let (silent, partial) = tokio::join!(closed_after(&mut silent), closed_after(&mut partial));
+        for took in [silent, partial] {
+            assert!(took >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed early: {took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http1_and_h2c_are_both_served_after_the_first_bytes_are_read() {
+        let (addr, _stop) = hello_server().await;
+        let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The first byte alone, then the rest: hyper gets them all.
+        h1.write_all(b"G").await.unwrap();
+        h1.write_all(b"ET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        h1.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"), "{answer}");
+
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut h2, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::get("http://x/").body(axum::body::Body::empty()).unwrap();
+        let response = h2.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
     }
 
     #[tokio::test]
