@@ -29,6 +29,9 @@ bookstore_platform::settings! {
         recommendations_edge_cache_ms: u64 = 1000, flag recommendations_edge_cache_ms "MS";
         /// How long a recommendations call may take before the page gets the fallback, ms.
         recommendations_budget_ms: u64 = crate::recommendations::BUDGET.as_millis() as u64, flag recommendations_budget_ms "MS";
+        /// `Strict-Transport-Security: max-age` sent on answers to requests that came over TLS (to
+        /// the process, or to a trusted proxy saying `X-Forwarded-Proto: https`), seconds; 0 sends none.
+        hsts_max_age_secs: u64 = 0, flag hsts_max_age_secs "SECS";
         /// Pass-through routes ([[gateway.routes]] tables: prefix, strip_prefix, backends).
         routes: Vec<crate::proxy::Route> = Vec::new(), file routes "TABLES";
     }
