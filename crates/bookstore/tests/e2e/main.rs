@@ -11,6 +11,7 @@ mod lifecycle;
 mod orders;
 mod recommendations;
 mod replicas;
+mod security;
 mod third_party;
 mod users;
 
