@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bookstore_platform::auth::{AuthError, Identity, Verifier, bearer};
@@ -27,9 +27,7 @@ pub struct Auth(pub Option<Caller>);
 impl Auth {
     /// The caller, or 401.
     pub fn required(&self) -> Result<&Caller, ApiError> {
-        self.0.as_ref().ok_or_else(|| {
-            ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, "sign in first")
-        })
+        self.0.as_ref().ok_or_else(sign_in_first)
     }
 
     /// Wraps a gRPC message with the caller's token.
@@ -48,6 +46,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self(parts.extensions.get::<Caller>().cloned()))
     }
+}
+
+fn sign_in_first() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, "sign in first")
 }
 
 /// Verifies `Authorization: Bearer` when present; an invalid token is 401 at once.
@@ -71,14 +73,55 @@ pub async fn authenticate(
         )
         .into_response(),
         Err(err) => {
+            // Why it failed is for the log; the client learns only that it did (or that it
+            // expired, which a client acts on and which tells an attacker nothing).
+            tracing::info!(error = %err, "refused a token");
+            let message = match err {
+                AuthError::Expired => "the token has expired",
+                _ => "the token is not valid",
+            };
             let mut response =
-                ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, err.to_string())
-                    .into_response();
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+                ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, message).into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
             response
         }
     }
+}
+
+/// Routes anyone may call without a token: (method, route as the router knows it). Every other
+/// route of the API needs a signed-in caller ([`require_signed_in`]). The live queue's
+/// WebSocket is here because it authenticates by its first message, not by a header.
+pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/api/v1/books"),
+    (Method::GET, "/api/v1/books/{id}"),
+    (Method::GET, "/api/v1/books/{id}/recommendations"),
+    (Method::POST, "/api/v1/auth/register"),
+    (Method::POST, "/api/v1/auth/login"),
+    (Method::POST, "/api/v1/auth/refresh"),
+    (Method::POST, "/api/v1/auth/logout"),
+    (Method::POST, "/api/v1/auth/token"),
+    (Method::GET, "/.well-known/jwks.json"),
+    (Method::GET, "/api/v1/fulfillment/queue/ws"),
+];
+
+/// Whether `method` on `route` may be called without a token (`HEAD` as `GET`).
+pub fn is_public(method: &Method, route: &str) -> bool {
+    let method = if method == Method::HEAD { &Method::GET } else { method };
+    PUBLIC_ROUTES.iter().any(|(m, r)| m == method && *r == route)
+}
+
+/// Refuses (401, in the envelope, with `WWW-Authenticate: Bearer`) an anonymous call to a route
+/// that is not public, before its handler reads the body or the path: an anonymous client
+/// learns nothing about what a protected operation would accept. Runs after routing (a route
+/// layer), after the token check.
+pub async fn require_signed_in(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or_default();
+    if request.extensions().get::<Caller>().is_some() || is_public(request.method(), route) {
+        return next.run(request).await;
+    }
+    let mut response = sign_in_first().into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }

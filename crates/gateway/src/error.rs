@@ -100,7 +100,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body is too large"),
             StatusCode::REQUEST_TIMEOUT => (ErrorCode::DeadlineExceeded, "request took too long"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                (ErrorCode::UnsupportedMediaType, "expected Content-Type: application/json")
+                (ErrorCode::UnsupportedMediaType, "the body must be JSON (Content-Type: application/json)")
             }
             StatusCode::TOO_MANY_REQUESTS => (ErrorCode::ResourceExhausted, "too many requests"),
             StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "service unavailable"),
@@ -190,29 +190,90 @@ impl ApiError {
     }
 }
 
+/// A body, query string or path the handler could not read: the client gets words of ours (and
+/// the field at fault, when known); serde's own (Rust types, parser positions) go to the log.
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::for_status(status);
+        tracing::info!(%status, detail = %rejection.body_text(), "refused a request body");
+        match &rejection {
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+                match find::<serde_path_to_error::Error<serde_json::Error>>(&rejection) {
+                    Some(err) if err.inner().classify() == serde_json::error::Category::Data => {
+                        Self::invalid(
+                            field_message("field", &err.path().to_string(), &err.inner().to_string())
+                                .unwrap_or_else(|| {
+                                    "the body is not the JSON object this operation takes".into()
+                                }),
+                        )
+                    }
+                    _ => Self::invalid("the body is not valid JSON"),
+                }
+            }
+            // A body that did not arrive in time is the client's slowness.
+            _ if find::<crate::security::BodyTooSlow>(&rejection).is_some() => {
+                Self::for_status(StatusCode::REQUEST_TIMEOUT)
+            }
+            _ => Self::for_status(status),
         }
-        if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-            return Self::for_status(status);
-        }
-        Self::invalid(format!("invalid JSON body: {}", rejection.body_text()))
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        Self::invalid(format!("invalid query string: {}", rejection.body_text()))
+        tracing::info!(detail = %rejection.body_text(), "refused a query string");
+        let field = find::<serde_path_to_error::Error<serde::de::value::Error>>(&rejection).and_then(|err| {
+            field_message("query parameter", &err.path().to_string(), &err.inner().to_string())
+        });
+        Self::invalid(field.unwrap_or_else(|| "the query string is not valid".into()))
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        Self::invalid(format!("invalid path: {}", rejection.body_text()))
+        tracing::info!(detail = %rejection.body_text(), "refused a path");
+        Self::invalid("the path is not valid")
     }
+}
+
+/// The first error of type `E` in `error`'s chain of sources.
+fn find<'a, E: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// What is wrong with a field, in our words, from where serde was (`path`, as
+/// `serde_path_to_error` prints it) and what it said; `None` when no field can be named.
+/// Names that are not plain (the client's own keys may be anything) are not repeated.
+fn field_message(noun: &str, path: &str, serde_said: &str) -> Option<String> {
+    // A named field first (not `[0]`, a body that is an array), then plain characters.
+    let plain = |name: &str| {
+        name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.len() <= 100
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
+    };
+    let quoted =
+        |prefix: &str| serde_said.strip_prefix(prefix).and_then(|r| r.split_once('`')).map(|(f, _)| f);
+    let within = |field: &str| match path {
+        "." | "" => field.to_owned(),
+        _ if path == field || path.ends_with(&format!(".{field}")) => path.to_owned(),
+        _ => format!("{path}.{field}"),
+    };
+    if let Some(field) = quoted("missing field `") {
+        let name = within(field);
+        return plain(&name).then(|| format!("{noun} `{name}` is missing"));
+    }
+    if let Some(field) = quoted("unknown field `") {
+        let name = within(field);
+        return plain(&name).then(|| format!("{noun} `{name}` is not one this operation takes"));
+    }
+    (path != "." && plain(path)).then(|| format!("{noun} `{path}` has the wrong type or value"))
 }
 
 /// `axum::Json`, with rejections in the envelope.
@@ -288,4 +349,88 @@ pub async fn finish(request_id: String, response: Response) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Price {
+        amount_minor: i64,
+        currency: String,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct CreateThing {
+        title: String,
+        price: Price,
+    }
+
+    async fn refusal(body: &str) -> ApiError {
+        let request = axum::http::Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let rejection =
+            <axum::Json<CreateThing> as FromRequest<()>>::from_request(request, &()).await.unwrap_err();
+        ApiError::from(rejection)
+    }
+
+    const SERDE_WORDS: &[&str] =
+        &["expected", "struct", "line ", "column", "invalid type", "i64", "CreateThing"];
+
+    fn assert_our_words(message: &str) {
+        for word in SERDE_WORDS {
+            assert!(!message.contains(word), "{message:?} contains {word:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_refusal_names_the_field_in_our_words_not_serdes() {
+        let cases = [
+            (
+                r#"{"title": "t", "price": {"amount_minor": "x", "currency": "EUR"}}"#,
+                "field `price.amount_minor` has the wrong type or value",
+            ),
+            (r#"{"title": "t"}"#, "field `price` is missing"),
+            (r#"{"title": "t", "price": {"currency": "EUR"}}"#, "field `price.amount_minor` is missing"),
+            (
+                r#"{"title": "t", "price": {"amount_minor": 1, "currency": "EUR", "x": 1}}"#,
+                "field `price.x` is not one this operation takes",
+            ),
+            (r#"[1, 2]"#, "the body is not the JSON object this operation takes"),
+            (r#"{"title": "#, "the body is not valid JSON"),
+            (r#"{"title" 1}"#, "the body is not valid JSON"),
+            (
+                r#"{"title": "t", "price": {"amount_minor": 1, "currency": "EUR", "<script>": 1}}"#,
+                "the body is not the JSON object this operation takes",
+            ),
+        ];
+        for (body, expected) in cases {
+            let error = refusal(body).await;
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(error.message, expected, "{body}");
+            assert_our_words(&error.message);
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Paging {
+        page: Option<i32>,
+    }
+
+    #[test]
+    fn a_query_refusal_names_the_parameter_in_our_words() {
+        let uri: axum::http::Uri = "/x?page=abc".parse().unwrap();
+        let rejection = axum::extract::Query::<Paging>::try_from_uri(&uri).unwrap_err();
+        let error = ApiError::from(rejection);
+        assert_eq!(error.message, "query parameter `page` has the wrong type or value");
+        assert_our_words(&error.message);
+    }
 }

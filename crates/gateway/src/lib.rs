@@ -18,6 +18,7 @@ pub mod orders;
 pub mod proxy;
 pub mod recommendations;
 pub mod scopes;
+pub mod security;
 pub mod settings;
 pub mod stale;
 pub mod users;
@@ -42,7 +43,7 @@ use bookstore_platform::service::{Built, Context, Spec};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -70,6 +71,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         request_timeout: ctx.request_timeout,
         cors_allowed_origins: settings.cors_origins(),
         trusted_proxies: settings.trusted_proxies()?,
+        hsts_max_age_secs: settings.hsts_max_age_secs,
     };
     // One channel per peer, shared by the API and the readiness checks.
     let (books, users, orders) =
@@ -128,14 +130,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         (Some(cert), Some(key)) => Some(bookstore_platform::tls::acceptor(cert, key)?),
         _ => None,
     };
-    let mut router = router(&config, state, ctx.verifier.clone(), edge)?;
-    if tls.is_some() {
-        // Browsers that reached the shop over HTTPS keep to it for a year.
-        router = router.layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
-        ));
-    }
+    let router = router(&config, state, ctx.verifier.clone(), edge)?;
     let mut built = Built::new(router);
     built.tls = tls;
     Ok(built.ready_when(move || {
@@ -167,8 +162,10 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Origins allowed by CORS; empty turns CORS off (same-origin only).
     pub cors_allowed_origins: Vec<String>,
-    /// Proxies whose `X-Forwarded-For` is believed.
+    /// Proxies whose `X-Forwarded-For` (and `X-Forwarded-Proto`) is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `Strict-Transport-Security: max-age` on answers to requests that came over TLS; 0: none.
+    pub hsts_max_age_secs: u64,
 }
 
 /// Shared by every handler; cheap to clone (clients share their HTTP/2 connections).
@@ -242,7 +239,7 @@ impl AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// How long a client may take to send a request body once its headers are in.
+/// How long a client may take to send a whole request body once its headers are in.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gateway's edge: rate limits, the concurrency limit and the pass-through routes (which
@@ -305,15 +302,25 @@ pub fn router(
         // After routing, so it knows the route; after the token check (a layer below), so it
         // knows the caller.
         .route_layer(axum::middleware::from_fn(scopes::require_scope))
+        // Around it: an anonymous caller of a protected route is refused before anything (its
+        // handler's extractors included) looks at what it sent.
+        .route_layer(axum::middleware::from_fn(auth::require_signed_in))
         .with_state(state)
         // Counted after the token is checked, so a signed-in client counts as itself.
         .layer(axum::middleware::from_fn_with_state(edge.limiter.clone(), edge::rate_limit))
         .layer(axum::middleware::from_fn_with_state(verifier, auth::authenticate))
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(axum::middleware::from_fn_with_state(BODY_READ_TIMEOUT, security::body_deadline))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     let mut router = Router::new()
         .merge(api)
-        .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(
+            Router::from(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi())).layer(
+                SetResponseHeaderLayer::overriding(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(security::DOCS_CSP),
+                ),
+            ),
+        )
         .route("/api/asyncapi.json", get(openapi::asyncapi))
         .fallback(|| async { error::ApiError::not_found("no such resource") });
     router = with_request_metrics(router, SERVICE);
@@ -321,6 +328,7 @@ pub fn router(
         .layer(axum::middleware::from_fn(bookstore_platform::trace::continue_trace))
         .layer(axum::middleware::from_fn_with_state(edge.permits, edge::shed_overload))
         .layer(axum::middleware::from_fn(error::envelope))
+        .layer(axum::middleware::from_fn(security::no_store))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let request_id =
@@ -333,7 +341,26 @@ pub fn router(
         router = router.layer(cors);
     }
     // Beside the stack, not under it: each route does its own edge work.
-    Ok(router.merge(edge.routes))
+    let router = router.merge(edge.routes);
+    // Around both: limits, a request id safe to echo, and the security headers (which leave a
+    // backend's own alone).
+    let hsts = Arc::new(security::Hsts::new(config.hsts_max_age_secs, config.trusted_proxies.clone().into()));
+    Ok(router
+        .layer(axum::middleware::from_fn(security::enforce_limits))
+        .layer(axum::middleware::from_fn(security::keep_safe_request_id))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(security::CSP),
+        ))
+        .layer(axum::middleware::from_fn_with_state(hsts, security::strict_transport_security)))
 }
 
 pub(crate) fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {

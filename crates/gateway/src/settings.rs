@@ -34,6 +34,9 @@ bookstore_platform::settings! {
         tls_cert_file: Option<std::path::PathBuf> = None, flag tls_cert_file "FILE";
         /// The PEM private key of tls_cert_file.
         tls_key_file: Option<std::path::PathBuf> = None, flag tls_key_file "FILE";
+        /// `Strict-Transport-Security: max-age` sent on answers to requests that came over TLS (to
+        /// the gateway, or to a trusted proxy saying `X-Forwarded-Proto: https`), seconds; 0 sends none.
+        hsts_max_age_secs: u64 = 31_536_000, flag hsts_max_age_secs "SECS";
         /// Pass-through routes ([[gateway.routes]] tables: prefix, strip_prefix, backends).
         routes: Vec<crate::proxy::Route> = Vec::new(), file routes "TABLES";
     }

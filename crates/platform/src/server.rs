@@ -126,6 +126,13 @@ pub const HTTP2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// (the live queue: one per staff socket, all on the gateway's connection to fulfillment), so
 /// far above hyper's default of 200, past which new calls would wait and time out.
 pub const HTTP2_MAX_STREAMS: u32 = 10_000;
+/// The most header lines hyper parses in an HTTP/1 request (its default is 100), and the most
+/// header bytes it takes in an HTTP/2 one (its default is 16 KiB). Set above what the gateway
+/// allows (`bookstore_gateway::security`), so that the gateway, not hyper, refuses what is too
+/// much, in its error envelope: hyper's own refusals (a request it cannot parse, or past these)
+/// are a bare status line with no body, and hyper offers no hook to write them otherwise.
+pub const HTTP1_MAX_HEADERS: usize = 512;
+pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
 ///
@@ -151,18 +158,25 @@ pub fn serve_tls(
     shutdown: CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<Running> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         tracing::info!(service, %addr, "listening");
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true)
+            .max_headers(HTTP1_MAX_HEADERS);
         builder
             .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(HTTP2_PING_INTERVAL)
             .keep_alive_timeout(HTTP2_PING_TIMEOUT)
-            .max_concurrent_streams(HTTP2_MAX_STREAMS);
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE);
+        let builder = Arc::new(builder);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let accepted = tokio::select! {
@@ -180,34 +194,18 @@ pub fn serve_tls(
             };
             // Small request/response pairs; Nagle's delay would dominate their latency.
             let _ = tcp.set_nodelay(true);
-            let router = router.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    tower::ServiceExt::oneshot(router.clone(), request)
-                });
-            let Some(tls) = tls.clone() else {
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-                continue;
-            };
-            let (builder, watcher) = (builder.clone(), graceful.watcher());
+            let (router, builder, watcher) = (router.clone(), builder.clone(), graceful.watcher());
+            let (shutdown, tls) = (shutdown.clone(), tls.clone());
             tokio::spawn(async move {
+                let Some(tls) = tls else {
+                    return serve_connection(tcp, peer, None, router, &builder, watcher, shutdown).await;
+                };
                 let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(connection.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
+                serve_connection(stream, peer, Some(OverTls), router, &builder, watcher, shutdown).await;
             });
         }
         drop(listener);
@@ -216,6 +214,130 @@ pub fn serve_tls(
         Ok(())
     });
     Ok(Running { addr, task })
+}
+
+/// On a request that came over TLS to this process ([`serve_tls`]): what answers only HTTPS
+/// may say (HSTS) looks for it.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+type ConnectionBuilder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
+
+/// Serves one accepted connection (`tls` marks its requests when it is TLS) until it ends or
+/// the server drains.
+async fn serve_connection<I>(
+    mut io: I,
+    peer: SocketAddr,
+    tls: Option<OverTls>,
+    router: Router,
+    builder: &ConnectionBuilder,
+    watcher: hyper_util::server::graceful::Watcher,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // hyper tells HTTP/1 from HTTP/2 by the first bytes, and waits for them without a timeout:
+    // a client that connects and sends nothing (or part of HTTP/2's preface) would hold the
+    // connection forever. So they are read here, within the time a header has, and handed back.
+    let opening = tokio::select! {
+        opening = tokio::time::timeout(HEADER_READ_TIMEOUT, opening(&mut io)) => opening,
+        () = shutdown.cancelled() => return,
+    };
+    let Ok(Ok(head)) = opening else {
+        tracing::debug!(%peer, "connection closed before it said anything");
+        return;
+    };
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        if let Some(tls) = tls {
+            request.extensions_mut().insert(tls);
+        }
+        tower::ServiceExt::oneshot(router.clone(), request)
+    });
+    let io = hyper_util::rt::TokioIo::new(Replay { head, read: 0, io });
+    let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/2's connection preface, which an h2c client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a connection's first bytes: until they are HTTP/2's whole preface or stop matching it
+/// (an HTTP/1 request), or the client closes.
+async fn opening<I: tokio::io::AsyncRead + Unpin>(tcp: &mut I) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = [0u8; H2_PREFACE.len()];
+    while head.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&head) {
+        let n = tcp.read(&mut buf[..H2_PREFACE.len() - head.len()]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+/// A connection that first gives back the bytes [`opening`] read from it.
+struct Replay<I> {
+    head: Vec<u8>,
+    read: usize,
+    io: I,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Replay<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.read);
+            buf.put_slice(&this.head[this.read..this.read + n]);
+            this.read += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C, then cancels `token`.
@@ -281,6 +403,43 @@ mod tests {
         slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
         let took = closed_after(&mut slow).await;
         assert!(took >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed early: {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_part_of_the_http2_preface_is_closed() {
+        let (addr, _stop) = hello_server().await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let (silent, partial) = tokio::join!(closed_after(&mut silent), closed_after(&mut partial));
+        for took in [silent, partial] {
+            assert!(took >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed early: {took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http1_and_h2c_are_both_served_after_the_first_bytes_are_read() {
+        let (addr, _stop) = hello_server().await;
+        let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The first byte alone, then the rest: hyper gets them all.
+        h1.write_all(b"G").await.unwrap();
+        h1.write_all(b"ET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        h1.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"), "{answer}");
+
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut h2, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::get("http://x/").body(axum::body::Body::empty()).unwrap();
+        let response = h2.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
     }
 
     #[tokio::test]

@@ -86,7 +86,9 @@ impl ReloadingCert {
                 tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
             }
             // Perhaps half written: tried again at the next look.
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "TLS certificate not reloaded; serving the one in hand"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "TLS certificate not reloaded; serving the one in hand")
+            }
         }
     }
 
@@ -155,7 +157,8 @@ pub fn dev_certs(dir: &Path, hosts: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, "bookstore");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &ca, &ca_key)?;
 
     let contents = [ca.pem(), ca_key.serialize_pem(), cert.pem(), key.serialize_pem()];
@@ -190,7 +193,9 @@ fn write_private(path: &Path, content: &[u8], secret: bool) -> anyhow::Result<()
 /// tools that talk to a development deployment).
 pub fn client_trusting(ca_pem: &Path) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_pem).map_err(|e| anyhow::anyhow!("{}: {e}", ca_pem.display()))? {
+    for cert in
+        CertificateDer::pem_file_iter(ca_pem).map_err(|e| anyhow::anyhow!("{}: {e}", ca_pem.display()))?
+    {
         roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", ca_pem.display()))?)?;
     }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())

@@ -11,6 +11,7 @@ mod lifecycle;
 mod orders;
 mod recommendations;
 mod replicas;
+mod security;
 mod sessions;
 mod tls;
 mod third_party;
