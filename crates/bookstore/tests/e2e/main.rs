@@ -13,8 +13,8 @@ mod recommendations;
 mod replicas;
 mod security;
 mod sessions;
-mod tls;
 mod third_party;
+mod tls;
 mod users;
 
 use bookstore::{App, Config};
@@ -171,6 +171,11 @@ pub async fn post_json(
 ) -> serde_json::Value {
     let answer = http.post(url).bearer_auth(token).json(body).send().await.unwrap();
     answer.json().await.unwrap()
+}
+
+/// GETs `url` with `token`; the JSON answer (panics if the call itself fails).
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
 }
 
 /// Waits for `condition`, checking every 50 ms, up to `limit`; fails the test with `what`.

@@ -11,7 +11,7 @@ use bookstore_platform::db::Backend;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::{ADMIN_PASSWORD, System, book_json, login, shipping_address, until};
+use crate::{ADMIN_PASSWORD, System, book_json, get_json, login, post_json, shipping_address, until};
 
 backend_tests!(
     signing_out_ends_that_sessions_access_tokens_alone,
@@ -106,16 +106,7 @@ async fn a_demoted_staff_member_loses_staff_powers_within_seconds(backend: Backe
     let Some(sys) = System::start(backend, false).await else { return };
     sign_up(&sys, "quinn").await;
     let (token, _) = session(&sys, "quinn", PASSWORD).await;
-    let me: Value = sys
-        .http
-        .get(sys.url("/api/v1/users/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = get_json(&sys.http, &sys.url("/api/v1/users/me"), &token).await;
     let id = me["id"].as_str().unwrap();
     let set_roles = |roles: Value| {
         sys.http
@@ -126,17 +117,8 @@ async fn a_demoted_staff_member_loses_staff_powers_within_seconds(backend: Backe
     };
     assert_eq!(set_roles(json!(["staff"])).await.unwrap().status(), StatusCode::OK);
     let (staff, _) = session(&sys, "quinn", PASSWORD).await;
-    let book: Value = sys
-        .http
-        .post(sys.url("/api/v1/books"))
-        .bearer_auth(&staff)
-        .json(&book_json(1, "Held Back"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let book: Value =
+        post_json(&sys.http, &sys.url("/api/v1/books"), &staff, &book_json(1, "Held Back")).await;
     let book_id = book["id"].as_str().unwrap();
 
     assert_eq!(set_roles(json!(["customer"])).await.unwrap().status(), StatusCode::OK);
@@ -154,17 +136,8 @@ async fn a_demoted_staff_member_loses_staff_powers_within_seconds(backend: Backe
 
 async fn a_deleted_account_cannot_order_with_a_token_it_still_holds(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
-    let book: Value = sys
-        .http
-        .post(sys.url("/api/v1/books"))
-        .bearer_auth(&sys.admin)
-        .json(&book_json(2, "Never Sold"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let book: Value =
+        post_json(&sys.http, &sys.url("/api/v1/books"), &sys.admin, &book_json(2, "Never Sold")).await;
     let book_id = book["id"].as_str().unwrap();
     sign_up(&sys, "rita").await;
     let (token, _) = session(&sys, "rita", PASSWORD).await;
@@ -300,16 +273,7 @@ async fn an_email_change_needs_the_current_password(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
-    let me: Value = sys
-        .http
-        .get(sys.url("/api/v1/users/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = get_json(&sys.http, &sys.url("/api/v1/users/me"), &token).await;
     assert_eq!(me["email"], "ulla@example.com", "unchanged");
     let right = change(json!({"email": "ulla@example.org", "current_password": PASSWORD})).await.unwrap();
     assert_eq!(right.status(), StatusCode::OK);

@@ -20,7 +20,9 @@ backend_tests!(
 );
 
 async fn users_with(db: &TestDatabase, master: &str) -> anyhow::Result<Users> {
-    let pool = db.connect(&MIGRATIONS).await;
+    // Users' own tables, and the outbox its revocations go through.
+    let pool = bookstore_platform::db::Database::connect(&db.url, &Default::default()).await.unwrap();
+    pool.migrate_all(&[&MIGRATIONS, &bookstore_platform::events::OUTBOX_MIGRATIONS]).await.unwrap();
     Users::new(
         pool,
         MasterKey::from_base64(master).unwrap(),
