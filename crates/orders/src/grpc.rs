@@ -170,7 +170,10 @@ impl OrderService for OrdersGrpc {
         let changes = self.live.watch();
         let replay = match request.get_ref().since_ms {
             Some(since) => {
-                self.checkout.store().changed_since(&owner, since - RESUME_SLACK_MS, RESUMED_AT_MOST).await?
+                self.checkout
+                    .store()
+                    .changed_since(&owner, since.saturating_sub(RESUME_SLACK_MS), RESUMED_AT_MOST)
+                    .await?
             }
             None => Vec::new(),
         };
