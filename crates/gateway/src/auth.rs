@@ -106,6 +106,31 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/api/v1/fulfillment/queue/ws"),
 ];
 
+/// Whether `method` on `route` is an operation of the API, as its OpenAPI document states
+/// (`HEAD` as `GET`; the live queue's WebSocket, which the document leaves to AsyncAPI, too).
+pub fn is_operation(method: &Method, route: &str) -> bool {
+    static OPERATIONS: std::sync::LazyLock<std::collections::HashSet<(String, String)>> =
+        std::sync::LazyLock::new(|| {
+            use utoipa::OpenApi;
+            let mut operations = std::collections::HashSet::new();
+            for (path, item) in crate::openapi::ApiDoc::openapi().paths.paths {
+                for (method, operation) in [
+                    ("GET", &item.get),
+                    ("POST", &item.post),
+                    ("PATCH", &item.patch),
+                    ("DELETE", &item.delete),
+                ] {
+                    if operation.is_some() {
+                        operations.insert((method.to_owned(), path.clone()));
+                    }
+                }
+            }
+            operations
+        });
+    let method = if method == Method::HEAD { &Method::GET } else { method };
+    is_public(method, route) || OPERATIONS.contains(&(method.as_str().to_owned(), route.to_owned()))
+}
+
 /// Whether `method` on `route` may be called without a token (`HEAD` as `GET`).
 pub fn is_public(method: &Method, route: &str) -> bool {
     let method = if method == Method::HEAD { &Method::GET } else { method };
@@ -118,7 +143,11 @@ pub fn is_public(method: &Method, route: &str) -> bool {
 /// layer), after the token check.
 pub async fn require_signed_in(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or_default();
-    if request.extensions().get::<Caller>().is_some() || is_public(request.method(), route) {
+    if request.extensions().get::<Caller>().is_some()
+        || is_public(request.method(), route)
+        // A method the route does not have is 405 for anyone: nothing to protect.
+        || !is_operation(request.method(), route)
+    {
         return next.run(request).await;
     }
     let mut response = sign_in_first().into_response();

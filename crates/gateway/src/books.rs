@@ -17,9 +17,12 @@ use crate::error::{ApiError, ErrorBody, Json, Path, Query};
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Money {
-    #[schema(example = 1999)]
+    /// 0 to 100,000,000.
+    #[schema(example = 1999, minimum = 0, maximum = 100_000_000)]
+    #[serde(deserialize_with = "crate::error::integral")]
     pub amount_minor: i64,
-    #[schema(example = "USD")]
+    /// ISO 4217, any case.
+    #[schema(example = "USD", pattern = r"^\s*[A-Za-z]{3}\s*$")]
     pub currency: String,
 }
 
@@ -60,18 +63,33 @@ pub struct BookPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBook {
-    /// ISBN-13 with a valid check digit; hyphens allowed.
-    #[schema(example = "978-0-441-17271-9")]
+    /// ISBN-13 (978 or 979) with a valid check digit; hyphens allowed.
+    #[schema(example = "978-0-441-17271-9", pattern = r"^\s*97[89][0-9-]{10,14}\s*$")]
     pub isbn: String,
+    /// 1 to 300 characters.
     #[schema(example = "Dune")]
+    #[schema(
+        min_length = 1,
+        max_length = 300,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub title: String,
+    /// 1 to 200 characters.
     #[schema(example = "Frank Herbert")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub author: String,
+    /// Up to 5,000 characters.
     #[serde(default)]
+    #[schema(max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub description: String,
     pub price: Money,
-    /// Units on the shelf; 0 if omitted.
-    #[serde(default)]
+    /// Units on the shelf, 0 to 1,000,000,000; 0 if omitted.
+    #[serde(default, deserialize_with = "crate::error::integral")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
 }
 
@@ -79,9 +97,21 @@ pub struct CreateBook {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBook {
+    #[schema(pattern = r"^\s*97[89][0-9-]{10,14}\s*$")]
     pub isbn: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 300,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub title: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub author: Option<String>,
+    #[schema(max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub description: Option<String>,
     pub price: Option<Money>,
 }
@@ -89,8 +119,10 @@ pub struct UpdateBook {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockAdjustment {
-    /// Units to add (positive) or remove (negative); stock never goes below zero.
-    #[schema(example = 5)]
+    /// Units to add (positive) or remove (negative), not zero, at most 1,000,000,000 either way;
+    /// stock never goes below zero.
+    #[schema(example = 5, minimum = -1_000_000_000, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::error::integral")]
     pub delta: i64,
 }
 
@@ -98,13 +130,23 @@ pub struct StockAdjustment {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Full-text search over title, author and description; best match first.
+    /// Full-text search over title, author and description; best match first. 1 to 16 words
+    /// (runs of letters and digits), at most 200 characters.
+    #[param(min_length = 1, max_length = 200)]
     pub q: Option<String>,
-    /// Only books by this author (exact, case-insensitive). Not combined with `q`.
+    /// Only books by this author (exact, case-insensitive), 1 to 200 characters. Not combined
+    /// with `q`.
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub author: Option<String>,
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 10000)]
     pub page: Option<i32>,
     /// Books per page, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i32>,
 }
 
@@ -167,14 +209,7 @@ pub async fn list_books(
     auth: Auth,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    let page = params.page.unwrap_or(1);
-    let limit = params.limit.unwrap_or(0);
-    if page < 1 {
-        return Err(ApiError::invalid("page: must be 1 or more"));
-    }
-    if params.limit.is_some_and(|l| l < 1) {
-        return Err(ApiError::invalid("limit: must be between 1 and 100"));
-    }
+    let (page, limit) = crate::error::paging(params.page, params.limit)?;
     let (peer, client) = (&state.peers.books, &state.books);
     let (key, answer) = match params.q {
         Some(query) => {

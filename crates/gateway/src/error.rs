@@ -276,6 +276,40 @@ fn field_message(noun: &str, path: &str, serde_said: &str) -> Option<String> {
     (path != "." && plain(path)).then(|| format!("{noun} `{path}` has the wrong type or value"))
 }
 
+/// An integer field of a request body. JSON Schema counts `2.0` as an integer, and so does the
+/// API: an integer-valued number is taken (within `T`'s range); anything else is refused.
+pub fn integral<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = number.as_i64().or_else(|| {
+        // i64's range, as floats: -2^63 is in it, 2^63 the first past it.
+        let (min, past) = (i64::MIN as f64, -(i64::MIN as f64));
+        number.as_f64().filter(|f| f.fract() == 0.0 && *f >= min && *f < past).map(|f| f as i64)
+    });
+    let whole = whole.ok_or_else(|| D::Error::custom("not an integer"))?;
+    T::try_from(whole).map_err(|_| D::Error::custom("out of range"))
+}
+
+/// A listing's `page` and `limit` as the API documents them (page 1 to 10,000, limit 1 to 100;
+/// absent: 1 and 20), refused in the envelope otherwise: the services read `0` as "the
+/// default", which a client must not be able to send.
+pub fn paging(page: Option<i32>, limit: Option<i32>) -> Result<(i32, i32), ApiError> {
+    let page = page.unwrap_or(1);
+    if !(1..=10_000).contains(&page) {
+        return Err(ApiError::invalid("page: must be between 1 and 10000"));
+    }
+    let limit = limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be between 1 and 100"));
+    }
+    Ok((page, limit))
+}
+
 /// `axum::Json`, with rejections in the envelope.
 #[derive(Debug, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
@@ -387,6 +421,22 @@ mod tests {
     fn assert_our_words(message: &str) {
         for word in SERDE_WORDS {
             assert!(!message.contains(word), "{message:?} contains {word:?}");
+        }
+    }
+
+    #[test]
+    fn an_integer_field_takes_an_integer_valued_number_and_nothing_else() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            #[serde(deserialize_with = "integral")]
+            n: i32,
+        }
+        let n = |json: &str| serde_json::from_str::<Body>(json).map(|b| b.n);
+        assert_eq!(n(r#"{"n": 54918}"#).unwrap(), 54918);
+        assert_eq!(n(r#"{"n": 54918.0}"#).unwrap(), 54918, "JSON Schema's integer");
+        assert_eq!(n(r#"{"n": -2.0e3}"#).unwrap(), -2000);
+        for refused in [r#"{"n": 1.5}"#, r#"{"n": 1e19}"#, r#"{"n": 3000000000}"#, r#"{"n": "7"}"#] {
+            assert!(n(refused).is_err(), "{refused}");
         }
     }
 

@@ -93,22 +93,38 @@ impl From<pb::Change> for Change {
 #[serde(deny_unknown_fields)]
 pub struct Move {
     /// Where it goes, 0-based among the queued tasks (past the end: last).
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
+    #[serde(deserialize_with = "crate::error::integral")]
     pub position: i32,
+    /// The task's version as last read.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::error::integral")]
     pub version: i64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
+    /// The task's version as last read.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::error::integral")]
     pub version: i64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Removal {
+    /// The task's version as last read.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::error::integral")]
     pub version: i64,
-    /// Why it cannot be fulfilled.
+    /// Why it cannot be fulfilled, 1 to 500 characters.
     #[schema(example = "damaged in the warehouse")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub reason: String,
 }
 

@@ -138,6 +138,90 @@ impl Modify for EdgeResponses {
     }
 }
 
+/// What every operation may answer to a request it cannot take, stated on each (unless the
+/// operation says it in its own words): 400 when it has a body or parameters (unreadable, or a
+/// field out of its rules), 413 and 415 when it takes a JSON body (too large; not JSON), 401
+/// (no token where one is needed, [`crate::auth::PUBLIC_ROUTES`]; or one sent that is not
+/// valid, anywhere), 403 when it needs a token (a role or scope may not suffice), 404 when its
+/// path names a resource.
+struct RequestErrors;
+
+impl Modify for RequestErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                    )
+                    .build(),
+            )
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, description) in [
+            (
+                "BadRequest",
+                "The request could not be read, or a field breaks its rules (`details` names them)",
+            ),
+            (
+                "Unauthorized",
+                "No token where one is needed, or a token sent that is not valid (`WWW-Authenticate: Bearer`)",
+            ),
+            (
+                "Forbidden",
+                "Signed in, but the caller's role (or a service account's scopes) does not allow it",
+            ),
+            ("NotFound", "No such resource, or not one the caller may see"),
+            ("PayloadTooLarge", "The body is larger than the gateway takes"),
+            ("UnsupportedMediaType", "The body is not `application/json`"),
+        ] {
+            components.responses.insert(name.into(), error(description));
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (axum::http::Method::GET, &mut item.get),
+                (axum::http::Method::POST, &mut item.post),
+                (axum::http::Method::PATCH, &mut item.patch),
+                (axum::http::Method::DELETE, &mut item.delete),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let public = crate::auth::is_public(&method, path);
+                let json_body = operation
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|body| body.content.keys().any(|c| c == "application/json"));
+                let has_parameters = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let mut add = |status: &str, name: &str| {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| Ref::from_response_name(name).into());
+                };
+                if json_body || has_parameters {
+                    add("400", "BadRequest");
+                }
+                if json_body {
+                    add("413", "PayloadTooLarge");
+                    add("415", "UnsupportedMediaType");
+                }
+                // A token that is sent is checked, on public operations too.
+                add("401", "Unauthorized");
+                if !public {
+                    add("403", "Forbidden");
+                }
+                if path.contains('{') {
+                    add("404", "NotFound");
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -224,7 +308,7 @@ impl Modify for EdgeResponses {
         recommendations::Recommendation,
         recommendations::Recommendations,
     )),
-    modifiers(&BearerAuth, &OAuth2Scopes, &EdgeResponses),
+    modifiers(&BearerAuth, &OAuth2Scopes, &EdgeResponses, &RequestErrors),
     tags(
         (name = "books", description = "The catalog: browse and search (anyone), manage and stock (staff, admin)"),
         (name = "auth", description = "Register, sign in, refresh, sign out; service-account tokens; the JWKS"),

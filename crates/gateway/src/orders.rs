@@ -75,20 +75,33 @@ pub struct Order {
 #[serde(deny_unknown_fields)]
 pub struct ShippingAddress {
     #[schema(example = "Ada Lovelace")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub name: String,
     #[schema(example = "12 St James's Square")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub line1: String,
     #[serde(default)]
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub line2: String,
     #[serde(default)]
     #[schema(example = "London")]
+    #[schema(max_length = 100, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub city: String,
     #[serde(default)]
     #[schema(example = "SW1Y 4JH")]
+    #[schema(max_length = 20, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2.
     #[serde(default)]
-    #[schema(example = "GB")]
+    #[schema(example = "GB", pattern = r"^\s*([A-Za-z]{2})?\s*$")]
     pub country: String,
 }
 
@@ -160,8 +173,11 @@ pub struct OrderPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasketLine {
+    #[schema(min_length = 1, max_length = 64)]
     pub book_id: String,
-    #[schema(example = 1)]
+    /// 1 to 100 units.
+    #[schema(example = 1, minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::error::integral")]
     pub quantity: i64,
 }
 
@@ -169,6 +185,8 @@ pub struct BasketLine {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    /// 1 to 50 lines, each book once.
+    #[schema(min_items = 1, max_items = 50)]
     pub lines: Vec<BasketLine>,
     /// Where to ship; without it, your account's name and address are used.
     #[serde(default)]
@@ -178,9 +196,19 @@ pub struct CreateOrder {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusChange {
-    /// FULFILLING, SHIPPED or DELIVERED, one step at a time.
-    #[schema(example = "FULFILLING")]
+    /// FULFILLING, SHIPPED or DELIVERED, one step at a time (cancelling is its own operation).
+    #[schema(example = "FULFILLING", value_type = NextStatus)]
     pub status: OrderStatus,
+}
+
+/// The statuses staff move an order to.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the body is read as an [`OrderStatus`]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NextStatus {
+    Fulfilling,
+    Shipped,
+    Delivered,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -189,7 +217,11 @@ pub struct StatusChange {
 pub struct ListParams {
     /// Staff only: one status.
     pub status: Option<OrderStatus>,
+    /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 10000)]
     pub page: Option<i32>,
+    /// Orders per page, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i32>,
 }
 
@@ -231,11 +263,36 @@ pub async fn create_order(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(order)))
 }
 
+/// One server-sent event of your orders' stream, as it travels.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the stream writes the events
+pub struct OrderStreamEvent {
+    /// `order`, `expired` or `error`.
+    #[schema(value_type = OrderStreamEventName)]
+    pub event: String,
+    /// For `order`: the order's `updated_at` in milliseconds, to resume from (`Last-Event-ID`).
+    pub id: Option<String>,
+    /// For `order`: the order as JSON, as `GET /api/v1/orders/{id}` answers it without its
+    /// shipping address (`Order`); for `expired`: empty; for `error`: `{"code", "message"}`.
+    pub data: String,
+}
+
+/// The events of your orders' stream.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+#[schema(rename_all = "lowercase")]
+pub enum OrderStreamEventName {
+    Order,
+    Expired,
+    Error,
+}
+
 /// Where a stream of your orders resumes.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct EventsQuery {
     /// The `id` of the last event you saw (milliseconds since the epoch: the order's
     /// `updated_at`); the `Last-Event-ID` header, which browsers send on reconnecting, wins.
+    #[param(minimum = 0)]
     pub since: Option<i64>,
 }
 
@@ -248,9 +305,9 @@ pub struct EventsQuery {
 /// event (`{"code", "message"}`: `RESOURCE_EXHAUSTED` for a client that fell behind, then it
 /// reconnects with `Last-Event-ID`). Live connections per user are capped as the queue's sockets are.
 #[utoipa::path(get, path = "/api/v1/orders/events", tag = "orders", security(("bearer" = [])),
-    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "The id of the last event you saw")),
+    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "The id of the last event you saw")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = Order, description = "`order` events, then `expired` or `error`"),
+        (status = 200, content_type = "text/event-stream", body = OrderStreamEvent, description = "`order` events, then `expired` or `error`"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn order_events(
     State(state): State<AppState>,
@@ -267,8 +324,12 @@ pub async fn order_events(
                 .to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
                 .ok_or_else(|| ApiError::invalid("Last-Event-ID: not an event id this stream sent"))?,
         ),
+        None if query.since.is_some_and(|since| since < 0) => {
+            return Err(ApiError::invalid("since: must be 0 or more"));
+        }
         None => query.since,
     };
     let guard = state.live.admit(&caller.identity.subject).ok_or_else(|| {
@@ -337,9 +398,10 @@ pub async fn list_orders(
     Query(params): Query<ListParams>,
 ) -> Result<Json<OrderPage>, ApiError> {
     auth.required()?;
+    let (page, limit) = crate::error::paging(params.page, params.limit)?;
     let request = pb::ListOrdersRequest {
-        page: params.page.unwrap_or(1),
-        limit: params.limit.unwrap_or(20),
+        page,
+        limit,
         status: params.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
     };
     let page =

@@ -58,6 +58,7 @@ impl From<pb::Recommendations> for Recommendations {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct LimitQuery {
     /// 1 to 50 (default 10).
+    #[param(minimum = 1, maximum = 50)]
     pub limit: Option<i32>,
 }
 

@@ -85,18 +85,32 @@ pub struct UserPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
-    /// 3–32 of a–z, 0–9, `.`, `_`, `-`.
-    #[schema(example = "ada")]
+    /// 3–32 of a–z, 0–9, `.`, `_`, `-` (any case; kept in lower case), starting with a letter
+    /// or digit.
+    #[schema(example = "ada", pattern = r"^\s*[A-Za-z0-9][A-Za-z0-9._-]{2,31}\s*$")]
     pub username: String,
-    #[schema(example = "ada@example.com")]
+    /// An address like `name@example.com`, at most 254 characters.
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = r"^\s*[^@\s]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+\s*$"
+    )]
     pub email: String,
-    /// At least 10 characters and not easy to guess (common passwords, keyboard walks and ones
+    /// 10 to 128 characters and not easy to guess (common passwords, keyboard walks and ones
     /// built from the username or email are refused). A few unrelated words make a good one.
-    #[schema(example = "analytical engine punch cards")]
+    #[schema(example = "analytical engine punch cards", min_length = 10, max_length = 128)]
     pub password: String,
+    /// 1 to 200 characters.
     #[schema(example = "Ada Lovelace")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub full_name: String,
+    /// Up to 500 characters.
     #[serde(default)]
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub address: String,
 }
 
@@ -116,12 +130,20 @@ pub struct RefreshToken {
     pub refresh_token: String,
 }
 
+/// The one grant `POST /api/v1/auth/token` takes.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the body names it as text
+#[schema(rename_all = "snake_case")]
+pub enum GrantType {
+    ClientCredentials,
+}
+
 /// The client-credentials grant of a service account.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCredentials {
     /// Must be `client_credentials`.
-    #[schema(example = "client_credentials")]
+    #[schema(example = "client_credentials", value_type = GrantType)]
     pub grant_type: String,
     /// Absent when given as HTTP Basic.
     #[serde(default)]
@@ -171,25 +193,59 @@ impl From<pb::TokenResponse> for Tokens {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    /// Needs `current_password` on your own account.
+    #[schema(max_length = 254, pattern = r"^\s*[^@\s]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+\s*$")]
     pub email: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub full_name: Option<String>,
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub address: Option<String>,
+    /// As at registration; needs `current_password` on your own account.
+    #[schema(min_length = 10, max_length = 128)]
     pub new_password: Option<String>,
     /// Required to change your own password or email; a wrong one counts as a failed login.
     pub current_password: Option<String>,
-    /// Admin only; replaces the roles.
+    /// Admin only; replaces the roles (at least one).
+    #[schema(value_type = Option<Vec<PersonRole>>, min_items = 1)]
     pub roles: Option<Vec<String>>,
+}
+
+/// The roles a person's account can hold.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the body names them as text, which users checks
+#[schema(rename_all = "lowercase")]
+pub enum PersonRole {
+    Customer,
+    Staff,
+    Admin,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewServiceAccount {
+    /// 1 to 200 characters.
     #[schema(example = "recommendations")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F]([^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u0008\u000B-\u001F\u007F-\u009F])?\s*$"
+    )]
     pub name: String,
     /// What it is granted (see the `oauth2` scheme's scopes); none grants nothing that needs one.
     #[serde(default)]
-    #[schema(example = json!(["books:read"]))]
+    #[schema(example = json!(["books:read"]), schema_with = scope_names)]
     pub scopes: Vec<String>,
+}
+
+/// Scopes, each one a service account can be granted ([`bookstore_platform::auth::SCOPES`]).
+fn scope_names() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    let names = bookstore_platform::auth::SCOPES.iter().map(|(name, _)| *name);
+    ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names))).build()
 }
 
 /// A service account's credentials, as created or with a rotated secret.
@@ -241,7 +297,11 @@ pub struct ServiceAccountList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 10000)]
     pub page: Option<i32>,
+    /// Items per page, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i32>,
 }
 
@@ -523,7 +583,8 @@ pub async fn list_users(
     Query(params): Query<PageParams>,
 ) -> Result<Json<UserPage>, ApiError> {
     auth.required()?;
-    let request = pb::ListUsersRequest { page: params.page.unwrap_or(1), limit: params.limit.unwrap_or(20) };
+    let (page, limit) = crate::error::paging(params.page, params.limit)?;
+    let request = pb::ListUsersRequest { page, limit };
     let page =
         state
             .read(&state.peers.users, &state.users, &auth, request, |mut c, r| async move {
