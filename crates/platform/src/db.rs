@@ -197,6 +197,31 @@ pub fn unique_violation(err: &sqlx::Error) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// TLS to PostgreSQL is the URL's choice, as libpq's: `sslmode=verify-full` with
+    /// `sslrootcert` talks TLS to a server whose certificate that CA signed for the host, and
+    /// refuses one it did not sign.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_url_with_verify_full_connects_over_tls_and_refuses_a_certificate_it_cannot_verify() {
+        let Some(server) = crate::testing::PostgresTlsNode::start_or_skip().await else { return };
+        let verified = format!("sslmode=verify-full&sslrootcert={}", server.ca().display());
+        let db = Database::connect(&server.url(&verified), &PoolConfig::default()).await.unwrap();
+        let over_tls: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert!(over_tls, "the connection is TLS");
+        db.close().await;
+
+        let stranger = tempfile::tempdir().unwrap();
+        crate::tls::dev_certs(stranger.path(), &[]).unwrap();
+        let unverifiable =
+            format!("sslmode=verify-full&sslrootcert={}", stranger.path().join("ca.pem").display());
+        let config =
+            PoolConfig { acquire_timeout: std::time::Duration::from_secs(5), ..PoolConfig::default() };
+        let refused = Database::connect(&server.url(&unverifiable), &config).await;
+        assert!(refused.is_err(), "a server certificate another CA signed is refused");
+    }
+
     #[test]
     fn backend_is_told_from_the_url_scheme() {
         assert_eq!(Backend::from_url("postgres://u@h/db").unwrap(), Backend::Postgres);

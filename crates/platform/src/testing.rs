@@ -342,6 +342,127 @@ impl Drop for EtcdNode {
     }
 }
 
+/// The variable naming the folder of PostgreSQL's server programs (`initdb`, `postgres`; on
+/// Debian `/usr/lib/postgresql/<version>/bin`), from which the TLS test starts a server of its own.
+pub(crate) const POSTGRES_BIN_VAR: &str = "BOOKSTORE_TEST_POSTGRES_BIN";
+
+/// A PostgreSQL server of one test's own with TLS on (`ssl = on`, a certificate from
+/// [`crate::tls::dev_certs`] for `localhost`), on a port of its own, accepting any local user
+/// (trust); stopped and deleted when dropped. Under root it runs as the `postgres` user, since
+/// PostgreSQL refuses to run as root.
+pub struct PostgresTlsNode {
+    dir: tempfile::TempDir,
+    port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl PostgresTlsNode {
+    /// A running server, or `None` (after saying so) when `BOOKSTORE_TEST_POSTGRES_BIN` is unset
+    /// outside CI; a panic when it is unset under CI or the server does not come up.
+    pub async fn start_or_skip() -> Option<Self> {
+        let bin = match std::env::var(POSTGRES_BIN_VAR) {
+            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("{POSTGRES_BIN_VAR} is not set, and CI must run the PostgreSQL TLS test")
+            }
+            _ => {
+                eprintln!("SKIPPED (PostgreSQL TLS): {POSTGRES_BIN_VAR} is not set; this test did not run");
+                return None;
+            }
+        };
+        Some(Self::start(&bin).await.expect("starting a PostgreSQL of the test's own"))
+    }
+
+    async fn start(bin: &std::path::Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir()?;
+        crate::tls::dev_certs(&dir.path().join("certs"), &[])?;
+        let root = std::fs::metadata("/proc/self")?.uid() == 0;
+        if root {
+            let chown =
+                std::process::Command::new("chown").arg("-R").arg("postgres:").arg(dir.path()).status()?;
+            anyhow::ensure!(chown.success(), "chown to postgres failed");
+        }
+        let command = |program: &str| {
+            let path = bin.join(program);
+            if root {
+                let mut command = std::process::Command::new("runuser");
+                command.args(["-u", "postgres", "--"]).arg(path);
+                command
+            } else {
+                std::process::Command::new(path)
+            }
+        };
+        let data = dir.path().join("data");
+        let init = command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .context("running initdb")?;
+        anyhow::ensure!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+        let port = restartable_port();
+        let certs = dir.path().join("certs");
+        let log = std::fs::File::create(dir.path().join("postgres.log"))?;
+        let child = command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .arg("-k")
+            .arg(dir.path())
+            .args(["-c", "ssl=on"])
+            .arg("-c")
+            .arg(format!("ssl_cert_file={}", certs.join("server.pem").display()))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", certs.join("server-key.pem").display()))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("running postgres")?;
+        let mut node = Self { dir, port, process: Some(child) };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let plain = node.url("sslmode=disable");
+            if let Ok(db) = Database::connect(&plain, &PoolConfig::default()).await {
+                db.close().await;
+                return Ok(node);
+            }
+            if let Some(status) = node.process.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = std::fs::read_to_string(node.dir.path().join("postgres.log")).unwrap_or_default();
+                anyhow::bail!("postgres exited ({status}) before answering:\n{log}");
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "postgres did not come up in 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A URL of its `postgres` database, as `localhost` (the name its certificate is for), with
+    /// `params` (e.g. `sslmode=verify-full&sslrootcert=...`).
+    pub fn url(&self, params: &str) -> String {
+        format!("postgres://postgres@localhost:{}/postgres?{params}", self.port)
+    }
+
+    /// The CA certificate that signed the server's.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("certs").join("ca.pem")
+    }
+}
+
+impl Drop for PostgresTlsNode {
+    fn drop(&mut self) {
+        let Some(mut child) = self.process.take() else { return };
+        // Under runuser the server is its child: stop the server itself by its pid file.
+        let pid = std::fs::read_to_string(self.dir.path().join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned));
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill").args(["-QUIT", &pid]).status();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// The variable naming the `redis-server` executable the Redis restart tests start.
 pub(crate) const REDIS_SERVER_VAR: &str = "BOOKSTORE_TEST_REDIS_SERVER";
 
