@@ -86,19 +86,23 @@ impl Drop for TestDatabase {
 
 pub(crate) const AMQP_URL_VAR: &str = "BOOKSTORE_TEST_AMQP_URL";
 
-/// The RabbitMQ URL for tests; `None` with a loud note when unset outside CI; a panic when
-/// unset under CI.
-pub fn amqp_url_or_skip() -> Option<String> {
-    match std::env::var(AMQP_URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{AMQP_URL_VAR} is not set, and CI must run the RabbitMQ tests")
-        }
+/// The value of `var`, which `what` tests need (`name` in the skip note): `None` with a loud
+/// note when it is unset outside CI; a panic when it is unset under CI, which must run them all.
+pub fn required_or_skip(var: &str, name: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set, and CI must run the {what}"),
         _ => {
-            eprintln!("SKIPPED (RabbitMQ): {AMQP_URL_VAR} is not set; this test did not run");
+            eprintln!("SKIPPED ({name}): {var} is not set; this test did not run");
             None
         }
     }
+}
+
+/// The RabbitMQ URL for tests; `None` with a loud note when unset outside CI; a panic when
+/// unset under CI.
+pub fn amqp_url_or_skip() -> Option<String> {
+    required_or_skip(AMQP_URL_VAR, "RabbitMQ", "RabbitMQ tests")
 }
 
 pub(crate) const RABBITMQ_SERVER_VAR: &str = "BOOKSTORE_TEST_RABBITMQ_SERVER";
@@ -108,16 +112,7 @@ pub(crate) const REDIS_URL_VAR: &str = "BOOKSTORE_TEST_REDIS_URL";
 /// The shared Redis for tests (each test keeps to keys under a prefix of its own); `None` with a
 /// loud note when unset outside CI; a panic when unset under CI.
 pub fn redis_url_or_skip() -> Option<String> {
-    match std::env::var(REDIS_URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{REDIS_URL_VAR} is not set, and CI must run the Redis tests")
-        }
-        _ => {
-            eprintln!("SKIPPED (Redis): {REDIS_URL_VAR} is not set; this test did not run");
-            None
-        }
-    }
+    required_or_skip(REDIS_URL_VAR, "Redis", "Redis tests")
 }
 
 /// A free port for a server a test stops and starts again on the same port: drawn below the
@@ -159,18 +154,11 @@ impl RabbitNode {
     /// A running node, or `None` (after saying so) when the variable is unset outside CI; a
     /// panic when it is unset under CI or the node does not come up.
     pub async fn start_or_skip() -> Option<Self> {
-        let server = match std::env::var(RABBITMQ_SERVER_VAR) {
-            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
-            _ if std::env::var_os("CI").is_some() => {
-                panic!("{RABBITMQ_SERVER_VAR} is not set, and CI must run the broker restart tests")
-            }
-            _ => {
-                eprintln!(
-                    "SKIPPED (RabbitMQ restart): {RABBITMQ_SERVER_VAR} is not set; this test did not run"
-                );
-                return None;
-            }
-        };
+        let server = std::path::PathBuf::from(required_or_skip(
+            RABBITMQ_SERVER_VAR,
+            "RabbitMQ restart",
+            "broker restart tests",
+        )?);
         let mut node = Self {
             server,
             dir: tempfile::tempdir().expect("creating a folder for the broker"),
@@ -269,16 +257,7 @@ impl EtcdNode {
     /// A running server, or `None` (after saying so) when `BOOKSTORE_TEST_ETCD` is unset outside
     /// CI; a panic when it is unset under CI or the server does not come up.
     pub async fn start_or_skip() -> Option<Self> {
-        let etcd = match std::env::var(ETCD_VAR) {
-            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
-            _ if std::env::var_os("CI").is_some() => {
-                panic!("{ETCD_VAR} is not set, and CI must run the etcd tests")
-            }
-            _ => {
-                eprintln!("SKIPPED (etcd): {ETCD_VAR} is not set; this test did not run");
-                return None;
-            }
-        };
+        let etcd = std::path::PathBuf::from(required_or_skip(ETCD_VAR, "etcd", "etcd tests")?);
         let mut node = Self {
             etcd,
             dir: tempfile::tempdir().expect("creating a folder for etcd"),
@@ -360,16 +339,11 @@ impl PostgresTlsNode {
     /// A running server, or `None` (after saying so) when `BOOKSTORE_TEST_POSTGRES_BIN` is unset
     /// outside CI; a panic when it is unset under CI or the server does not come up.
     pub async fn start_or_skip() -> Option<Self> {
-        let bin = match std::env::var(POSTGRES_BIN_VAR) {
-            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
-            _ if std::env::var_os("CI").is_some() => {
-                panic!("{POSTGRES_BIN_VAR} is not set, and CI must run the PostgreSQL TLS test")
-            }
-            _ => {
-                eprintln!("SKIPPED (PostgreSQL TLS): {POSTGRES_BIN_VAR} is not set; this test did not run");
-                return None;
-            }
-        };
+        let bin = std::path::PathBuf::from(required_or_skip(
+            POSTGRES_BIN_VAR,
+            "PostgreSQL TLS",
+            "PostgreSQL TLS test",
+        )?);
         Some(Self::start(&bin).await.expect("starting a PostgreSQL of the test's own"))
     }
 
@@ -478,16 +452,11 @@ impl RedisNode {
     /// A running server, or `None` (after saying so) when `BOOKSTORE_TEST_REDIS_SERVER` is unset
     /// outside CI; a panic when it is unset under CI or the server does not come up.
     pub async fn start_or_skip() -> Option<Self> {
-        let server = match std::env::var(REDIS_SERVER_VAR) {
-            Ok(path) if !path.is_empty() => std::path::PathBuf::from(path),
-            _ if std::env::var_os("CI").is_some() => {
-                panic!("{REDIS_SERVER_VAR} is not set, and CI must run the Redis restart tests")
-            }
-            _ => {
-                eprintln!("SKIPPED (Redis restart): {REDIS_SERVER_VAR} is not set; this test did not run");
-                return None;
-            }
-        };
+        let server = std::path::PathBuf::from(required_or_skip(
+            REDIS_SERVER_VAR,
+            "Redis restart",
+            "Redis restart tests",
+        )?);
         let mut node = Self { server, port: restartable_port(), process: None };
         node.start().await.expect("starting a Redis of the test's own");
         Some(node)
