@@ -299,13 +299,15 @@ where
 /// absent: 1 and 20), refused in the envelope otherwise: the services read `0` as "the
 /// default", which a client must not be able to send.
 pub fn paging(page: Option<i32>, limit: Option<i32>) -> Result<(i32, i32), ApiError> {
+    use bookstore_platform::page::PageRequest;
+    let (max_page, max_limit) = (PageRequest::MAX_PAGE as i32, PageRequest::MAX_LIMIT as i32);
     let page = page.unwrap_or(1);
-    if !(1..=10_000).contains(&page) {
-        return Err(ApiError::invalid("page: must be between 1 and 10000"));
+    if !(1..=max_page).contains(&page) {
+        return Err(ApiError::invalid(format!("page: must be between 1 and {max_page}")));
     }
-    let limit = limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid("limit: must be between 1 and 100"));
+    let limit = limit.unwrap_or(PageRequest::DEFAULT_LIMIT as i32);
+    if !(1..=max_limit).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: must be between 1 and {max_limit}")));
     }
     Ok((page, limit))
 }

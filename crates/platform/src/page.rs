@@ -11,7 +11,7 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    pub(crate) const DEFAULT_LIMIT: u32 = 20;
+    pub const DEFAULT_LIMIT: u32 = 20;
     pub const MAX_LIMIT: u32 = 100;
     /// Deep pages cost a scan each; past this, clients should narrow the query.
     pub const MAX_PAGE: u32 = 10_000;
