@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use bookstore_platform::balance::ResilienceConfig;
 use bookstore_platform::breaker::BreakerConfig;
-use bookstore_platform::settings::{Key, Section, Source, check_database_url, check_url};
+use bookstore_platform::settings::{Key, Section, Source, check_database_url};
 
 bookstore_platform::settings! {
     /// Settings of the process, shared by the services it runs (the top of the file).
@@ -46,6 +46,12 @@ bookstore_platform::settings! {
         jwks_refresh_ms: u64 = 60_000, flag jwks_refresh_ms "MS";
         /// etcd (etcd://host:2379[,host:2379...]) where serve registers each of its services.
         registry_url: Option<String> = None, flag registry_url "URL";
+        /// Mutual TLS between services: this process's certificate (PEM, for server and client auth).
+        mtls_cert_file: Option<PathBuf> = None, flag mtls_cert_file "FILE";
+        /// Mutual TLS between services: the private key of mtls_cert_file (PEM).
+        mtls_key_file: Option<PathBuf> = None, flag mtls_key_file "FILE";
+        /// Mutual TLS between services: the CA that signs every service's certificate (PEM).
+        mtls_ca_file: Option<PathBuf> = None, flag mtls_ca_file "FILE";
         /// Consecutive failures (or calls over their time) that open a replica's circuit breaker.
         breaker_max_failures: u32 = 5, flag breaker_max_failures "N";
         /// How long an open breaker fails fast before its trial call, ms.
@@ -113,14 +119,14 @@ fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
             "invalid configuration: registry_url is etcd://host:port[,host:port], without a path"
         );
     }
+    anyhow::ensure!(
+        s.mtls_cert_file.is_some() == s.mtls_key_file.is_some()
+            && s.mtls_cert_file.is_some() == s.mtls_ca_file.is_some(),
+        "invalid configuration: mtls_cert_file, mtls_key_file and mtls_ca_file go together"
+    );
     if let Some(url) = &s.amqp_url {
-        // Refused rather than spoken in plain TCP, which is what an amqps:// URL would get.
-        anyhow::ensure!(
-            !url.starts_with("amqps:"),
-            "invalid configuration: amqp_url: TLS to RabbitMQ (amqps://) is not built in yet; use amqp:// \
-             on a private network, or a TLS-terminating proxy beside each process"
-        );
-        check_url("amqp_url", url, &["amqp"])?;
+        bookstore_platform::events::BrokerTls::split(url)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: amqp_url: {e:#}"))?;
     }
     Ok(())
 }
@@ -304,6 +310,18 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.process.request_timeout_ms)
+    }
+
+    /// Mutual TLS between services, when `mtls_*_file` are set: read now, so a bad file stops
+    /// the start with its name.
+    pub fn mutual_tls(&self) -> anyhow::Result<Option<bookstore_platform::tls::Mutual>> {
+        let p = &self.process;
+        match (&p.mtls_cert_file, &p.mtls_key_file, &p.mtls_ca_file) {
+            (Some(cert), Some(key), Some(ca)) => bookstore_platform::tls::Mutual::load(cert, key, ca)
+                .map(Some)
+                .context("mutual TLS between services (mtls_cert_file, mtls_key_file, mtls_ca_file)"),
+            _ => Ok(None),
+        }
     }
 
     /// How clients of peers balance, trip, eject and retry.
@@ -535,10 +553,18 @@ mod tests {
                 assert!(err.contains(key), "{var}: {err}");
                 jail.clear_env();
             }
-            // Not spoken in plain TCP while it says TLS.
-            jail.set_env("BOOKSTORE_AMQP_URL", "amqps://broker:5671/%2f");
+            // TLS files with a plain URL would not be used: refused, as an unverified broker is.
+            for url in ["amqp://broker/%2f?cacertfile=/etc/ca.pem", "amqps://broker/%2f?verify=verify_none"] {
+                jail.set_env("BOOKSTORE_AMQP_URL", url);
+                let err = Config::load(None, &Flags::default()).unwrap_err().to_string();
+                assert!(err.contains("amqp_url"), "{url}: {err}");
+            }
+            jail.set_env("BOOKSTORE_AMQP_URL", "amqps://broker/%2f?cacertfile=/etc/ca.pem");
+            Config::load(None, &Flags::default()).expect("TLS to the broker");
+            jail.clear_env();
+            jail.set_env("BOOKSTORE_MTLS_CA_FILE", "/etc/shop/ca.pem");
             let err = Config::load(None, &Flags::default()).unwrap_err().to_string();
-            assert!(err.contains("amqp_url") && err.contains("TLS"), "{err}");
+            assert!(err.contains("mtls_cert_file"), "a CA without the process's certificate: {err}");
             jail.clear_env();
             jail.set_env("BOOKSTORE_TLS_CERT_FILE", "/etc/shop/cert.pem");
             let err = Config::load(None, &Flags::default()).unwrap_err().to_string();

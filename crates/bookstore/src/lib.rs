@@ -155,10 +155,13 @@ impl App {
             };
             peers.insert(entry.name(), url);
         }
+        let mutual = config.mutual_tls()?;
+        let peer_tls = mutual.as_ref().map(|m| m.client.clone());
         let verifier = verifier(
             &peers["users"],
             Duration::from_millis(config.process.jwks_refresh_ms),
             config.resilience(),
+            peer_tls.clone(),
         )
         .await?;
 
@@ -201,11 +204,17 @@ impl App {
                 master_key: entry.spec.uses_master_key.then(|| master_key.clone()).flatten(),
                 request_timeout: config.request_timeout(),
                 resilience: config.resilience(),
+                peer_tls: peer_tls.clone(),
                 board: process.board(),
                 tasks: tasks.clone(),
             };
-            let built =
+            let mut built =
                 (entry.build)(ctx, config).await.with_context(|| format!("starting {}", entry.name()))?;
+            // Every service but the gateway answers its peers alone: with mutual TLS on, only
+            // to callers that show a certificate the deployment's CA signed.
+            if entry.name() != bookstore_gateway::SPEC.name {
+                built.tls = mutual.as_ref().map(|m| m.acceptor.clone());
+            }
             if built.local_tokens.is_some() {
                 local_tokens.clone_from(&built.local_tokens);
             }
@@ -266,7 +275,7 @@ impl App {
 async fn open_bus(config: &Config, process: &mut Process) -> anyhow::Result<Bus> {
     Ok(match &config.process.amqp_url {
         Some(url) => {
-            let mut rabbit = RabbitBus::new(url.clone());
+            let mut rabbit = RabbitBus::new(url.clone()).context("amqp_url")?;
             rabbit.namespace.clone_from(&config.process.amqp_namespace);
             Bus::Rabbit(Arc::new(rabbit))
         }
@@ -321,8 +330,9 @@ pub async fn verifier(
     users_url: &str,
     min_refresh: Duration,
     resilience: ResilienceConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Arc<Verifier>> {
-    let channel = PeerChannel::connect("auth", "users", users_url, resilience).await?;
+    let channel = PeerChannel::connect("auth", "users", users_url, resilience, tls).await?;
     let source: JwksSource = Arc::new(move || {
         let mut client = UserServiceClient::new(channel.clone());
         Box::pin(async move {

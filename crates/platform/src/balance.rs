@@ -245,8 +245,9 @@ impl std::fmt::Debug for PeerChannel {
 }
 
 /// Lazily connected tonic channels: the first call connects, and a service can start before its
-/// peers do.
-pub fn tonic_connector(config: &ResilienceConfig) -> Connector {
+/// peers do. With `tls` (mutual TLS between services, [`crate::tls::Mutual`]) every connection
+/// is TLS, whatever scheme the peer's URL says, verified against the name or address in it.
+pub fn tonic_connector(config: &ResilienceConfig, tls: Option<Arc<rustls::ClientConfig>>) -> Connector {
     let connect_timeout = config.connect_timeout;
     Arc::new(move |target: &Target| {
         let endpoint = tonic::transport::Endpoint::from_shared(target.url.clone())?
@@ -254,8 +255,40 @@ pub fn tonic_connector(config: &ResilienceConfig) -> Connector {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = match &tls {
+            // Not spoken in plain text while the URL says TLS.
+            None if target.url.starts_with("https:") => anyhow::bail!(
+                "{}: TLS between services is mutual here: set mtls_cert_file, mtls_key_file and mtls_ca_file",
+                target.url
+            ),
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(tls_dialer(tls.clone())),
+        };
         Ok(BoxCloneSyncService::new(channel.map_err(BoxError::from)))
+    })
+}
+
+/// A TLS connection to a peer, as hyper reads and writes it.
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Dials a peer's URI over TCP and makes a TLS handshake with it, checking its certificate for
+/// the URI's host.
+fn tls_dialer(
+    config: Arc<rustls::ClientConfig>,
+) -> impl Service<http::Uri, Response = TlsIo, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tower::service_fn(move |uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri.host().ok_or("a peer URL without a host")?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            let stream = connector.connect(name, tcp).await?;
+            Ok::<_, BoxError>(TlsIo::new(stream))
+        }
     })
 }
 
@@ -298,14 +331,16 @@ pub fn http_connector(config: &ResilienceConfig) -> Connector {
 
 impl PeerChannel {
     /// A channel to the peer `peer` at `url` (see [`crate::discovery`]), for `caller`.
+    /// With `tls`, every connection to it is mutual TLS ([`tonic_connector`]).
     pub async fn connect(
         caller: &'static str,
         peer: &str,
         url: &str,
         config: ResilienceConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<Self> {
         let source = Source::parse(url).map_err(|e| anyhow::anyhow!("{peer}_url: {e:#}"))?;
-        Self::with_connector(caller, peer, source, config, tonic_connector(&config)).await
+        Self::with_connector(caller, peer, source, config, tonic_connector(&config, tls)).await
     }
 
     /// As [`PeerChannel::connect`], with the transports made by `connector`.

@@ -91,6 +91,8 @@ pub struct Context {
     pub request_timeout: Duration,
     /// How clients of peers balance, trip, eject and retry.
     pub resilience: ResilienceConfig,
+    /// Mutual TLS to peers, when the deployment turns it on ([`crate::tls::Mutual`]).
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// The process's peer channels, shown on its status page.
     pub board: Board,
     pub tasks: Tasks,
@@ -235,7 +237,8 @@ impl Context {
     /// call capped at the request timeout.
     pub async fn channel(&self, peer: &str) -> anyhow::Result<PeerChannel> {
         let config = ResilienceConfig { call_timeout: self.request_timeout, ..self.resilience };
-        let channel = PeerChannel::connect(self.name, peer, self.peer_url(peer)?, config).await?;
+        let tls = self.peer_tls.clone();
+        let channel = PeerChannel::connect(self.name, peer, self.peer_url(peer)?, config, tls).await?;
         self.board.register(&channel);
         Ok(channel)
     }

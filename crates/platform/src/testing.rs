@@ -148,16 +148,29 @@ pub struct RabbitNode {
     port: u16,
     dist_port: u16,
     process: Option<std::process::Child>,
+    /// Whether it speaks AMQP over TLS alone.
+    tls: bool,
 }
 
 impl RabbitNode {
     /// A running node, or `None` (after saying so) when the variable is unset outside CI; a
     /// panic when it is unset under CI or the node does not come up.
     pub async fn start_or_skip() -> Option<Self> {
+        Self::start_with(None).await
+    }
+
+    /// As [`Self::start_or_skip`], a node that speaks AMQP over TLS alone, with the certificate
+    /// and key `server.pem`/`server-key.pem` in `certs` and a client certificate signed by its
+    /// `ca.pem` required (as [`crate::tls::dev_certs`] writes them).
+    pub async fn start_tls_or_skip(certs: &std::path::Path) -> Option<Self> {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(certs: Option<&std::path::Path>) -> Option<Self> {
         let server = std::path::PathBuf::from(required_or_skip(
             RABBITMQ_SERVER_VAR,
             "RabbitMQ restart",
-            "broker restart tests",
+            "broker restart and TLS tests",
         )?);
         let mut node = Self {
             server,
@@ -166,8 +179,20 @@ impl RabbitNode {
             port: restartable_port(),
             dist_port: restartable_port(),
             process: None,
+            tls: certs.is_some(),
         };
-        let config = format!("listeners.tcp.local = 127.0.0.1:{}\n", node.port);
+        let config = match certs {
+            None => format!("listeners.tcp.local = 127.0.0.1:{}\n", node.port),
+            Some(certs) => format!(
+                "listeners.tcp = none\nlisteners.ssl.local = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\nssl_options.keyfile = {key}\n\
+                 ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
+                port = node.port,
+                ca = certs.join("ca.pem").display(),
+                cert = certs.join("server.pem").display(),
+                key = certs.join("server-key.pem").display(),
+            ),
+        };
         std::fs::write(node.dir.path().join("rabbitmq.conf"), config).expect("writing the broker's config");
         std::fs::write(node.dir.path().join("enabled_plugins"), "[].\n")
             .expect("writing the broker's plugins");
@@ -175,8 +200,10 @@ impl RabbitNode {
         Some(node)
     }
 
+    /// Its URL: `amqps://` for a TLS node, without the files a client needs.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        format!("{scheme}://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
     /// Starts the node (again, after [`Self::kill`], on the same data) and waits until it
@@ -630,6 +657,7 @@ pub fn context(
         master_key: None,
         request_timeout: Duration::from_secs(10),
         resilience: Default::default(),
+        peer_tls: None,
         board: Default::default(),
         tasks,
     }

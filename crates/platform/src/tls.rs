@@ -9,6 +9,11 @@
 //! dropped connection. A pair that does not load (half written, a key that does not match)
 //! keeps the one in service, with a warning.
 //!
+//! **Between services** ([`Mutual`]): optional mutual TLS. Every service but the gateway then
+//! serves gRPC over TLS and asks each caller for a certificate signed by the deployment's CA;
+//! every client of a peer verifies the peer's certificate against that CA and shows its own.
+//! The process's certificate and key are reloaded as the gateway's are; the CA is read at start.
+//!
 //! **Development certificates** ([`dev_certs`], `bookstore admin dev-certs`): a local CA and a
 //! certificate it signs for `localhost`, `127.0.0.1`, `::1` and any names given, valid for both
 //! server and client authentication. Trust `ca.pem` in the client to try HTTPS locally.
@@ -105,6 +110,21 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
+/// The same pair, shown as a client's certificate to the peers it calls.
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -131,6 +151,56 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Mutual TLS between services: the acceptor of a service that answers its peers, and the
+/// client configuration of one that calls them, from one certificate and key (valid for both
+/// server and client authentication, as [`dev_certs`] makes them) and the CA that signs every
+/// service's.
+#[derive(Clone)]
+pub struct Mutual {
+    /// Serves the process's certificate and requires a caller's signed by the CA.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Trusts the CA alone and shows the process's certificate.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Mutual {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mutual").finish_non_exhaustive()
+    }
+}
+
+impl Mutual {
+    /// Reads the pair and the CA now; an error says which file and why.
+    pub fn load(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<Self> {
+        let pair = Arc::new(ReloadingCert::load(cert, key)?);
+        let roots = Arc::new(roots(ca)?);
+        let callers = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .with_context(|| format!("the CA in {}", ca.display()))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(callers)
+            .with_cert_resolver(pair.clone());
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(pair);
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), client: Arc::new(client) })
+    }
+}
+
+/// The CA certificates in the PEM file `ca`, as a trust store.
+fn roots(ca: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))? {
+        roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?)?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "no CA certificate in {}", ca.display());
+    Ok(roots)
 }
 
 /// The files [`dev_certs`] writes.
@@ -192,15 +262,9 @@ fn write_private(path: &Path, content: &[u8], secret: bool) -> anyhow::Result<()
 /// A client configuration that trusts the CA certificates in `ca_pem` alone (for tests and
 /// tools that talk to a development deployment).
 pub fn client_trusting(ca_pem: &Path) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(ca_pem).map_err(|e| anyhow::anyhow!("{}: {e}", ca_pem.display()))?
-    {
-        roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", ca_pem.display()))?)?;
-    }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca_pem)?)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

@@ -265,7 +265,7 @@ async fn processes_killed_at_every_crash_point_still_give_each_order_one_effect(
             }
             servers.push(("--amqp-url", amqp.clone()));
             servers.push(("--amqp-namespace", namespace.clone()));
-            let mut rabbit = RabbitBus::new(amqp.clone());
+            let mut rabbit = RabbitBus::new(amqp.clone()).expect("a broker URL");
             rabbit.topics = vec!["OrderPlaced".into()];
             rabbit.namespace.clone_from(&namespace);
             rabbit.declare(&consumer).await.unwrap();
@@ -367,7 +367,7 @@ async fn processes_killed_at_every_crash_point_still_give_each_order_one_effect(
     assert!(deliveries > 1, "the unacknowledged event came again and the inbox absorbed it: {deliveries}");
     if let Some(amqp) = bus.strip_prefix("amqp:") {
         assert!(deliveries >= 3, "the broker also delivered the event published twice: {deliveries}");
-        let mut rabbit = RabbitBus::new(amqp);
+        let mut rabbit = RabbitBus::new(amqp).expect("a broker URL");
         rabbit.namespace = namespace;
         rabbit.delete_queues(&consumer).await.unwrap();
     }
@@ -395,7 +395,7 @@ async fn consumer_process() {
     let bus = if let Some(url) = bus.strip_prefix("log:") {
         Bus::Log(EventLog::open(Database::connect(url, &Default::default()).await.unwrap()).await.unwrap())
     } else {
-        let mut rabbit = RabbitBus::new(bus.strip_prefix("amqp:").unwrap());
+        let mut rabbit = RabbitBus::new(bus.strip_prefix("amqp:").unwrap()).expect("a broker URL");
         rabbit.topics = vec!["OrderPlaced".into()];
         rabbit.namespace = var("CRASH_TEST_NAMESPACE");
         Bus::Rabbit(Arc::new(rabbit))

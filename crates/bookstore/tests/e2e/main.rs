@@ -129,7 +129,7 @@ impl Drop for System {
         }
         // The test's own exchanges and queues on the shared broker go with it.
         let Some(url) = self.config.process.amqp_url.clone() else { return };
-        let mut rabbit = bookstore_platform::events::RabbitBus::new(url);
+        let mut rabbit = bookstore_platform::events::RabbitBus::new(url).expect("a broker URL");
         rabbit.namespace.clone_from(&self.config.process.amqp_namespace);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

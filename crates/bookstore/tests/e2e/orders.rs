@@ -401,7 +401,7 @@ async fn every_change_writes_its_event_in_the_same_transaction(backend: Backend)
     let Some(sys) = System::start(backend, false).await else { return };
     // With RabbitMQ, a queue of our own sees what the relay publishes from now on.
     let rabbit = sys.config.process.amqp_url.clone().map(|url| {
-        let mut bus = RabbitBus::new(url);
+        let mut bus = RabbitBus::new(url).expect("a broker URL");
         bus.topics = vec!["OrderPlaced".into(), "OrderCancelled".into()];
         bus.namespace.clone_from(&sys.config.process.amqp_namespace);
         std::sync::Arc::new(bus)

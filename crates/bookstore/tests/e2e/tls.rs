@@ -1,5 +1,7 @@
 //! HTTPS at the gateway: a real handshake with a certificate from `admin dev-certs`, HSTS on
-//! every answer, and a renewed certificate served without a restart.
+//! every answer, and a renewed certificate served without a restart. Mutual TLS between the
+//! services: a checkout crosses every hop over it, and a caller without the deployment's
+//! certificate is refused at the handshake.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,9 +10,12 @@ use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
 use reqwest::StatusCode;
 
-use crate::{System, https_client, until};
+use crate::{System, get_json, https_client, post_json, shipping_address, until};
 
-backend_tests!(the_gateway_serves_https_with_hsts_and_a_renewed_certificate_without_a_restart);
+backend_tests!(
+    the_gateway_serves_https_with_hsts_and_a_renewed_certificate_without_a_restart,
+    services_speak_mutual_tls_and_refuse_a_caller_without_the_deployments_certificate,
+);
 
 /// Copies a certificate pair over the one in service, each file replaced whole (as a secret
 /// volume or certbot does).
@@ -55,4 +60,62 @@ async fn the_gateway_serves_https_with_hsts_and_a_renewed_certificate_without_a_
     .await;
     let trusts_old = https_client(&live.path().join("ca.pem"));
     assert!(trusts_old.get(sys.url("/api/v1/books")).send().await.is_err(), "the old certificate is gone");
+}
+
+/// Whether the books service at `url` answers a health check from a client with `tls`.
+async fn answers(url: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> bool {
+    use bookstore_platform::balance::{PeerChannel, ResilienceConfig};
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = PeerChannel::connect("test", "books", url, ResilienceConfig::default(), tls).await.unwrap();
+    let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    HealthClient::new(channel).check(request).await.is_ok()
+}
+
+async fn services_speak_mutual_tls_and_refuse_a_caller_without_the_deployments_certificate(backend: Backend) {
+    use bookstore_platform::tls::Mutual;
+    let (certs, strangers) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    bookstore_platform::tls::dev_certs(certs.path(), &[]).unwrap();
+    bookstore_platform::tls::dev_certs(strangers.path(), &[]).unwrap();
+    let file = |dir: &Path, name: &str| dir.join(name);
+    let Some(sys) = System::start_with(backend, true, |c| {
+        c.process.mtls_cert_file = Some(file(certs.path(), "server.pem"));
+        c.process.mtls_key_file = Some(file(certs.path(), "server-key.pem"));
+        c.process.mtls_ca_file = Some(file(certs.path(), "ca.pem"));
+    })
+    .await
+    else {
+        return;
+    };
+    // The admin signed in (gateway → users, and the gateway's keys from users); a checkout goes
+    // gateway → orders → books and users.
+    let books = get_json(&sys.http, &sys.url("/api/v1/books"), &sys.admin).await;
+    let book = books["items"][0]["id"].as_str().unwrap();
+    let order = post_json(
+        &sys.http,
+        &sys.url("/api/v1/orders"),
+        &sys.admin,
+        &serde_json::json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": shipping_address()}),
+    )
+    .await;
+    assert_eq!(order["status"], "PLACED", "{order}");
+
+    // Straight to the books service's port.
+    let ours = Mutual::load(
+        &file(certs.path(), "server.pem"),
+        &file(certs.path(), "server-key.pem"),
+        &file(certs.path(), "ca.pem"),
+    )
+    .unwrap();
+    assert!(answers(&sys.books_base, Some(ours.client)).await, "a caller with the deployment's certificate");
+    assert!(!answers(&sys.books_base, None).await, "a caller in plain text");
+    let stranger = Mutual::load(
+        &file(strangers.path(), "server.pem"),
+        &file(strangers.path(), "server-key.pem"),
+        &file(certs.path(), "ca.pem"),
+    )
+    .unwrap();
+    assert!(
+        !answers(&sys.books_base, Some(stranger.client)).await,
+        "a caller whose certificate another CA signed"
+    );
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use inbox::inbox_begin;
 pub use log::EventLog;
 pub use outbox::{OUTBOX_MIGRATIONS, run_relay};
-pub use rabbit::RabbitBus;
+pub use rabbit::{BrokerTls, RabbitBus};
 pub use subscribe::{KEEP, StartAt, Subscription};
 
 /// An event as it travels: its id (for deduplication), its type (for routing) and its body

@@ -15,7 +15,10 @@ use super::{Event, after_effect};
 /// reconnects on the next call after a failure; consuming reconnects in a loop with backoff, so
 /// both survive a broker restart.
 pub struct RabbitBus {
+    /// The broker's URL as lapin takes it: the TLS files taken out, a heartbeat put in.
     url: String,
+    /// TLS to the broker, for an `amqps://` URL.
+    tls: Option<BrokerTls>,
     publisher: tokio::sync::Mutex<Option<(lapin::Connection, lapin::Channel)>>,
     pub max_attempts: u32,
     /// The event types (routing-key patterns) a consumer's queue is bound to: `#`, every event,
@@ -34,9 +37,17 @@ pub struct RabbitBus {
 pub const DEFAULT_NAMESPACE: &str = "bookstore";
 
 impl RabbitBus {
-    pub fn new(url: impl Into<String>) -> Self {
+    /// A bus on the broker at `url` (see [`BrokerTls`] for `amqps://`); an error names what in
+    /// the URL is wrong.
+    pub fn new(url: impl Into<String>) -> anyhow::Result<Self> {
+        let (url, tls) = BrokerTls::split(&url.into())?;
+        Ok(Self::parsed(url, tls))
+    }
+
+    fn parsed(url: String, tls: Option<BrokerTls>) -> Self {
         Self {
-            url: url.into(),
+            url,
+            tls,
             publisher: tokio::sync::Mutex::new(None),
             max_attempts: 5,
             topics: vec!["#".into()],
@@ -67,7 +78,7 @@ impl RabbitBus {
             max_attempts: self.max_attempts,
             timeout: self.timeout,
             namespace: self.namespace.clone(),
-            ..Self::new(self.url.clone())
+            ..Self::parsed(self.url.clone(), self.tls.clone())
         }
     }
 
@@ -84,10 +95,15 @@ impl RabbitBus {
 
     pub(super) async fn open(&self) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
         use lapin::options::ExchangeDeclareOptions;
-        let conn =
-            lapin::Connection::connect(&with_heartbeat(&self.url), lapin::ConnectionProperties::default())
-                .await
-                .context("connecting to RabbitMQ")?;
+        let properties = lapin::ConnectionProperties::default();
+        let conn = match &self.tls {
+            None => lapin::Connection::connect(&self.url, properties).await,
+            Some(tls) => {
+                let runtime = lapin::runtime::default_runtime().context("the AMQP client's runtime")?;
+                lapin::Connection::connect_with_config(&self.url, properties, tls.read()?, runtime).await
+            }
+        }
+        .context("connecting to RabbitMQ")?;
         let channel = conn.create_channel().await.context("opening a channel")?;
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         for name in [self.exchange(), self.dead_letter_exchange()] {
@@ -275,15 +291,87 @@ impl RabbitBus {
     }
 }
 
-/// `url` with a 10 s AMQP heartbeat unless it names one: a connection that died silently (a
-/// host gone, a proxy that stopped forwarding) is noticed within two beats, not never.
-fn with_heartbeat(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if !parsed.query_pairs().any(|(k, _)| k == "heartbeat") => {
-            parsed.query_pairs_mut().append_pair("heartbeat", "10");
-            parsed.to_string()
+/// TLS to the broker, asked for by an `amqps://` URL (port 5671 unless it names one). The
+/// broker's certificate is verified against the system's roots and, when the URL names one, the
+/// CA in `cacertfile`; a client certificate is shown when the URL names `certfile` and
+/// `keyfile` (PEM), for a broker that asks for one (`fail_if_no_peer_cert`). These are the
+/// names RabbitMQ's own URI specification gives them:
+/// `amqps://user:pass@broker:5671/%2f?cacertfile=/etc/ca.pem&certfile=/etc/me.pem&keyfile=/etc/me-key.pem`.
+/// The files are read at each connection, so a renewed certificate is used from the next
+/// reconnection on. `verify=verify_none` is refused: an unverified broker is not TLS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrokerTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl BrokerTls {
+    const PARAMS: [&str; 4] = ["cacertfile", "certfile", "keyfile", "verify"];
+
+    /// Splits `url` into the URL the AMQP client takes (the TLS parameters taken out, a 10 s
+    /// heartbeat put in unless it names one: a connection that died silently, as when the
+    /// broker's host vanishes, is noticed within two heartbeats) and its TLS, if `amqps://`.
+    pub fn split(url: &str) -> anyhow::Result<(String, Option<Self>)> {
+        let mut parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("not a URL: {e}"))?;
+        let secure = match parsed.scheme() {
+            "amqp" => false,
+            "amqps" => true,
+            other => anyhow::bail!("an amqp:// or amqps:// URL, not {other}://"),
+        };
+        let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let path = |name: &str| -> anyhow::Result<Option<std::path::PathBuf>> {
+            match param(name) {
+                Some(value) if value.is_empty() => anyhow::bail!("{name} is empty"),
+                value => Ok(value.map(std::path::PathBuf::from)),
+            }
+        };
+        let tls = Self {
+            ca: path("cacertfile")?,
+            client: match (path("certfile")?, path("keyfile")?) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => anyhow::bail!("certfile and keyfile go together"),
+            },
+        };
+        if let Some(verify) = param("verify") {
+            anyhow::ensure!(
+                verify == "verify_peer",
+                "verify={verify} is refused: the broker is always verified"
+            );
         }
-        _ => url.to_owned(),
+        anyhow::ensure!(
+            secure || tls == Self::default(),
+            "cacertfile, certfile and keyfile are for TLS: use amqps://"
+        );
+        let rest: Vec<_> = pairs.iter().filter(|(k, _)| !Self::PARAMS.contains(&k.as_str())).collect();
+        if rest.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        if !pairs.iter().any(|(k, _)| k == "heartbeat") {
+            parsed.query_pairs_mut().append_pair("heartbeat", "10");
+        }
+        Ok((parsed.to_string(), secure.then_some(tls)))
+    }
+
+    /// The files, read now, as the AMQP client takes them.
+    fn read(&self) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading {} for TLS to RabbitMQ", path.display()))
+        };
+        let cert_chain = match &self.ca {
+            Some(ca) => {
+                Some(String::from_utf8(read(ca)?).with_context(|| format!("{} is not PEM", ca.display()))?)
+            }
+            None => None,
+        };
+        let identity = match &self.client {
+            Some((cert, key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 { pem: read(cert)?, key: read(key)? }),
+            None => None,
+        };
+        Ok(lapin::tcp::OwnedTLSConfig { identity, cert_chain })
     }
 }
 

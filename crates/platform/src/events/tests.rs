@@ -20,7 +20,7 @@ fn rabbit() -> Option<(RabbitBus, String, String)> {
 }
 
 fn isolated(url: &str, consumer: &str) -> RabbitBus {
-    let mut bus = RabbitBus::new(url);
+    let mut bus = RabbitBus::new(url).expect("a broker URL");
     bus.topics = vec![consumer.to_owned()];
     bus
 }
@@ -129,7 +129,7 @@ async fn rabbitmq_connection_loss_mid_stream_loses_nothing_and_repeats_no_effect
     via_proxy.set_port(Some(proxy.port())).unwrap();
     via_proxy.set_host(Some("127.0.0.1")).unwrap();
     let consumer_bus = isolated(via_proxy.as_str(), &consumer);
-    let publisher = RabbitBus::new(url.clone());
+    let publisher = RabbitBus::new(url.clone()).expect("a broker URL");
     each_event_once_across(consumer_bus, publisher, &consumer, || async {
         cut.send_modify(|g| *g += 1);
     })
@@ -141,13 +141,78 @@ async fn a_rabbitmq_restart_mid_stream_loses_nothing_and_repeats_no_effect() {
     let Some(mut node) = crate::testing::RabbitNode::start_or_skip().await else { return };
     let consumer = format!("test-{}", uuid::Uuid::new_v4().simple());
     let consumer_bus = isolated(&node.url(), &consumer);
-    let publisher = RabbitBus::new(node.url());
+    let publisher = RabbitBus::new(node.url()).expect("a broker URL");
     let node = &mut node;
     each_event_once_across(consumer_bus, publisher, &consumer, || async move {
         node.stop();
         node.start().await.expect("restarting the broker");
     })
     .await;
+}
+
+/// The bus over TLS, to a broker of the test's own that speaks nothing else and asks for a
+/// client certificate: an event goes through; a client that trusts another CA, or shows no
+/// certificate, gets no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_over_tls_verifies_the_broker_and_shows_the_client_certificate() {
+    let (certs, strangers) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    crate::tls::dev_certs(certs.path(), &[]).unwrap();
+    crate::tls::dev_certs(strangers.path(), &[]).unwrap();
+    let Some(node) = crate::testing::RabbitNode::start_tls_or_skip(certs.path()).await else { return };
+    let url = |ca: &std::path::Path, client: bool| {
+        let mut url = format!("{}?cacertfile={}", node.url(), ca.join("ca.pem").display());
+        if client {
+            let dir = certs.path().display();
+            url.push_str(&format!("&certfile={dir}/server.pem&keyfile={dir}/server-key.pem"));
+        }
+        url
+    };
+    let consumer = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let bus = Arc::new(isolated(&url(certs.path(), true), &consumer));
+    bus.declare(&consumer).await.expect("declaring over TLS");
+    let sent = Event { id: format!("{consumer}-1"), event_type: consumer.clone(), body: vec![1] };
+    let bus = Bus::Rabbit(bus);
+    bus.publish(std::slice::from_ref(&sent)).await.expect("publishing over TLS");
+    assert_eq!(collect(&bus, &consumer, 1).await, vec![sent.id]);
+
+    for (what, url) in [
+        ("a broker another CA signed", url(strangers.path(), true)),
+        ("no client certificate", url(certs.path(), false)),
+    ] {
+        let mut bus = RabbitBus::new(url).expect("a broker URL");
+        bus.timeout = Duration::from_secs(10);
+        let opened = bus.within("connecting", bus.open()).await;
+        let err = format!("{:#}", opened.err().unwrap_or_else(|| panic!("connected with {what}")));
+        // "invalid peer certificate: BadSignature"; "received fatal alert: CertificateRequired".
+        assert!(err.to_lowercase().contains("certificate"), "{what}: refused at the handshake: {err}");
+    }
+}
+
+#[test]
+fn a_broker_url_keeps_its_tls_files_out_of_the_amqp_url_and_refuses_what_would_not_be_tls() {
+    let (url, tls) = BrokerTls::split(
+        "amqps://u:p@mq:5671/%2f?cacertfile=/ca.pem&certfile=/c.pem&keyfile=/k.pem&frame_max=8192",
+    )
+    .unwrap();
+    assert_eq!(url, "amqps://u:p@mq:5671/%2f?frame_max=8192&heartbeat=10");
+    let tls = tls.expect("amqps is TLS");
+    assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+    assert_eq!(tls.client, Some(("/c.pem".into(), "/k.pem".into())));
+    assert_eq!(
+        BrokerTls::split("amqp://mq/%2f?heartbeat=5").unwrap(),
+        ("amqp://mq/%2f?heartbeat=5".into(), None)
+    );
+    assert_eq!(BrokerTls::split("amqps://mq/%2f").unwrap().1, Some(BrokerTls::default()), "system roots");
+    for (bad, why) in [
+        ("amqp://mq/%2f?cacertfile=/ca.pem", "amqps"),
+        ("amqps://mq/%2f?certfile=/c.pem", "together"),
+        ("amqps://mq/%2f?verify=verify_none", "verified"),
+        ("amqps://mq/%2f?cacertfile=", "empty"),
+        ("http://mq/", "amqp"),
+    ] {
+        let err = BrokerTls::split(bad).unwrap_err().to_string();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
 }
 
 /// Publishes 30 events, starts consuming them with an inbox, runs `disrupt` once 10 were
@@ -493,7 +558,7 @@ async fn every_subscriber_on_the_log_gets_its_types_and_catches_up_from_its_posi
 async fn every_subscriber_on_rabbitmq_gets_its_types_and_catches_up_from_its_position() {
     let Some(url) = crate::testing::amqp_url_or_skip() else { return };
     let name = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let rabbit = Arc::new(RabbitBus::new(url));
+    let rabbit = Arc::new(RabbitBus::new(url).expect("a broker URL"));
     subscriptions_fan_out_and_catch_up(&Bus::Rabbit(rabbit.clone()), &name).await;
     rabbit.delete_stream(&name).await.unwrap();
 }
