@@ -129,8 +129,9 @@ pub const HTTP2_MAX_STREAMS: u32 = 10_000;
 /// The most header lines hyper parses in an HTTP/1 request (its default is 100), and the most
 /// header bytes it takes in an HTTP/2 one (its default is 16 KiB). Set above what the gateway
 /// allows (`bookstore_gateway::security`), so that the gateway, not hyper, refuses what is too
-/// much, in its error envelope: hyper's own refusals (a request it cannot parse, or past these)
-/// are a bare status line with no body, and hyper offers no hook to write them otherwise.
+/// much, with its own words; what hyper refuses itself (a request it cannot parse, or past
+/// these) leaves as the envelope too, written in place of hyper's bare status line
+/// ([`envelope_for`]).
 pub const HTTP1_MAX_HEADERS: usize = 512;
 pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
@@ -254,7 +255,7 @@ async fn serve_connection<I>(
         }
         tower::ServiceExt::oneshot(router.clone(), request)
     });
-    let io = hyper_util::rt::TokioIo::new(Replay { head, read: 0, io });
+    let io = hyper_util::rt::TokioIo::new(Replay { head, read: 0, io, refusal: Vec::new(), refusal_sent: 0 });
     let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -280,11 +281,80 @@ async fn opening<I: tokio::io::AsyncRead + Unpin>(tcp: &mut I) -> std::io::Resul
     Ok(head)
 }
 
-/// A connection that first gives back the bytes [`opening`] read from it.
+/// A connection that first gives back the bytes [`opening`] read from it, and that answers in
+/// the API's error envelope where hyper would answer with a bare status line ([`envelope_for`]).
 struct Replay<I> {
     head: Vec<u8>,
     read: usize,
     io: I,
+    /// An envelope written in place of hyper's bare refusal, and how much of it is sent.
+    refusal: Vec<u8>,
+    refusal_sent: usize,
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> Replay<I> {
+    /// Sends what is left of a substituted refusal before anything else.
+    fn poll_refusal(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        while self.refusal_sent < self.refusal.len() {
+            let n =
+                std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.refusal[self.refusal_sent..]))?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.refusal_sent += n;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// Takes `buf` as written when it is hyper's bare refusal, sending the envelope instead.
+    fn substitute(&mut self, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Option<std::io::Result<usize>> {
+        let envelope = envelope_for(buf)?;
+        self.refusal = envelope;
+        self.refusal_sent = 0;
+        match self.poll_refusal(cx) {
+            std::task::Poll::Ready(Err(e)) => Some(Err(e)),
+            // The rest goes out before the next write, flush or shutdown.
+            _ => Some(Ok(buf.len())),
+        }
+    }
+}
+
+/// The statuses hyper answers by itself, with a bare status line and no body, when it cannot
+/// parse a request (hyper's HTTP/1 `on_error`; it then closes the connection), and what the
+/// envelope says of each.
+const BARE_REFUSALS: [(&[u8], &str, &str); 3] = [
+    (b"400", "400 Bad Request", "the request could not be read as HTTP"),
+    (b"414", "414 URI Too Long", "the request target is too long"),
+    (b"431", "431 Request Header Fields Too Large", "the request's headers are too large"),
+];
+
+/// The API's error envelope (`code`, `message`, `request_id`, as the gateway's `ErrorBody`) with
+/// the gateway's security headers, when `written` is hyper's bare refusal: a whole response head
+/// of one of [`BARE_REFUSALS`], `content-length: 0`, and no request id, which every answer of
+/// ours carries. hyper 1.x has no hook for that answer, so it is replaced on its way out.
+fn envelope_for(written: &[u8]) -> Option<Vec<u8>> {
+    let status = written.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    let (_, line, message) = BARE_REFUSALS.iter().find(|(code, _, _)| *code == status)?;
+    let head = std::str::from_utf8(written).ok()?.to_ascii_lowercase();
+    if !head.ends_with("\r\n\r\n")
+        || !head.contains("\r\ncontent-length: 0\r\n")
+        || head.contains("x-request-id:")
+    {
+        return None;
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let body =
+        serde_json::json!({"code": "BAD_REQUEST", "message": message, "request_id": request_id}).to_string();
+    tracing::info!(%request_id, status = line, "refused a request hyper could not parse");
+    Some(
+        format!(
+            "HTTP/1.1 {line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n\
+             x-content-type-options: nosniff\r\ncache-control: no-store\r\nreferrer-policy: no-referrer\r\n\
+             content-security-policy: frame-ancestors 'none'\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Replay<I> {
@@ -310,7 +380,12 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<I> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        std::task::ready!(this.poll_refusal(cx))?;
+        if let Some(taken) = this.substitute(cx, buf) {
+            return std::task::Poll::Ready(taken);
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -318,7 +393,14 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<I> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        std::task::ready!(this.poll_refusal(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && let Some(taken) = this.substitute(cx, first)
+        {
+            return std::task::Poll::Ready(taken);
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -329,14 +411,18 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<I> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_refusal(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_refusal(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -371,6 +457,34 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn hypers_bare_refusals_and_nothing_else_become_the_envelope() {
+        let bare =
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Wed, 02 Dec 2026 01:00:00 GMT\r\n\r\n";
+        let envelope = String::from_utf8(envelope_for(bare).expect("hyper's own 400")).unwrap();
+        let (head, body) = envelope.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 400 Bad Request\r\n") && head.contains("connection: close"),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], "BAD_REQUEST");
+        assert!(head.contains(&format!("content-length: {}", envelope.len() - head.len() - 4)), "{head}");
+        assert!(head.contains(&format!("x-request-id: {}", body["request_id"].as_str().unwrap())), "{head}");
+        let too_large = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert!(envelope_for(too_large).is_some_and(|e| e.starts_with(b"HTTP/1.1 431 ")));
+
+        for ours in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-request-id: abc\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n",
+            b"\x00\x00\x04\x08\x00\x00\x00\x00\x00",
+        ] {
+            assert!(envelope_for(ours).is_none(), "{:?}", String::from_utf8_lossy(ours));
+        }
+    }
 
     async fn hello_server() -> (SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

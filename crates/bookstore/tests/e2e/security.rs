@@ -20,7 +20,7 @@ backend_tests!(
     a_request_id_is_echoed_only_when_it_is_short_and_plain,
     refusals_say_what_is_wrong_in_our_words_not_the_parsers,
     an_anonymous_call_to_any_protected_operation_is_401_before_its_body_is_read,
-    a_uri_or_headers_too_large_are_refused_in_the_envelope,
+    a_request_too_large_or_unreadable_is_refused_in_the_envelope,
     operational_endpoints_are_not_on_the_public_port,
     the_public_port_closes_connections_that_stall_or_idle,
 );
@@ -338,7 +338,7 @@ async fn raw(sys: &System, request: &[u8]) -> (u16, String, String) {
     (status, head.to_owned(), body.to_owned())
 }
 
-async fn a_uri_or_headers_too_large_are_refused_in_the_envelope(backend: Backend) {
+async fn a_request_too_large_or_unreadable_is_refused_in_the_envelope(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
     let long_uri = format!(
         "GET /api/v1/books?q={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -362,10 +362,24 @@ async fn a_uri_or_headers_too_large_are_refused_in_the_envelope(backend: Backend
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{body}");
         assert!(head.contains(&format!("x-request-id: {id}")), "{head}");
     }
-    // What hyper cannot parse at all it answers itself, before the gateway sees anything: a bare
-    // 400, no body (hyper has no hook for that answer).
-    let (got, _, body) = raw(&sys, b"NOT A REQUEST\r\n\r\n").await;
-    assert_eq!((got, body.as_str()), (400, ""));
+    // What hyper cannot parse at all, or is past hyper's own limits, it refuses before the
+    // gateway sees anything: that answer leaves in the envelope too.
+    let past_hyper: String = (0..600).map(|i| format!("X-Header-{i}: {i}\r\n")).collect();
+    let past_hyper = format!("GET /api/v1/books HTTP/1.1\r\nHost: x\r\n{past_hyper}\r\n");
+    for (request, status) in [
+        ("NOT A REQUEST\r\n\r\n".to_owned(), 400),
+        ("GET /api/v1/books HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".to_owned(), 400),
+        (past_hyper, 431),
+    ] {
+        let (got, head, body) = raw(&sys, request.as_bytes()).await;
+        assert_eq!(got, status, "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert_eq!(body["code"], "BAD_REQUEST");
+        let id = body["request_id"].as_str().unwrap();
+        assert!(head.contains(&format!("x-request-id: {id}")), "{head}");
+    }
 }
 
 async fn operational_endpoints_are_not_on_the_public_port(backend: Backend) {
