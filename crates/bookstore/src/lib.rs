@@ -109,6 +109,9 @@ pub const CONSUMERS: [&str; 3] = [
 pub const SUBSCRIPTIONS: [&str; 2] =
     [bookstore_orders::live::SUBSCRIPTION, bookstore_platform::revocation::SUBSCRIPTION];
 
+/// How long a start waits to have read back the revocations published before it.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
 /// The names `serve` accepts.
 pub fn service_names() -> Vec<&'static str> {
     SERVICES.iter().map(Entry::name).collect()
@@ -169,10 +172,17 @@ impl App {
         let mut process = Process::new(tasks.clone());
         // Every process verifies tokens, so every process follows the revocations on the bus.
         let bus = open_bus(config, &mut process).await?;
-        tasks.spawn(
-            "revocations",
-            bookstore_platform::revocation::follow(bus.clone(), verifier.clone(), tasks.stopping()),
-        );
+        let (caught_up, following) =
+            bookstore_platform::revocation::follow(bus.clone(), verifier.clone(), tasks.stopping());
+        tasks.spawn("revocations", following);
+        let check = caught_up.clone();
+        process.ready_when("revocations", move || {
+            let caught_up = check.now();
+            async move {
+                anyhow::ensure!(caught_up, "still reading back the revocations published before the start");
+                Ok(())
+            }
+        });
         let bus = Some(bus);
         let mode_data_dir = config.process.data_dir.clone();
         let master_key = match entries.iter().any(|e| e.spec.uses_master_key) {
@@ -239,6 +249,11 @@ impl App {
                     stopping.cancelled().await;
                 });
             }
+        }
+        // Not started until a token revoked before the start is refused: the bus answers in
+        // moments; when it is away, the process starts unready and becomes ready once caught up.
+        if !caught_up.wait(CATCH_UP).await {
+            tracing::warn!("revocations not read back within {CATCH_UP:?}: not ready until they are");
         }
         let admin = TcpListener::bind(config.process.admin_http)
             .await

@@ -13,8 +13,17 @@
 //! session, a password or role change all of the account's, and a deleted or revoked account
 //! every token of its subject. Each is held until its `until_ms`, when the last token it could
 //! touch has expired anyway.
+//!
+//! **Caught up at start.** A starting process must not take a token revoked before it started
+//! for a good one. So [`follow`] publishes a *checkpoint* of its own once the subscription is in
+//! place (a revocation of nobody, already expired, carrying a fresh nonce) and reports
+//! [`CaughtUp`] when it reads that checkpoint back: the bus delivers in order, so everything
+//! published before it has been applied by then. The process is not ready (`/readyz`) until
+//! then, and `up`/`serve` wait for it, briefly, before they report started. Checkpoints of other
+//! processes are read and dropped.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,6 +56,21 @@ pub fn event(subject: &str, sessions: &[String], until_ms: i64) -> Event {
     crate::events::enveloped(EVENT, payload, SCHEMA_VERSION)
 }
 
+/// The revocation in `event`, or `None` for an event of another type.
+fn decode(event: &Event) -> anyhow::Result<Option<TokensRevoked>> {
+    if event.event_type != EVENT {
+        return Ok(None);
+    }
+    let envelope = EventEnvelope::decode(event.body.as_slice()).context("decoding an envelope")?;
+    Ok(Some(TokensRevoked::decode(envelope.payload.as_slice()).context("decoding TokensRevoked")?))
+}
+
+/// A process's checkpoint: a revocation of nobody, expired before it is published, so any
+/// reader drops it; `nonce` tells the process its own.
+fn checkpoint(nonce: &str) -> Event {
+    event("", &[nonce.to_owned()], 0)
+}
+
 #[derive(Default)]
 struct Held {
     /// Session id → until when.
@@ -75,7 +99,8 @@ impl Revocations {
         live(held.subjects.get(subject)) || sid.is_some_and(|sid| live(held.sessions.get(sid)))
     }
 
-    /// Holds `revoked` until its `until_ms`.
+    /// Holds `revoked` until its `until_ms` (not at all when that has passed, or when it names
+    /// no subject: a checkpoint).
     pub fn hold(&self, revoked: &TokensRevoked) {
         let now = now_ms();
         if revoked.until_ms <= now {
@@ -100,14 +125,18 @@ impl Revocations {
 
     /// Holds what `event` revokes; other events are not for it.
     pub fn apply(&self, event: &Event) -> anyhow::Result<()> {
-        if event.event_type != EVENT {
-            return Ok(());
+        if let Some(revoked) = decode(event)? {
+            self.apply_revoked(&revoked);
         }
-        let envelope = EventEnvelope::decode(event.body.as_slice()).context("decoding an envelope")?;
-        let revoked = TokensRevoked::decode(envelope.payload.as_slice()).context("decoding TokensRevoked")?;
-        tracing::info!(subject = %revoked.subject, sessions = revoked.sessions.len(), "tokens revoked");
-        self.hold(&revoked);
         Ok(())
+    }
+
+    fn apply_revoked(&self, revoked: &TokensRevoked) {
+        if revoked.subject.is_empty() {
+            return;
+        }
+        tracing::info!(subject = %revoked.subject, sessions = revoked.sessions.len(), "tokens revoked");
+        self.hold(revoked);
     }
 
     /// How many sessions and subjects are held.
@@ -120,22 +149,77 @@ impl Revocations {
     }
 }
 
-/// Follows the revocations on `bus` into `verifier` until `shutdown`: from [`REPLAY`] back,
-/// then as they are published. Every process runs one.
-pub async fn follow(bus: Bus, verifier: Arc<Verifier>, shutdown: CancellationToken) {
-    let subscription = Subscription {
-        name: SUBSCRIPTION.to_owned(),
-        types: vec![EVENT.to_owned()],
-        start: StartAt::Since(now_ms() - REPLAY.as_millis() as i64),
-        keep: KEEP,
-    };
-    let handler = move |event: Event, _position: i64| {
-        let verifier = verifier.clone();
-        async move { verifier.revocations().apply(&event) }
-    };
-    if let Err(e) = bus.subscribe(&subscription, handler, shutdown).await {
-        tracing::error!(error = %format!("{e:#}"), "following revocations stopped");
+/// Whether a process has read back every revocation published before it started ([`follow`]).
+#[derive(Clone, Debug)]
+pub struct CaughtUp(tokio::sync::watch::Receiver<bool>);
+
+impl CaughtUp {
+    pub fn now(&self) -> bool {
+        *self.0.borrow()
     }
+
+    /// Waits until caught up, up to `limit`; whether it is.
+    pub async fn wait(&self, limit: Duration) -> bool {
+        let mut seen = self.0.clone();
+        tokio::time::timeout(limit, seen.wait_for(|caught_up| *caught_up)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Follows the revocations on `bus` into `verifier` until `shutdown`: from [`REPLAY`] back, then
+/// as they come; every process runs one. The work to run, and a [`CaughtUp`] that turns true once this process's
+/// checkpoint was read back.
+pub fn follow(
+    bus: Bus,
+    verifier: Arc<Verifier>,
+    shutdown: CancellationToken,
+) -> (CaughtUp, impl Future<Output = ()> + Send + 'static) {
+    let (caught_up, seen) = tokio::sync::watch::channel(false);
+    let work = async move {
+        let subscription = Subscription {
+            name: SUBSCRIPTION.to_owned(),
+            types: vec![EVENT.to_owned()],
+            start: StartAt::Since(now_ms() - REPLAY.as_millis() as i64),
+            keep: KEEP,
+        };
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        // Published once the subscription is in place, so the bus keeps it for this reader;
+        // tried again while the bus is away.
+        let mark = async {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let marked = async {
+                    bus.declare_subscription(&subscription).await?;
+                    bus.publish(&[checkpoint(&nonce)]).await
+                };
+                match marked.await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "revocations: checkpoint not published yet")
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_secs(5)),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let handler = |event: Event, _position: i64| {
+            let (verifier, caught_up, nonce) = (verifier.clone(), &caught_up, nonce.as_str());
+            async move {
+                let Some(revoked) = decode(&event)? else { return Ok(()) };
+                if revoked.subject.is_empty() && revoked.sessions.iter().any(|s| s == nonce) {
+                    caught_up.send_replace(true);
+                }
+                verifier.revocations().apply_revoked(&revoked);
+                Ok(())
+            }
+        };
+        let (_, read) = tokio::join!(mark, bus.subscribe(&subscription, handler, shutdown.clone()));
+        if let Err(e) = read {
+            tracing::error!(error = %format!("{e:#}"), "following revocations stopped");
+        }
+    };
+    (CaughtUp(seen), work)
 }
 
 #[cfg(test)]
@@ -171,16 +255,11 @@ mod tests {
         assert!(!r.revoked("ada", Some("old")));
     }
 
-    /// A process that starts after a revocation still refuses the token (it reads back), and
-    /// one published while it runs reaches it too.
-    async fn a_verifier_on_the_bus_refuses_tokens_revoked_before_and_after_it_started(
-        backend: crate::db::Backend,
-    ) {
+    /// A process that starts after a revocation refuses the token as soon as it reports
+    /// caught up (it reads back), and one published while it runs reaches it too.
+    async fn refuses_tokens_revoked_before_and_after_it_started(bus: Bus) {
         use crate::auth::{AuthError, Role};
-        use crate::testing::{TestDatabase, TestIssuer};
-        let Some(test_db) = TestDatabase::new(backend).await else { return };
-        let db = crate::db::Database::connect(&test_db.url, &Default::default()).await.unwrap();
-        let bus = Bus::Log(crate::events::EventLog::open(db).await.unwrap());
+        use crate::testing::TestIssuer;
         let issuer = TestIssuer::new();
         let verifier = issuer.verifier();
         let token = |sid: &str| {
@@ -190,32 +269,68 @@ mod tests {
             })
         };
         let until = now_ms() + 60_000;
+        // Another process's checkpoint on the bus, before: read and dropped.
+        bus.publish(&[checkpoint("someone else's")]).await.unwrap();
         bus.publish(&[event("ada", &["before".into()], until)]).await.unwrap();
         assert!(verifier.verify(&token("before")).await.is_ok(), "not followed yet");
 
         let stop = CancellationToken::new();
-        let following = tokio::spawn(follow(bus.clone(), verifier.clone(), stop.clone()));
-        let refused = |sid: &'static str| {
-            let (verifier, token) = (verifier.clone(), token(sid));
-            async move {
-                for _ in 0..500 {
-                    if matches!(verifier.verify(&token).await, Err(AuthError::Revoked)) {
-                        return true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                false
-            }
-        };
-        assert!(refused("before").await, "read back at start");
+        let (caught_up, work) = follow(bus.clone(), verifier.clone(), stop.clone());
+        assert!(!caught_up.now(), "nothing read yet");
+        let following = tokio::spawn(work);
+        assert!(caught_up.wait(Duration::from_secs(30)).await, "caught up");
+        assert!(
+            matches!(verifier.verify(&token("before")).await, Err(AuthError::Revoked)),
+            "read back by the time it is caught up"
+        );
+        assert_eq!(verifier.revocations().len(), 1, "checkpoints are not held");
+
         bus.publish(&[event("ada", &["after".into()], until)]).await.unwrap();
-        assert!(refused("after").await, "followed while running");
+        let mut refused = false;
+        for _ in 0..1500 {
+            if matches!(verifier.verify(&token("after")).await, Err(AuthError::Revoked)) {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "followed while running");
         assert!(verifier.verify(&token("other")).await.is_ok(), "another session still works");
         stop.cancel();
         following.await.unwrap();
     }
 
-    crate::backend_tests!(a_verifier_on_the_bus_refuses_tokens_revoked_before_and_after_it_started);
+    async fn a_verifier_on_the_log_refuses_tokens_revoked_before_and_after_it_started(
+        backend: crate::db::Backend,
+    ) {
+        let Some(test_db) = crate::testing::TestDatabase::new(backend).await else { return };
+        let db = crate::db::Database::connect(&test_db.url, &Default::default()).await.unwrap();
+        refuses_tokens_revoked_before_and_after_it_started(Bus::Log(
+            crate::events::EventLog::open(db).await.unwrap(),
+        ))
+        .await;
+    }
+
+    crate::backend_tests!(a_verifier_on_the_log_refuses_tokens_revoked_before_and_after_it_started);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_verifier_on_rabbitmq_refuses_tokens_revoked_before_and_after_it_started() {
+        let Some(url) = crate::testing::amqp_url_or_skip() else { return };
+        let mut rabbit = crate::events::RabbitBus::new(url).unwrap();
+        rabbit.namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let rabbit = Arc::new(rabbit);
+        let bus = Bus::Rabbit(rabbit.clone());
+        // The stream exists before the revocation, as it does once any process has started.
+        let subscription = Subscription {
+            name: SUBSCRIPTION.to_owned(),
+            types: vec![EVENT.to_owned()],
+            start: StartAt::Now,
+            keep: KEEP,
+        };
+        bus.declare_subscription(&subscription).await.unwrap();
+        refuses_tokens_revoked_before_and_after_it_started(bus).await;
+        rabbit.delete_namespace(&[], &[SUBSCRIPTION]).await.unwrap();
+    }
 
     #[test]
     fn the_event_round_trips() {

@@ -413,6 +413,15 @@ impl Process {
         self.board.clone()
     }
 
+    /// Adds a check of the process's own, under `name`, to the admin listener's `/readyz`.
+    pub fn ready_when<F, Fut>(&mut self, name: &'static str, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.readiness.push((name, Arc::new(move || Box::pin(check()))));
+    }
+
     /// Closes `db` after every task has stopped.
     pub fn own_database(&mut self, db: Database) {
         self.databases.push(db);

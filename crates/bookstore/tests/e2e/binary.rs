@@ -403,8 +403,10 @@ async fn consumer_process() {
     let stop = tokio_util::sync::CancellationToken::new();
     let deliveries = Arc::new(AtomicUsize::new(0));
     let (effects2, stop2, deliveries2) = (effects.clone(), stop.clone(), deliveries.clone());
-    let consuming = bus.consume(
+    // OrderPlaced alone: the bus carries other events too (each process's revocation checkpoint).
+    let consuming = bus.consume_types(
         &consumer,
+        &["OrderPlaced"],
         move |e: Event| {
             let (effects, stop, deliveries) = (effects2.clone(), stop2.clone(), deliveries2.clone());
             async move {

@@ -91,6 +91,23 @@ impl EventLog {
         F: Fn(Event) -> Fut + Send + Sync,
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
+        self.consume_types(consumer, None, handler, shutdown).await
+    }
+
+    /// As [`Self::consume`], for the event types in `types` (every type when `None`): the rest
+    /// are passed over, the position still moving past them.
+    pub async fn consume_types<F, Fut>(
+        &self,
+        consumer: &str,
+        types: Option<&[&str]>,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Event) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let wanted = |event: &Event| types.is_none_or(|types| types.contains(&event.event_type.as_str()));
         loop {
             let after = self.position(consumer).await?;
             let query = sqlx::query(
@@ -104,6 +121,10 @@ impl EventLog {
                 }
                 let seq: i64 = row.try_get(0)?;
                 let event = Event { id: row.try_get(1)?, event_type: row.try_get(2)?, body: row.try_get(3)? };
+                if !wanted(&event) {
+                    self.advance(consumer, seq).await?;
+                    continue;
+                }
                 let mut attempt = 0;
                 loop {
                     attempt += 1;

@@ -108,16 +108,7 @@ impl Bus {
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
         match self {
-            Bus::Log(log) => {
-                let wanted = |event: &Event| types.contains(&event.event_type.as_str());
-                let handler = &handler;
-                log.consume(
-                    consumer,
-                    move |event| async move { if wanted(&event) { handler(event).await } else { Ok(()) } },
-                    shutdown,
-                )
-                .await
-            }
+            Bus::Log(log) => log.consume_types(consumer, Some(types), handler, shutdown).await,
             Bus::Rabbit(rabbit) => rabbit.narrowed(types).consume(consumer, handler, shutdown).await,
         }
     }
