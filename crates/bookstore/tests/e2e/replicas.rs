@@ -245,7 +245,8 @@ async fn reads_survive_a_books_replica_killed_mid_run_and_it_wins_traffic_back_w
     let failed = results.iter().filter(|(_, ok)| !ok).count();
     let late = results.iter().filter(|(at, ok)| !ok && *at > killed + Duration::from_secs(1)).count();
     eprintln!("{} reads, {failed} failed, {late} more than a second after the kill", results.len());
-    assert!(results.len() > 400, "{} reads", results.len());
+    // At least the 200 the wait above saw after the kill, so the share below means something.
+    assert!(results.len() >= 200, "{} reads", results.len());
     assert!(failed * 100 < results.len(), "{failed} of {} reads failed", results.len());
     assert_eq!(late, 0, "reads failed more than a second after the kill");
     gateway.shutdown_token().cancel();
