@@ -74,6 +74,8 @@ macro_rules! b_columns {
 pub struct BookStore {
     db: Database,
     cache: Option<moka::sync::Cache<String, Book>>,
+    /// `cache_lookups_total{cache="book"}`, hits and misses, made once: `get` is the hot path.
+    lookups: [metrics::Counter; 2],
 }
 
 impl std::fmt::Debug for BookStore {
@@ -114,7 +116,10 @@ fn books_from_rows(rows: &[AnyRow]) -> Result<Vec<Book>, StoreError> {
 
 impl BookStore {
     pub fn new(db: Database) -> Self {
-        Self { db, cache: None }
+        let lookups = ["hit", "miss"].map(|result| {
+            metrics::counter!("cache_lookups_total", "service" => "books", "cache" => "book", "result" => result)
+        });
+        Self { db, cache: None, lookups }
     }
 
     /// Caches up to `capacity` books for `ttl` each; a zero TTL turns the cache off.
@@ -165,13 +170,14 @@ impl BookStore {
 
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn get(&self, id: &str) -> Result<Book, StoreError> {
-        if let Some(book) = self.cache.as_ref().and_then(|c| c.get(id)) {
+        let Some(cache) = &self.cache else { return self.get_uncached(id).await };
+        if let Some(book) = cache.get(id) {
+            self.lookups[0].increment(1);
             return Ok(book);
         }
+        self.lookups[1].increment(1);
         let book = self.get_uncached(id).await?;
-        if let Some(cache) = &self.cache {
-            cache.insert(book.id.clone(), book.clone());
-        }
+        cache.insert(book.id.clone(), book.clone());
         Ok(book)
     }
 

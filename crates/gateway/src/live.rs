@@ -175,7 +175,10 @@ async fn serve(state: AppState, mut socket: WebSocket) {
         return;
     };
     let subject = caller.identity.subject.clone();
+    let open = metrics::gauge!("websocket_connections", "service" => "gateway", "socket" => "queue");
+    open.increment(1.0);
     let outcome = stream(&state, socket, caller, last_seq).await;
+    open.decrement(1.0);
     tracing::debug!(subject, ?outcome, "queue socket ended");
 }
 
@@ -230,6 +233,9 @@ async fn stream(
     // The first ping after a period, not at once (before the snapshot).
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut heard = tokio::time::Instant::now();
+    let [received, sent] = ["in", "out"].map(|direction| {
+        metrics::counter!("websocket_messages_total", "service" => "gateway", "socket" => "queue", "direction" => direction)
+    });
     loop {
         let outgoing = tokio::select! {
             () = &mut expiry => close(4401, "the token expired"),
@@ -251,13 +257,19 @@ async fn stream(
             message = from_client.next() => {
                 heard = tokio::time::Instant::now();
                 match message {
-                    Some(Ok(Message::Text(text))) => Message::Text(act(state, auth, &text).await.to_string().into()),
+                    Some(Ok(Message::Text(text))) => {
+                        received.increment(1);
+                        Message::Text(act(state, auth, &text).await.to_string().into())
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
                     Some(Ok(_)) => continue, // pongs, pings (answered by the library), binary
                 }
             }
         };
         let closing = matches!(outgoing, Message::Close(_));
+        if matches!(outgoing, Message::Text(_)) {
+            sent.increment(1);
+        }
         match tokio::time::timeout(SEND_WITHIN, to_client.send(outgoing)).await {
             Ok(Ok(())) if !closing => {}
             Ok(Ok(())) => return Ok(()),

@@ -184,6 +184,7 @@ impl Checkout {
                     tracing::warn!(order = %order.id, error = %e, "confirming stock failed; will retry");
                 }
                 tracing::info!(order = %order.id, user = %order.user_id, total = order.total_minor, "order placed");
+                metrics::counter!("orders_placed_total", "service" => "orders").increment(1);
                 Ok(order)
             }
             Err(status) => {

@@ -537,6 +537,7 @@ impl Shared {
             }
             let url = target.url.clone();
             let (caller, peer) = (self.caller, self.peer.clone());
+            breaker_state(caller, &peer, &url, BreakerState::Closed);
             // Handles made once: a labelled counter looked up per call costs allocations.
             let results = [CallResult::Success, CallResult::Failure, CallResult::Timeout, CallResult::Rejected]
                 .map(|r| metrics::counter!("grpc_client_requests_total", "service" => caller, "peer" => peer.clone(), "endpoint" => url.clone(), "result" => r.as_str()));
@@ -716,6 +717,12 @@ fn breaker_entered(caller: &'static str, peer: &str, url: &str, state: BreakerSt
         );
     }
     metrics::counter!("grpc_client_breaker_transitions_total", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => state.as_str()).increment(1);
+    breaker_state(caller, peer, url, state);
+}
+
+/// `grpc_client_breaker_state`: 1 for the state a replica's breaker is in, 0 for the others
+/// (set for a new replica too, so a healthy peer has its series from the start).
+fn breaker_state(caller: &'static str, peer: &str, url: &str, state: BreakerState) {
     for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
         metrics::gauge!("grpc_client_breaker_state", "service" => caller, "peer" => peer.to_owned(), "endpoint" => url.to_owned(), "state" => s.as_str())
             .set(if s == state { 1.0 } else { 0.0 });

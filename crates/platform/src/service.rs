@@ -120,7 +120,8 @@ impl Context {
     /// `task` names the relay in the log.
     pub fn relay_outbox(&self, task: &'static str) -> anyhow::Result<()> {
         let (db, bus, stopping) = (self.database()?, self.bus()?, self.tasks.stopping());
-        self.tasks.spawn(task, crate::events::run_relay(db, bus, Duration::from_millis(200), stopping));
+        let relay = crate::events::run_relay(self.name, db, bus, Duration::from_millis(200), stopping);
+        self.tasks.spawn(task, relay);
         Ok(())
     }
 
@@ -137,11 +138,16 @@ impl Context {
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let (bus, stopping) = (self.bus()?, self.tasks.stopping());
+        let metered = crate::telemetry::metered_handler(self.name, consumer, handler);
+        let consuming = bus.clone();
         self.tasks.spawn(consumer, async move {
-            if let Err(e) = bus.consume_types(consumer, types, handler, stopping).await {
+            if let Err(e) = consuming.consume_types(consumer, types, metered, stopping).await {
                 tracing::error!(consumer, error = %format!("{e:#}"), "a consumer stopped");
             }
         });
+        let (service, stopping) = (self.name, self.tasks.stopping());
+        self.tasks
+            .spawn("dead letters", crate::telemetry::watch_dead_letters(service, consumer, bus, stopping));
         Ok(())
     }
 

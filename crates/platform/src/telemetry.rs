@@ -3,6 +3,14 @@
 //! Logs are JSON lines (or human-readable with `BOOKSTORE_LOG_FORMAT=pretty`), filtered by
 //! `RUST_LOG`. Metrics go to one process-wide Prometheus registry; every series carries a
 //! `service` label, so `bookstore up` (all services in one process) stays readable.
+//!
+//! **Names** follow one rule: `<area>_<subject>_<unit>`, with Prometheus's base units
+//! (`_seconds`, `_bytes`), `_total` for counters and no suffix for a gauge of things
+//! (`db_pool_connections`); the area is the layer (`http_server`, `grpc_client`, `events`,
+//! `websocket`, `cache`, `db_pool`, `tokio_runtime`) or the business (`orders`). Labels are
+//! lower-case nouns; outcomes are one label (`result` or `outcome`), never one series per
+//! outcome. What is process-wide, not a service's, says `service="process"`. The list of
+//! every series is `deploy/monitoring/metrics.txt`, which CI checks the dashboards against.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -98,4 +106,93 @@ pub(crate) async fn track_requests(
         metrics::histogram!("http_server_request_duration_seconds", "service" => service, "method" => method, "route" => route).record(elapsed);
     }
     response
+}
+
+/// `handler`, counted and timed for `consumer` of `service`: `events_handled_total` by outcome
+/// (`ok`, or `failed` for an attempt the bus will make again), `events_handle_duration_seconds`,
+/// and `events_consumer_lag_seconds`, how long ago the event just handled was published.
+pub(crate) fn metered_handler<F, Fut>(
+    service: &'static str,
+    consumer: &'static str,
+    handler: F,
+) -> impl Fn(
+    crate::events::Event,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
++ Send
++ Sync
++ 'static
+where
+    F: Fn(crate::events::Event) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let [ok, failed] = ["ok", "failed"].map(|outcome| {
+        metrics::counter!("events_handled_total", "service" => service, "consumer" => consumer, "outcome" => outcome)
+    });
+    let duration =
+        metrics::histogram!("events_handle_duration_seconds", "service" => service, "consumer" => consumer);
+    let lag = metrics::gauge!("events_consumer_lag_seconds", "service" => service, "consumer" => consumer);
+    move |event| {
+        let published = published_at(&event);
+        let (ok, failed, duration, lag) = (ok.clone(), failed.clone(), duration.clone(), lag.clone());
+        let handled = handler(event);
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = handled.await;
+            duration.record(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(()) => ok.increment(1),
+                Err(_) => failed.increment(1),
+            }
+            if let Some(ms) = published {
+                lag.set((crate::clock::now_ms() - ms).max(0) as f64 / 1000.0);
+            }
+            result
+        })
+    }
+}
+
+/// When `event` was published, from its envelope.
+fn published_at(event: &crate::events::Event) -> Option<i64> {
+    use prost::Message;
+    let envelope = bookstore_api::orders::v1::EventEnvelope::decode(event.body.as_slice()).ok()?;
+    let time = envelope.time?;
+    Some(time.seconds * 1000 + i64::from(time.nanos) / 1_000_000)
+}
+
+/// How often the dead letters of a consumer are counted.
+const DEAD_LETTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps `events_dead_letters{service, consumer}`, the events `consumer` gave up on and left
+/// for an operator, up to date until `stopping`.
+pub(crate) async fn watch_dead_letters(
+    service: &'static str,
+    consumer: &'static str,
+    bus: crate::events::Bus,
+    stopping: tokio_util::sync::CancellationToken,
+) {
+    let gauge = metrics::gauge!("events_dead_letters", "service" => service, "consumer" => consumer);
+    // The first count once the consumer has had time to declare its queues.
+    let mut wait = std::time::Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopping.cancelled() => return,
+        }
+        match bus.dead_letter_count(consumer).await {
+            Ok(n) => gauge.set(n as f64),
+            Err(e) => tracing::debug!(consumer, error = %format!("{e:#}"), "dead letters not counted"),
+        }
+        wait = DEAD_LETTERS_EVERY;
+    }
+}
+
+/// Samples the async runtime's own gauges (`tokio_runtime_*{service="process"}`): its worker
+/// threads, its live tasks, and the tasks waiting in its global queue.
+pub(crate) fn record_runtime() {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let m = runtime.metrics();
+    metrics::gauge!("tokio_runtime_workers", "service" => "process").set(m.num_workers() as f64);
+    metrics::gauge!("tokio_runtime_alive_tasks", "service" => "process").set(m.num_alive_tasks() as f64);
+    metrics::gauge!("tokio_runtime_global_queue_depth", "service" => "process")
+        .set(m.global_queue_depth() as f64);
 }

@@ -348,6 +348,81 @@ impl Drop for EtcdNode {
     }
 }
 
+/// The variable naming the `prometheus` executable the scrape test starts (Debian's
+/// `/usr/bin/prometheus`).
+pub(crate) const PROMETHEUS_VAR: &str = "BOOKSTORE_TEST_PROMETHEUS";
+
+/// A Prometheus server of one test's own, scraping the given targets every second, with its
+/// data and port of its own; killed and deleted when dropped.
+pub struct PrometheusNode {
+    _dir: tempfile::TempDir,
+    port: u16,
+    process: std::process::Child,
+}
+
+impl PrometheusNode {
+    /// A running server scraping `targets` (`host:port` of admin listeners, path `/metrics`),
+    /// or `None` (after saying so) when `BOOKSTORE_TEST_PROMETHEUS` is unset outside CI; a panic
+    /// when it is unset under CI or the server does not come up.
+    pub async fn start_or_skip(targets: &[std::net::SocketAddr]) -> Option<Self> {
+        let prometheus = required_or_skip(PROMETHEUS_VAR, "Prometheus", "the scrape test")?;
+        Some(Self::start(&prometheus, targets).await.expect("starting a Prometheus of the test's own"))
+    }
+
+    async fn start(prometheus: &str, targets: &[std::net::SocketAddr]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bookstore\n    \
+             static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config)?;
+        let port = restartable_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
+        let process = std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("running {prometheus}"))?;
+        let mut node = Self { _dir: dir, port, process };
+        let ready = format!("http://127.0.0.1:{port}/-/ready");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(node);
+            }
+            if let Ok(Some(status)) = node.process.try_wait() {
+                let log =
+                    std::fs::read_to_string(node._dir.path().join("prometheus.log")).unwrap_or_default();
+                anyhow::bail!("prometheus exited ({status}) before it was ready:\n{log}");
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "prometheus was not ready in 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The series an instant query for `expr` returns, through Prometheus's HTTP API: each a
+    /// `{"metric": {labels}, "value": [time, "value"]}`.
+    pub async fn query(&self, expr: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
+        let answer: serde_json::Value =
+            reqwest::Client::new().get(url).query(&[("query", expr)]).send().await?.json().await?;
+        anyhow::ensure!(answer["status"] == "success", "the query {expr} failed: {answer}");
+        Ok(answer["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for PrometheusNode {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
 /// The variable naming the folder of PostgreSQL's server programs (`initdb`, `postgres`; on
 /// Debian `/usr/lib/postgresql/<version>/bin`), from which the TLS test starts a server of its own.
 pub(crate) const POSTGRES_BIN_VAR: &str = "BOOKSTORE_TEST_POSTGRES_BIN";

@@ -8,6 +8,7 @@ mod edge;
 mod fulfillment;
 mod hosts;
 mod lifecycle;
+mod observability;
 mod orders;
 mod recommendations;
 mod replicas;

@@ -182,6 +182,16 @@ impl EventLog {
         Ok(Some(rows))
     }
 
+    /// How many events `consumer` gave up on.
+    pub(crate) async fn dead_letter_count(&self, consumer: &str) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_dead_letters WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_one(self.db.pool())
+            .await
+            .context("counting dead letters")?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Events a consumer gave up on: (event id, error).
     #[cfg(test)]
     pub(crate) async fn dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<(String, String)>> {

@@ -113,6 +113,14 @@ impl Bus {
         }
     }
 
+    /// How many events `consumer` gave up on and left in its dead letters.
+    pub async fn dead_letter_count(&self, consumer: &str) -> anyhow::Result<u64> {
+        match self {
+            Bus::Log(log) => log.dead_letter_count(consumer).await,
+            Bus::Rabbit(rabbit) => rabbit.dead_letter_count(consumer).await,
+        }
+    }
+
     pub async fn declare_subscription(&self, subscription: &Subscription) -> anyhow::Result<()> {
         match self {
             Bus::Log(_) => Ok(()),

@@ -406,6 +406,22 @@ pub(super) fn event_of(delivery: &lapin::message::Delivery) -> Event {
     }
 }
 
+impl RabbitBus {
+    /// How many events wait in `consumer`'s dead-letter queue.
+    pub(crate) async fn dead_letter_count(&self, consumer: &str) -> anyhow::Result<u64> {
+        use lapin::options::QueueDeclareOptions;
+        self.within("counting dead letters", async {
+            let (conn, channel) = self.open().await?;
+            let queue = format!("{}.dead", self.queue(consumer));
+            let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+            let declared = channel.queue_declare(queue.as_str().into(), passive, Default::default()).await;
+            conn.close(200, "done".into()).await.ok();
+            Ok(u64::from(declared.context("counting dead letters")?.message_count()))
+        })
+        .await
+    }
+}
+
 #[cfg(any(test, feature = "testing"))]
 impl RabbitBus {
     /// Takes every message from `consumer`'s dead-letter queue; returns their event ids.

@@ -83,6 +83,14 @@ async fn rabbitmq_delivers_each_event_and_dead_letters_a_poison_one() {
     seen.sort();
     assert_eq!(seen, [format!("{consumer}-e2"), format!("{consumer}-e3")]);
     assert_eq!(poison_tries.load(Ordering::SeqCst), 3, "delivered max_attempts times");
+    // Counted (the operator's gauge), then taken.
+    for _ in 0..50 {
+        if bus.dead_letter_count(&consumer).await.unwrap() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bus.dead_letter_count(&consumer).await.unwrap(), 1, "one dead letter waits");
     let mut dead = Vec::new();
     for _ in 0..50 {
         dead.extend(bus.drain_dead_letters(&consumer).await.unwrap());
@@ -391,6 +399,7 @@ async fn a_failing_event_is_retried_then_dead_lettered(backend: Backend) {
     assert_eq!(attempts.load(Ordering::SeqCst), 3, "tried max_attempts times");
     let dead = log.dead_letters("c").await.unwrap();
     assert_eq!(dead.len(), 1);
+    assert_eq!(log.dead_letter_count("c").await.unwrap(), 1, "the operator's gauge counts it");
     assert_eq!(dead[0].0, "e1");
     assert!(dead[0].1.contains("poison"));
 }
@@ -409,7 +418,12 @@ async fn a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect(backen
     // unpublished in the outbox, and the next run publishes them again.
     let first: Vec<Event> = (0..5).map(event).collect();
     bus.publish(&first).await.unwrap();
-    while relay_outbox(&db, &bus, 7).await.unwrap() > 0 {}
+    // The backlog the relay reports as its gauges: all 20, the oldest a moment old; then none.
+    let (rows, oldest) = outbox::backlog(&db).await.unwrap();
+    assert_eq!(rows, 20);
+    assert!(oldest.is_some_and(|ms| ms <= crate::clock::now_ms()), "{oldest:?}");
+    while !relay_outbox(&db, &bus, 7).await.unwrap().is_empty() {}
+    assert_eq!(outbox::backlog(&db).await.unwrap(), (0, None));
 
     // The consumer applies each effect with its inbox record, but "crashes" before
     // acknowledging every third event the first time, so those are delivered again.
