@@ -214,6 +214,18 @@ pub async fn customer(sys: &System, name: &str) -> String {
     login(&sys.http, &sys.base, name, PASSWORD).await
 }
 
+/// Places an order of one copy of the catalog's first book as the admin; the order, checked
+/// as placed.
+pub async fn admin_buys_the_first_book(sys: &System) -> serde_json::Value {
+    let books = get_json(&sys.http, &sys.url("/api/v1/books"), &sys.admin).await;
+    let book = books["items"][0]["id"].as_str().unwrap();
+    let lines = serde_json::json!([{"book_id": book, "quantity": 1}]);
+    let body = serde_json::json!({"lines": lines, "shipping_address": shipping_address()});
+    let order = post_json(&sys.http, &sys.url("/api/v1/orders"), &sys.admin, &body).await;
+    assert_eq!(order["status"], "PLACED", "{order}");
+    order
+}
+
 pub fn shipping_address() -> serde_json::Value {
     serde_json::json!({"name": "Test Recipient", "line1": "1 Test Street", "city": "Testville", "country": "DE"})
 }

@@ -8,7 +8,7 @@ use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
 use bookstore_platform::testing::PrometheusNode;
 
-use crate::{System, get_json, post_json, shipping_address, until};
+use crate::{System, admin_buys_the_first_book, until};
 
 backend_tests!(prometheus_scrapes_the_checkout_counter_breaker_states_and_the_events);
 
@@ -23,16 +23,7 @@ async fn prometheus_scrapes_the_checkout_counter_breaker_states_and_the_events(b
     let admin = sys.app.as_ref().unwrap().admin_addr;
     let Some(prometheus) = PrometheusNode::start_or_skip(&[admin]).await else { return };
 
-    let books = get_json(&sys.http, &sys.url("/api/v1/books"), &sys.admin).await;
-    let book = books["items"][0]["id"].as_str().unwrap();
-    let order = post_json(
-        &sys.http,
-        &sys.url("/api/v1/orders"),
-        &sys.admin,
-        &serde_json::json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": shipping_address()}),
-    )
-    .await;
-    assert_eq!(order["status"], "PLACED", "{order}");
+    admin_buys_the_first_book(&sys).await;
 
     let limit = Duration::from_secs(60);
     until("the checkout counter in Prometheus", limit, || async {

@@ -10,7 +10,7 @@ use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
 use reqwest::StatusCode;
 
-use crate::{System, get_json, https_client, post_json, shipping_address, until};
+use crate::{System, admin_buys_the_first_book, https_client, until};
 
 backend_tests!(
     the_gateway_serves_https_with_hsts_and_a_renewed_certificate_without_a_restart,
@@ -88,16 +88,7 @@ async fn services_speak_mutual_tls_and_refuse_a_caller_without_the_deployments_c
     };
     // The admin signed in (gateway → users, and the gateway's keys from users); a checkout goes
     // gateway → orders → books and users.
-    let books = get_json(&sys.http, &sys.url("/api/v1/books"), &sys.admin).await;
-    let book = books["items"][0]["id"].as_str().unwrap();
-    let order = post_json(
-        &sys.http,
-        &sys.url("/api/v1/orders"),
-        &sys.admin,
-        &serde_json::json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": shipping_address()}),
-    )
-    .await;
-    assert_eq!(order["status"], "PLACED", "{order}");
+    admin_buys_the_first_book(&sys).await;
 
     // Straight to the books service's port.
     let ours = Mutual::load(
