@@ -3,9 +3,13 @@
 
 use crate::status::InvalidField;
 
-/// Trimmed text with a length in characters between `min` and `max`, without control
-/// characters other than newlines and tabs.
+/// Trimmed text without control characters other than newlines and tabs: at most `max`
+/// characters as sent (what the API's documented `maxLength` says of the value a client sends,
+/// so padding cannot carry a longer value past it), and at least `min` once trimmed.
 pub fn bounded(field: &'static str, input: &str, min: usize, max: usize) -> Result<String, InvalidField> {
+    if input.chars().count() > max {
+        return Err(InvalidField::new(field, format!("must be at most {max} characters")));
+    }
     let text = input.trim();
     let len = text.chars().count();
     if len < min {
@@ -17,9 +21,6 @@ pub fn bounded(field: &'static str, input: &str, min: usize, max: usize) -> Resu
                 format!("must be at least {min} characters")
             },
         ));
-    }
-    if len > max {
-        return Err(InvalidField::new(field, format!("must be at most {max} characters")));
     }
     if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(InvalidField::new(field, "must not contain control characters"));
@@ -56,8 +57,15 @@ mod tests {
 
     #[test]
     fn bounded_text_is_trimmed_and_counted_in_characters() {
-        assert_eq!(bounded("f", "  été  ", 1, 3).unwrap(), "été");
+        assert_eq!(bounded("f", "  été  ", 1, 7).unwrap(), "été");
         assert_eq!(bounded("f", "été!", 1, 3).unwrap_err().reason, "must be at most 3 characters");
+    }
+
+    #[test]
+    fn the_most_characters_count_as_sent_so_padding_cannot_carry_more_past_the_limit() {
+        let padded = format!("\t {}\n", "*".repeat(300));
+        assert_eq!(bounded("title", &padded, 1, 300).unwrap_err().reason, "must be at most 300 characters");
+        assert_eq!(bounded("title", &"*".repeat(300), 1, 300).unwrap().len(), 300);
     }
 
     #[test]
