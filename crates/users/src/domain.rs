@@ -40,7 +40,11 @@ impl Email {
     pub fn parse(input: &str) -> Result<Self, InvalidField> {
         let email = input.trim();
         let bad = || InvalidField::new("email", "must look like name@example.com");
-        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // 254 as sent, as the documented maxLength counts; and 254 bytes once trimmed (RFC 5321).
+        if input.chars().count() > 254
+            || email.len() > 254
+            || email.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(bad());
         }
         let (local, domain) = email.rsplit_once('@').ok_or_else(bad)?;
@@ -229,6 +233,10 @@ mod tests {
         {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
+        let longest = format!("{}@{}.com", "a".repeat(64), [(); 3].map(|()| "b".repeat(61)).join("."));
+        assert_eq!(longest.len(), 254);
+        assert!(Email::parse(&longest).is_ok());
+        assert!(Email::parse(&format!(" {longest} ")).is_err(), "padded past 254 as sent");
     }
 
     #[test]
