@@ -615,6 +615,16 @@ pub(crate) fn postgres_url_or_skip() -> Option<String> {
     }
 }
 
+/// Sends what the services log at warning and above to the test's captured output, so a failing
+/// test shows why (a 500 says only "internal error"; the log says what failed). `RUST_LOG`
+/// widens or narrows it. Safe to call from every test: only the first call installs.
+pub fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Another subscriber may be installed already (an earlier call, or the test's own).
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 /// Generates one test per backend from one async test body `fn(Backend)`:
 ///
 /// ```ignore
@@ -629,10 +639,12 @@ macro_rules! backend_tests {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
+                    $crate::testing::capture_logs();
                     super::$name($crate::db::Backend::Sqlite).await;
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
+                    $crate::testing::capture_logs();
                     super::$name($crate::db::Backend::Postgres).await;
                 }
             }
