@@ -70,11 +70,8 @@ impl From<StoreError> for Status {
             }
             StoreError::ReservationReleased(_) => Status::failed_precondition(err.to_string()),
             StoreError::NoReservation(_) => Status::not_found(err.to_string()),
-            StoreError::Unexpected(e) => {
-                // The details stay in our logs; the caller learns only that it was not its fault.
-                tracing::error!(error = %format!("{e:#}"), "books store failed");
-                Status::internal("internal error")
-            }
+            // The details stay in our logs; the caller learns only that it was not its fault.
+            StoreError::Unexpected(e) => status::unexpected("books", &e),
         }
     }
 }

@@ -34,7 +34,7 @@ bookstore_platform::settings! {
         admin_http: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9180)), flag admin_http "ADDR";
         /// Connections per database pool.
         db_max_connections: u32 = 16, flag db_max_connections "N";
-        /// End-to-end request deadline, ms.
+        /// End-to-end request deadline, ms; also the longest a request waits for a database connection.
         request_timeout_ms: u64 = 10_000, flag request_timeout_ms "MS";
         /// The embedded event log, sqlite:... or postgres://... [default: <data-dir>/events.db]
         event_log_url: Option<String> = None, flag event_log_url "URL";

@@ -311,7 +311,13 @@ pub async fn connect(
     migrations: &[&Migrations],
     service: &str,
 ) -> anyhow::Result<Database> {
-    let pool = PoolConfig { max_connections: config.process.db_max_connections, ..PoolConfig::default() };
+    // A request waits for a connection as long as its deadline lets it: under a burst it takes its
+    // turn, instead of failing at a shorter timeout of the pool's own while its caller still waits.
+    let pool = PoolConfig {
+        max_connections: config.process.db_max_connections,
+        acquire_timeout: Duration::from_millis(config.process.request_timeout_ms),
+        ..PoolConfig::default()
+    };
     let db = Database::connect(url, &pool).await.with_context(|| format!("{service} database"))?;
     db.migrate_all(migrations).await.with_context(|| format!("{service} migrations"))?;
     Ok(db)

@@ -22,10 +22,7 @@ impl From<TaskError> for Status {
             // The client's view is behind: 409, and it reloads.
             TaskError::Stale { .. } => Status::aborted(err.to_string()),
             TaskError::NotAllowed { .. } => Status::failed_precondition(err.to_string()),
-            TaskError::Store(e) => {
-                tracing::error!(error = %format!("{e:#}"), "fulfillment service failed");
-                Status::internal("internal error")
-            }
+            TaskError::Store(e) => bookstore_platform::status::unexpected("fulfillment", &e),
         }
     }
 }

@@ -31,14 +31,19 @@ const WRITE: &str = "orders:write";
 
 /// An unexpected failure: logged in full, answered as a bare INTERNAL.
 pub(crate) fn internal(err: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %err, "orders service failed");
-    Status::internal("internal error")
+    bookstore_platform::status::unexpected("orders", &anyhow::anyhow!("{err}"))
 }
 
 impl From<StoreError> for Status {
-    /// Nothing the store raises is the caller's doing: logged in full, answered as INTERNAL.
+    /// Nothing the store raises is the caller's doing: logged in full, answered as INTERNAL
+    /// (UNAVAILABLE, to retry, when no database connection came free in time).
     fn from(err: StoreError) -> Self {
-        internal(format!("{:#}", anyhow::Error::from(err)))
+        let err = match err {
+            StoreError::Database(e) => anyhow::Error::new(e),
+            StoreError::Unexpected(e) => e,
+            other => anyhow::Error::new(other),
+        };
+        bookstore_platform::status::unexpected("orders", &err)
     }
 }
 

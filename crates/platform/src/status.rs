@@ -58,6 +58,28 @@ pub fn with_reason(code: Code, message: impl Into<String>, reason: &str) -> Stat
     Status::with_error_details(code, message, details)
 }
 
+/// What a service answers for a failure that is not the caller's doing: the whole error goes to
+/// the log, the caller learns only `INTERNAL`. One cause is the caller's to retry: no database
+/// connection came free within the request's deadline (a burst, not a bug), which is
+/// `UNAVAILABLE` with a retry delay, as an overloaded peer answers.
+pub fn unexpected(service: &str, err: &anyhow::Error) -> Status {
+    let pool_busy = err
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::PoolTimedOut)));
+    if pool_busy {
+        tracing::warn!(service, error = %format!("{err:#}"), "no database connection came free in time");
+        let mut details = ErrorDetails::new();
+        details.set_retry_info(Some(Duration::from_secs(1)));
+        return Status::with_error_details(
+            Code::Unavailable,
+            format!("the {service} service is busy"),
+            details,
+        );
+    }
+    tracing::error!(service, error = %format!("{err:#}"), "service failed");
+    Status::internal("internal error")
+}
+
 /// `RESOURCE_EXHAUSTED` that says when to try again.
 pub fn retry_after(message: impl Into<String>, wait: Duration) -> Status {
     let mut details = ErrorDetails::new();
@@ -119,6 +141,23 @@ mod tests {
     /// What crosses the wire: code, message and the encoded details (`grpc-status-details-bin`).
     fn over_the_wire(status: Status) -> Status {
         Status::with_details(status.code(), status.message(), status.details().to_vec().into())
+    }
+
+    #[test]
+    fn a_database_too_busy_to_lend_a_connection_is_unavailable_and_anything_else_internal() {
+        let busy = anyhow::Error::new(sqlx::Error::PoolTimedOut).context("starting an order");
+        let status = over_the_wire(unexpected("orders", &busy));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "the orders service is busy");
+        assert_eq!(
+            status.get_error_details().retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(1))
+        );
+
+        let broken = anyhow::Error::new(sqlx::Error::RowNotFound).context("reading an order");
+        let status = unexpected("orders", &broken);
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error", "the cause stays in the log");
     }
 
     #[test]

@@ -55,8 +55,7 @@ pub fn parse_limit(limit: i32) -> Result<usize, Status> {
 }
 
 fn store_error(err: anyhow::Error) -> Status {
-    tracing::error!(error = %format!("{err:#}"), "recommendations failed");
-    Status::internal("internal error")
+    bookstore_platform::status::unexpected("recommendations", &err)
 }
 
 /// The recommendations service's gRPC face.

@@ -25,8 +25,7 @@ fn invalid(err: InvalidField) -> Status {
 }
 
 fn internal(err: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %err, "users service failed");
-    Status::internal("internal error")
+    bookstore_platform::status::unexpected("users", &anyhow::anyhow!("{err}"))
 }
 
 impl From<StoreError> for Status {
@@ -36,7 +35,7 @@ impl From<StoreError> for Status {
                 Status::already_exists(err.to_string())
             }
             StoreError::LastAdmin => Status::failed_precondition(err.to_string()),
-            StoreError::Unexpected(e) => internal(format!("{e:#}")),
+            StoreError::Unexpected(e) => bookstore_platform::status::unexpected("users", &e),
         }
     }
 }
