@@ -325,7 +325,6 @@ pub fn router(
         .fallback(|| async { error::ApiError::not_found("no such resource") });
     router = with_request_metrics(router, SERVICE);
     router = router
-        .layer(axum::middleware::from_fn(bookstore_platform::trace::continue_trace))
         .layer(axum::middleware::from_fn_with_state(edge.permits, edge::shed_overload))
         .layer(axum::middleware::from_fn(error::envelope))
         .layer(axum::middleware::from_fn(security::no_store))
@@ -333,7 +332,8 @@ pub fn router(
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let request_id =
                 request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+            // A log span only: the request's trace span is the metrics layer's, which knows the route.
+            tracing::info_span!(target: "http", "http", method = %request.method(), path = %request.uri().path(), request_id)
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));

@@ -27,11 +27,7 @@ impl Deadline {
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.remaining());
-        if let Some(trace) = crate::trace::current()
-            && let Ok(value) = trace.to_string().parse()
-        {
-            request.metadata_mut().insert(crate::trace::HEADER, value);
-        }
+        crate::trace::inject(&mut request);
         request
     }
 }

@@ -97,8 +97,7 @@ pub async fn grpc_service_router(
         .add_service(health_service)
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state((verifier, service), crate::auth::authenticate_grpc))
-        .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline))
-        .layer(axum::middleware::from_fn(crate::trace::continue_trace));
+        .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline));
     with_request_metrics(grpc, service)
 }
 

@@ -25,23 +25,97 @@ use tracing_subscriber::EnvFilter;
 const LATENCY_BUCKETS: &[f64] =
     &[0.000_25, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Installs the global log subscriber. Safe to call more than once (tests do); later calls are
-/// no-ops.
+/// The log subscriber's defaults when `RUST_LOG` is unset.
+const LOG_FILTER: &str = "info,sqlx=warn,tower_http=info,h2=warn";
+
+/// Installs the global log subscriber, without tracing: for commands that serve nothing. Safe to
+/// call more than once; only the first install of the process counts.
 pub fn init_logging() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info,h2=warn"));
-        let pretty = std::env::var("BOOKSTORE_LOG_FORMAT").is_ok_and(|v| v == "pretty");
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-        let result = if pretty {
-            builder.try_init()
-        } else {
-            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
-        };
-        // A test harness may have installed a subscriber already; that is fine.
-        let _ = result;
-    });
+    let _ = install(None, Output::Stderr);
+}
+
+/// The tracer provider of a serving process. Spans still buffered are sent when it is shut down.
+pub struct Tracing(opentelemetry_sdk::trace::SdkTracerProvider);
+
+impl From<opentelemetry_sdk::trace::SdkTracerProvider> for Tracing {
+    fn from(provider: opentelemetry_sdk::trace::SdkTracerProvider) -> Self {
+        Self(provider)
+    }
+}
+
+impl Tracing {
+    /// Sends every span that has ended and waits for the collector (a few seconds at most).
+    pub fn flush(&self) {
+        let _ = self.0.force_flush();
+    }
+
+    /// Flushes, then stops exporting.
+    pub fn shutdown(self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// Installs the global subscriber for a serving process: logs as [`init_logging`], and every
+/// `info` span of ours made an OpenTelemetry span ([`crate::trace`]), exported as `settings`
+/// say. Call inside the Tokio runtime, before anything logs; fails if a subscriber is installed.
+pub fn init_tracing(settings: &crate::trace::TracingSettings) -> anyhow::Result<Tracing> {
+    let provider = crate::trace::provider(settings)?;
+    install(Some(&provider), Output::Stderr)?;
+    Ok(Tracing(provider))
+}
+
+/// Where log lines go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// JSON lines on stderr (or human-readable with `BOOKSTORE_LOG_FORMAT=pretty`).
+    Stderr,
+    /// The test harness's captured output, warnings and up unless `RUST_LOG` says otherwise.
+    Test,
+}
+
+/// Installs the log layer for `output` and, with a `provider`, the layer that makes our `info`
+/// spans OpenTelemetry spans. Each layer has its own filter: `RUST_LOG` narrows the logs, never
+/// the traces.
+pub(crate) fn install(
+    provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+    output: Output,
+) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let default = if output == Output::Test { "warn" } else { LOG_FILTER };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt::layer();
+    let logs: Boxed = match output {
+        Output::Test => fmt.with_test_writer().with_filter(filter).boxed(),
+        Output::Stderr if std::env::var("BOOKSTORE_LOG_FORMAT").is_ok_and(|v| v == "pretty") => {
+            fmt.with_writer(std::io::stderr).with_filter(filter).boxed()
+        }
+        Output::Stderr => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
+    let mut layers = vec![logs];
+    if let Some(provider) = provider {
+        use opentelemetry::trace::TracerProvider as _;
+        let ours = tracing_subscriber::filter::Targets::new().with_target("bookstore", tracing::Level::INFO);
+        let tracer = provider.tracer("bookstore");
+        // Every span is opened in `trace`, on a pool thread: where and which thread say nothing.
+        let spans =
+            tracing_opentelemetry::layer().with_tracer(tracer).with_location(false).with_threads(false);
+        layers.push(spans.with_filter(ours).boxed());
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
 /// The process-wide Prometheus registry, installed on first use.
@@ -84,12 +158,20 @@ pub(crate) async fn track_requests(
             .get::<MatchedPath>()
             .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
     };
-    let response = next.run(request).await;
+    let span = if is_grpc {
+        crate::trace::server_span(service, route.trim_start_matches('/'), request.headers())
+    } else {
+        crate::trace::server_span(service, &format!("{method} {route}"), request.headers())
+    };
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     let elapsed = started.elapsed().as_secs_f64();
     if is_grpc {
+        // A status sent at once is a header; one sent after a streamed body is a trailer, which
+        // this layer does not see (and counts as OK).
         let code =
             response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned();
         let failed = !matches!(code.as_str(), "0" | "3" | "5" | "6" | "9");
+        crate::trace::record_outcome(&span, "rpc.grpc.status_code", &code, failed);
         metrics::counter!("grpc_server_requests_total", "service" => service, "rpc" => route.clone(), "code" => code).increment(1);
         if failed {
             metrics::counter!("grpc_server_errors_total", "service" => service, "rpc" => route.clone())
@@ -99,6 +181,12 @@ pub(crate) async fn track_requests(
             .record(elapsed);
     } else {
         let status = response.status();
+        crate::trace::record_outcome(
+            &span,
+            "http.response.status_code",
+            status.as_str(),
+            status.is_server_error(),
+        );
         metrics::counter!("http_server_requests_total", "service" => service, "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string()).increment(1);
         if status.is_server_error() {
             metrics::counter!("http_server_errors_total", "service" => service, "method" => method.clone(), "route" => route.clone()).increment(1);
@@ -132,31 +220,41 @@ where
         metrics::histogram!("events_handle_duration_seconds", "service" => service, "consumer" => consumer);
     let lag = metrics::gauge!("events_consumer_lag_seconds", "service" => service, "consumer" => consumer);
     move |event| {
-        let published = published_at(&event);
+        let (published, traceparent) = published_at(&event);
+        let span = crate::trace::consumer_span(service, consumer, &event.event_type, &traceparent);
         let (ok, failed, duration, lag) = (ok.clone(), failed.clone(), duration.clone(), lag.clone());
-        let handled = handler(event);
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = handled.await;
-            duration.record(started.elapsed().as_secs_f64());
-            match &result {
-                Ok(()) => ok.increment(1),
-                Err(_) => failed.increment(1),
-            }
-            if let Some(ms) = published {
-                lag.set((crate::clock::now_ms() - ms).max(0) as f64 / 1000.0);
-            }
-            result
-        })
+        let handled = span.in_scope(|| handler(event));
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let started = Instant::now();
+                let result = handled.await;
+                duration.record(started.elapsed().as_secs_f64());
+                match &result {
+                    Ok(()) => ok.increment(1),
+                    Err(_) => {
+                        failed.increment(1);
+                        crate::trace::mark_failed(&tracing::Span::current());
+                    }
+                }
+                if let Some(ms) = published {
+                    lag.set((crate::clock::now_ms() - ms).max(0) as f64 / 1000.0);
+                }
+                result
+            },
+            span,
+        ))
     }
 }
 
-/// When `event` was published, from its envelope.
-fn published_at(event: &crate::events::Event) -> Option<i64> {
+/// When `event` was published, and the trace context of the request that published it (empty
+/// when it had none), from its envelope.
+fn published_at(event: &crate::events::Event) -> (Option<i64>, String) {
     use prost::Message;
-    let envelope = bookstore_api::orders::v1::EventEnvelope::decode(event.body.as_slice()).ok()?;
-    let time = envelope.time?;
-    Some(time.seconds * 1000 + i64::from(time.nanos) / 1_000_000)
+    let Ok(envelope) = bookstore_api::orders::v1::EventEnvelope::decode(event.body.as_slice()) else {
+        return (None, String::new());
+    };
+    let time = envelope.time.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    (time, envelope.traceparent)
 }
 
 /// How often the dead letters of a consumer are counted.

@@ -617,12 +617,22 @@ pub(crate) fn postgres_url_or_skip() -> Option<String> {
 
 /// Sends what the services log at warning and above to the test's captured output, so a failing
 /// test shows why (a 500 says only "internal error"; the log says what failed). `RUST_LOG`
-/// widens or narrows it. Safe to call from every test: only the first call installs.
+/// widens or narrows it. Spans are made as in a serving process (trace ids reach peers and
+/// events), and exported nowhere. Safe to call from every test: only the first call installs.
 pub fn capture_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let provider = crate::trace::provider(&crate::trace::TracingSettings::local("bookstore"))
+        .expect("a local tracer provider");
     // Another subscriber may be installed already (an earlier call, or the test's own).
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = crate::telemetry::install(Some(&provider), crate::telemetry::Output::Test);
+}
+
+/// As [`capture_logs`], with spans exported as `settings` say (a test's OTLP receiver); the test
+/// flushes the returned provider before it looks. Call first thing, inside the runtime.
+pub fn capture_traces(settings: &crate::trace::TracingSettings) -> crate::telemetry::Tracing {
+    let provider = crate::trace::provider(settings).expect("a tracer provider");
+    crate::telemetry::install(Some(&provider), crate::telemetry::Output::Test)
+        .expect("no subscriber installed before capture_traces");
+    crate::telemetry::Tracing::from(provider)
 }
 
 /// Generates one test per backend from one async test body `fn(Backend)`:
@@ -747,5 +757,114 @@ pub fn context(
         peer_tls: None,
         board: Default::default(),
         tasks,
+    }
+}
+
+/// One span as an OTLP collector received it, reduced to what tests look at.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// The `service.name` of the process that sent it.
+    pub service_name: String,
+    pub name: String,
+    /// Lowercase hex, as `traceparent` writes them; `parent_span_id` is empty for a root.
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    /// `server`, `client`, `consumer`, `producer` or `internal`.
+    pub kind: &'static str,
+    /// Attributes whose values are strings or integers, as text.
+    pub attributes: std::collections::HashMap<String, String>,
+    /// Whether the span says it failed (status ERROR).
+    pub failed: bool,
+}
+
+/// An OTLP/gRPC trace receiver on a free port (what a collector or Jaeger listens with on
+/// 4317): it keeps every span it is sent, for tests of what the services export.
+pub struct OtlpReceiver {
+    /// Its address as `otlp_endpoint` takes it.
+    pub endpoint: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> Self {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("a bound port"));
+        let spans = std::sync::Arc::default();
+        let service = TraceServiceServer::new(Collector(std::sync::Arc::clone(&spans)));
+        let server = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let _ =
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        });
+        Self { endpoint, spans, server }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().expect("spans lock").clone()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+struct Collector(std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+        fn text(attributes: &[KeyValue]) -> std::collections::HashMap<String, String> {
+            attributes
+                .iter()
+                .filter_map(|kv| {
+                    let value = match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(s) => s.clone(),
+                        Value::IntValue(i) => i.to_string(),
+                        Value::BoolValue(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((kv.key.clone(), value))
+                })
+                .collect()
+        }
+        let mut received = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans.resource.map(|r| text(&r.attributes)).unwrap_or_default();
+            let service_name = resource.get("service.name").cloned().unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                received.push(ReceivedSpan {
+                    service_name: service_name.clone(),
+                    name: span.name.clone(),
+                    trace_id: hex::encode(&span.trace_id),
+                    span_id: hex::encode(&span.span_id),
+                    parent_span_id: hex::encode(&span.parent_span_id),
+                    kind: match span.kind {
+                        2 => "server",
+                        3 => "client",
+                        4 => "producer",
+                        5 => "consumer",
+                        _ => "internal",
+                    },
+                    attributes: text(&span.attributes),
+                    // STATUS_CODE_ERROR
+                    failed: span.status.is_some_and(|s| s.code == 2),
+                });
+            }
+        }
+        self.0.lock().expect("spans lock").extend(received);
+        Ok(tonic::Response::new(Default::default()))
     }
 }

@@ -1,165 +1,292 @@
-//! W3C trace context (`traceparent`) carried through every hop of a request.
+//! Distributed tracing: an OpenTelemetry span for every hop of a request, W3C trace context
+//! (`traceparent`) between the hops, and export over OTLP.
 //!
-//! The gateway takes a caller's `traceparent` (or starts a trace), every service reads the one
-//! its caller sent, and the work a request does runs inside [`scope`], so [`current`] answers
-//! anywhere below it: outgoing gRPC calls carry it ([`crate::grpc::Deadline::request`]), log
-//! spans name its trace id, and events written to an outbox keep it in their envelope, so a
-//! consumer's work joins the trace of the request that caused it.
+//! - Every server opens one *server* span per request ([`server_span`], from the request
+//!   metrics middleware), continuing the caller's `traceparent` or starting a trace.
+//! - Outgoing gRPC calls carry the current span's context ([`inject`], from
+//!   [`crate::grpc::Deadline::request`]), so the callee's span is a child of the caller's.
+//! - Events keep the context of the request that published them in their envelope
+//!   ([`current_traceparent`]); handling one is a *consumer* span whose parent is that request
+//!   ([`consumer_span`]), so a checkout's trace reaches the services that react to it.
 //!
-//! Only the header's format and propagation live here (the part every hop needs); recording
-//! spans and exporting them is the tracing backend's business.
+//! The spans are `tracing` spans, made OpenTelemetry spans by `tracing-opentelemetry`: the log
+//! lines of a request name its `trace_id`, and nested `tracing` spans at `info` become child
+//! spans. Sampling is parent-based: a caller's decision is kept, and a trace that starts here is
+//! sampled at `trace_sample_ratio`. Sampled spans go in batches to an OTLP/gRPC collector when
+//! `otlp_endpoint` is set; without one they still carry trace ids into logs and to peers.
 
-use std::fmt;
-use std::future::Future;
+use std::collections::HashMap;
+use std::time::Duration;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
-use rand::RngCore;
+use anyhow::Context as _;
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub(crate) const HEADER: &str = "traceparent";
 
-/// One hop of a trace: the trace it belongs to, this hop's span id, and the sampled flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub flags: u8,
+/// How long one batch of spans may take to reach the collector.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What tracing is told by configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// The OTLP/gRPC collector (`http://host:4317`); `None`: spans are not exported.
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces started here that are sampled, 0 to 1.
+    pub sample_ratio: f64,
+    /// `service.name` of this process's spans: the service it runs, or `bookstore` for several.
+    pub service_name: String,
 }
 
-impl TraceParent {
-    /// The first hop of a new, sampled trace.
-    pub fn root() -> Self {
-        let mut trace_id = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut trace_id);
-        Self { trace_id, span_id: new_span_id(), flags: 1 }
+impl TracingSettings {
+    /// Every trace sampled, nothing exported: for tests and tools.
+    pub fn local(service_name: &str) -> Self {
+        Self { otlp_endpoint: None, sample_ratio: 1.0, service_name: service_name.to_owned() }
+    }
+}
+
+/// The tracer provider of this process. Must be made inside the Tokio runtime (the OTLP
+/// exporter's channel lives on it).
+pub(crate) fn provider(settings: &TracingSettings) -> anyhow::Result<SdkTracerProvider> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&settings.sample_ratio),
+        "the trace sample ratio must be between 0 and 1"
+    );
+    let resource = Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", uuid::Uuid::new_v4().to_string()),
+        ])
+        .build();
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio))))
+        .with_resource(resource);
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig as _;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .with_context(|| format!("setting up span export to {endpoint}"))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// Reads trace context from HTTP headers (gRPC metadata are HTTP/2 headers).
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
     }
 
-    /// The next hop of the same trace.
-    pub fn child(&self) -> Self {
-        Self { span_id: new_span_id(), ..*self }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
+}
 
-    /// Reads a `traceparent` value (version 00, or a later version's first four fields, as the
-    /// recommendation asks); `None` for anything malformed, including all-zero ids.
-    pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let version = parts.next()?;
-        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
-        let version = u8::from_str_radix(version, 16).ok().filter(|_| version.len() == 2)?;
-        if version == 0xff || (version == 0 && parts.next().is_some()) {
-            return None;
+/// Writes trace context into a gRPC request's metadata.
+struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) =
+            (tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes()), value.parse())
+        {
+            self.0.insert(key, value);
         }
-        let trace_id: [u8; 16] = hex(trace)?.try_into().ok()?;
-        let span_id: [u8; 8] = hex(span)?.try_into().ok()?;
-        let flags: [u8; 1] = hex(flags)?.try_into().ok()?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(Self { trace_id, span_id, flags: flags[0] })
-    }
-
-    pub(crate) fn trace_id_hex(&self) -> String {
-        self.trace_id.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
-impl fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "00-{}-", self.trace_id_hex())?;
-        for b in self.span_id {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "-{:02x}", self.flags)
+/// Opens the server span of one request to `service`, named `name` (`GET /api/v1/books/{id}`,
+/// or the gRPC method), as a child of the caller's span when its headers carry one; records its
+/// trace id for logs, and the request id the edge gave it.
+pub(crate) fn server_span(service: &'static str, name: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        service,
+        request_id,
+        trace_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    adopt(&span, TraceContextPropagator::new().extract(&Headers(headers)));
+    span
+}
+
+/// Opens the span of `consumer` (of `service`) handling one event of `event_type`, as a child
+/// of the request that published it (`traceparent`, from the event's envelope).
+pub(crate) fn consumer_span(
+    service: &'static str,
+    consumer: &'static str,
+    event_type: &str,
+    traceparent: &str,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event",
+        otel.name = format!("{consumer} {event_type}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        service,
+        consumer,
+        trace_id = tracing::field::Empty,
+    );
+    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
+    adopt(&span, TraceContextPropagator::new().extract(&carrier));
+    span
+}
+
+/// Makes `parent` (when it holds a valid remote span) the parent of `span`, and writes the
+/// trace id `span` ends up in on it for the log lines within it.
+fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
+    if parent.span().span_context().is_valid() {
+        // Fails only when the span is disabled, and then there is nothing to trace.
+        let _ = span.set_parent(parent);
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
     }
 }
 
-/// Ids need to be unique, not secret: the thread's CSPRNG, not a system call per request.
-fn new_span_id() -> [u8; 8] {
-    let mut span_id = [0u8; 8];
-    while span_id == [0; 8] {
-        rand::thread_rng().fill_bytes(&mut span_id);
+/// Records a server span's answer (`field` is `http.response.status_code` or
+/// `rpc.grpc.status_code`), and marks the span failed when the server was at fault.
+pub(crate) fn record_outcome(span: &tracing::Span, field: &str, code: &str, failed: bool) {
+    span.record(field, code);
+    if failed {
+        span.record("otel.status_code", "ERROR");
     }
-    span_id
 }
 
-/// Lowercase hex only, as the header's grammar says.
-fn hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2)
-        || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+/// Marks `span` failed (a handler that returned an error).
+pub(crate) fn mark_failed(span: &tracing::Span) {
+    span.record("otel.status_code", "ERROR");
 }
 
-tokio::task_local! {
-    static CURRENT: TraceParent;
+/// Puts the current span's context on an outgoing gRPC request.
+pub(crate) fn inject<T>(request: &mut tonic::Request<T>) {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut Metadata(request.metadata_mut()));
 }
 
-/// The trace context of the request being handled, if any.
-pub fn current() -> Option<TraceParent> {
-    CURRENT.try_with(|t| *t).ok()
+/// The current span's context as a `traceparent` value, for an event's envelope; `None` outside
+/// any traced work.
+pub fn current_traceparent() -> Option<String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove(HEADER)
 }
 
-/// Runs `work` as the hop `trace`.
-pub(crate) async fn scope<F: Future>(trace: TraceParent, work: F) -> F::Output {
-    CURRENT.scope(trace, work).await
-}
-
-/// Middleware for every server: continues the caller's trace (a new hop of it), or starts one,
-/// for the rest of the request; the request's log span is entered with its trace id.
-pub async fn continue_trace(request: Request, next: Next) -> Response {
-    let trace = request
-        .headers()
-        .get(HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map_or_else(TraceParent::root, |parent| parent.child());
-    let span = tracing::info_span!("trace", trace_id = %trace.trace_id_hex());
-    scope(trace, tracing::Instrument::instrument(next.run(request), span)).await
+/// The trace id in a `traceparent` value (32 hex digits), if it is well formed.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
     use super::*;
 
-    #[test]
-    fn a_traceparent_round_trips_and_a_child_keeps_the_trace() {
-        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let parsed = TraceParent::parse(text).unwrap();
-        assert_eq!(parsed.to_string(), text);
-        let child = parsed.child();
-        assert_eq!(child.trace_id, parsed.trace_id);
-        assert_ne!(child.span_id, parsed.span_id);
-        assert_eq!(TraceParent::parse(&TraceParent::root().to_string()).map(|t| t.flags), Some(1));
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Runs `work` with our spans made OpenTelemetry spans, on this thread only.
+    fn traced<T>(work: impl FnOnce() -> T) -> T {
+        let provider = provider(&TracingSettings::local("test")).unwrap();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), work)
+    }
+
+    fn headers(traceparent: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(HEADER, traceparent.parse().unwrap());
+        headers
+    }
+
+    /// `[version, trace id, span id, flags]` of a `traceparent`.
+    fn fields(traceparent: &str) -> Vec<String> {
+        traceparent.split('-').map(str::to_owned).collect()
     }
 
     #[test]
-    fn malformed_traceparents_are_refused() {
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+    fn a_request_continues_its_callers_trace_into_the_calls_and_events_it_makes() {
+        let (sent, enveloped) = traced(|| {
+            let span = server_span("books", "GET /", &headers(CALLER));
+            span.in_scope(|| {
+                let mut request = tonic::Request::new(());
+                inject(&mut request);
+                let sent = request.metadata().get(HEADER).unwrap().to_str().unwrap().to_owned();
+                (sent, current_traceparent().unwrap())
+            })
+        });
+        let caller = fields(CALLER);
+        for hop in [fields(&sent), fields(&enveloped)] {
+            assert_eq!(hop[1], caller[1], "the same trace");
+            assert_ne!(hop[2], caller[2], "a span of its own");
+            assert_eq!(hop[3], "01", "sampled, as the caller decided");
         }
-        // A later version may add fields; its first four are read.
-        assert!(
-            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later").is_some()
-        );
+        assert_eq!(sent, enveloped, "a call and an event made in one span name the same parent");
     }
 
-    #[tokio::test]
-    async fn current_answers_inside_a_scope_only() {
-        assert_eq!(current(), None);
-        let trace = TraceParent::root();
-        assert_eq!(scope(trace, async { current() }).await, Some(trace));
+    #[test]
+    fn a_caller_that_did_not_sample_its_trace_is_not_sampled_below() {
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let sent =
+            traced(|| server_span("books", "GET /", &headers(unsampled)).in_scope(current_traceparent));
+        let sent = fields(&sent.unwrap());
+        assert_eq!(sent[1], fields(unsampled)[1]);
+        assert_eq!(sent[3], "00");
+    }
+
+    #[test]
+    fn a_request_without_a_usable_traceparent_starts_a_sampled_trace() {
+        for bad in ["", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "garbage"] {
+            let sent = traced(|| server_span("books", "GET /", &headers(bad)).in_scope(current_traceparent));
+            let sent = fields(&sent.unwrap());
+            assert_eq!(sent[1].len(), 32, "{bad:?}");
+            assert_ne!(sent[1], "00000000000000000000000000000000");
+            assert_eq!(sent[3], "01", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_events_handler_is_a_child_of_the_request_that_published_it() {
+        let published =
+            traced(|| server_span("orders", "POST /", &headers(CALLER)).in_scope(current_traceparent));
+        let published = published.unwrap();
+        let handled = traced(|| {
+            consumer_span("fulfillment", "fulfillment", "OrderPlaced", &published)
+                .in_scope(current_traceparent)
+        });
+        let (published, handled) = (fields(&published), fields(&handled.unwrap()));
+        assert_eq!(handled[1], published[1]);
+        assert_ne!(handled[2], published[2]);
+        assert_eq!(trace_id_of(&published.join("-")).as_deref(), Some(published[1].as_str()));
+        assert_eq!(trace_id_of("nonsense"), None);
+    }
+
+    #[test]
+    fn outside_any_span_there_is_nothing_to_carry() {
+        assert_eq!(traced(current_traceparent), None);
+        let mut request = tonic::Request::new(());
+        traced(|| inject(&mut request));
+        assert!(request.metadata().get(HEADER).is_none());
     }
 }

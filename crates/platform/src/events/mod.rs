@@ -44,7 +44,7 @@ pub fn enveloped(event_type: &str, payload: Vec<u8>, schema_version: u32) -> Eve
         id: id.clone(),
         r#type: event_type.to_owned(),
         time: Some(crate::grpc::timestamp(crate::clock::now_ms())),
-        traceparent: crate::trace::current().map(|t| t.to_string()).unwrap_or_default(),
+        traceparent: crate::trace::current_traceparent().unwrap_or_default(),
         payload,
         schema_version,
     };
