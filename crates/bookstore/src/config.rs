@@ -70,6 +70,10 @@ bookstore_platform::settings! {
         retry_budget_percent: u32 = 20, flag retry_budget_percent "PCT";
         /// Attempts of a call that is safe to retry, the first included.
         retry_max_attempts: u32 = 3, flag retry_max_attempts "N";
+        /// OTLP/gRPC collector that sampled spans are sent to, http(s)://host:4317 [default: none]
+        otlp_endpoint: Option<String> = None, flag otlp_endpoint "URL";
+        /// Share of the traces started here that are sampled, 0 to 1 (a caller's decision is kept).
+        trace_sample_ratio: f64 = 1.0, flag trace_sample_ratio "RATIO";
     }
 }
 
@@ -124,6 +128,18 @@ fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
             && s.mtls_cert_file.is_some() == s.mtls_ca_file.is_some(),
         "invalid configuration: mtls_cert_file, mtls_key_file and mtls_ca_file go together"
     );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&s.trace_sample_ratio),
+        "invalid configuration: trace_sample_ratio must be between 0 and 1"
+    );
+    if let Some(url) = &s.otlp_endpoint {
+        let parsed =
+            url::Url::parse(url).map_err(|e| anyhow::anyhow!("invalid configuration: otlp_endpoint: {e}"))?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some(),
+            "invalid configuration: otlp_endpoint is http(s)://host:port (OTLP over gRPC)"
+        );
+    }
     if let Some(url) = &s.amqp_url {
         bookstore_platform::events::BrokerTls::split(url)
             .map_err(|e| anyhow::anyhow!("invalid configuration: amqp_url: {e:#}"))?;
@@ -321,6 +337,20 @@ impl Config {
                 .map(Some)
                 .context("mutual TLS between services (mtls_cert_file, mtls_key_file, mtls_ca_file)"),
             _ => Ok(None),
+        }
+    }
+
+    /// Where this process's spans go and how many it keeps. Its `service.name` is the service it
+    /// runs, or `bookstore` when it runs several (each span names its own service as `service`).
+    pub fn tracing(&self, services: &[&str]) -> bookstore_platform::trace::TracingSettings {
+        let service_name = match services {
+            [one] => (*one).to_owned(),
+            _ => "bookstore".to_owned(),
+        };
+        bookstore_platform::trace::TracingSettings {
+            otlp_endpoint: self.process.otlp_endpoint.clone(),
+            sample_ratio: self.process.trace_sample_ratio,
+            service_name,
         }
     }
 
@@ -547,10 +577,17 @@ mod tests {
                 ("BOOKSTORE_EVENT_LOG_URL", "event_log_url"),
                 ("BOOKSTORE_AMQP_URL", "amqp_url"),
                 ("BOOKSTORE_BOOKS_URL", "books_url"),
+                ("BOOKSTORE_OTLP_ENDPOINT", "otlp_endpoint"),
             ] {
                 jail.set_env(var, "nonsense://x");
                 let err = Config::load(None, &Flags::default()).unwrap_err().to_string();
                 assert!(err.contains(key), "{var}: {err}");
+                jail.clear_env();
+            }
+            for ratio in ["1.5", "-0.1"] {
+                jail.set_env("BOOKSTORE_TRACE_SAMPLE_RATIO", ratio);
+                let err = Config::load(None, &Flags::default()).unwrap_err().to_string();
+                assert!(err.contains("trace_sample_ratio must be between 0 and 1"), "{ratio}: {err}");
                 jail.clear_env();
             }
             // TLS files with a plain URL would not be used: refused, as an unverified broker is.

@@ -116,11 +116,12 @@ enum AdminCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    bookstore_platform::telemetry::init_logging();
     let _failpoints = bookstore_platform::arm_failpoints();
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
+            // A no-op when the command installed logging already.
+            bookstore_platform::telemetry::init_logging();
             tracing::error!(error = %format!("{err:#}"), "bookstore stopped");
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
@@ -130,6 +131,10 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = cli.config.as_deref();
+    // Serving processes trace (their settings are in the configuration); the rest only log.
+    if !matches!(cli.command, Command::Up { .. } | Command::Serve { .. }) {
+        bookstore_platform::telemetry::init_logging();
+    }
     match cli.command {
         Command::Up { mut flags, no_seed } => {
             if no_seed {
@@ -219,6 +224,14 @@ async fn open_users(config: &Config) -> anyhow::Result<bookstore_users::Users> {
 }
 
 async fn serve(services: &[&str], config: &Config, mode: Mode) -> anyhow::Result<()> {
+    let tracing = bookstore_platform::telemetry::init_tracing(&config.tracing(services))?;
+    let served = serve_traced(services, config, mode).await;
+    // What was buffered reaches the collector before the process ends (a blocking wait).
+    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    served
+}
+
+async fn serve_traced(services: &[&str], config: &Config, mode: Mode) -> anyhow::Result<()> {
     let app = App::start(services, config, mode).await?;
     for (name, addr) in &app.addrs {
         if *name != "gateway" {
@@ -226,6 +239,10 @@ async fn serve(services: &[&str], config: &Config, mode: Mode) -> anyhow::Result
         }
     }
     say(format_args!("admin    http://{}  (/healthz /readyz /metrics)", app.admin_addr));
+    if let Some(endpoint) = &config.process.otlp_endpoint {
+        let ratio = config.process.trace_sample_ratio;
+        say(format_args!("traces   to {endpoint} (OTLP/gRPC), {ratio} of new traces sampled"));
+    }
     for notice in &app.notices {
         say(format_args!("{notice}"));
     }

@@ -150,12 +150,12 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
 
 bookstore_platform::backend_tests!(processes_killed_at_every_crash_point_still_give_each_order_one_effect);
 
-const ADMIN_PASSWORD: &str = "orchid satellite marmalade quiver";
+pub(crate) const ADMIN_PASSWORD: &str = "orchid satellite marmalade quiver";
 
 /// `bookstore up` on `dir` (and on PostgreSQL + RabbitMQ when `servers` names them), with
 /// `env`; returns the process and the gateway's address once it is listening (`None` when the
 /// process died before).
-async fn start_up(
+pub(crate) async fn start_up(
     dir: &std::path::Path,
     servers: &[(&str, String)],
     env: &[(&str, &str)],
@@ -204,7 +204,7 @@ async fn start_up_logging(
 }
 
 /// Waits up to 20 s for `child` to exit.
-async fn exit_of(child: std::process::Child) -> std::process::ExitStatus {
+pub(crate) async fn exit_of(child: std::process::Child) -> std::process::ExitStatus {
     exit_within(child, Duration::from_secs(20)).await
 }
 

@@ -16,6 +16,7 @@ mod security;
 mod sessions;
 mod third_party;
 mod tls;
+mod traces;
 mod users;
 
 use bookstore::{App, Config};
