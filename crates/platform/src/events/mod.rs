@@ -32,8 +32,6 @@ pub use outbox::{OUTBOX_MIGRATIONS, run_relay};
 pub use rabbit::{BrokerTls, RabbitBus};
 pub use subscribe::{KEEP, StartAt, Subscription};
 
-/// An event as it travels: its id (for deduplication), its type (for routing) and its body
-/// (the encoded envelope).
 /// An event of `event_type` with `payload` (its protobuf message, schema `schema_version`), in
 /// the envelope every event travels in: a fresh id, the time, and the trace of the request that
 /// caused it, so its consumers' work joins that trace.
@@ -51,6 +49,8 @@ pub fn enveloped(event_type: &str, payload: Vec<u8>, schema_version: u32) -> Eve
     Event { id, event_type: event_type.to_owned(), body: envelope.encode_to_vec() }
 }
 
+/// An event as it travels: its id (for deduplication), its type (for routing) and its body
+/// (the encoded envelope).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub id: String,
