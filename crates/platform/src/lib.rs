@@ -44,6 +44,7 @@ pub mod events;
 pub mod grpc;
 pub mod jwt_crypto;
 pub mod page;
+pub mod recent_traces;
 pub mod revocation;
 pub mod server;
 pub mod service;

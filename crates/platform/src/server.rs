@@ -43,7 +43,8 @@ pub(crate) struct Ops {
 }
 
 /// `/healthz` (the process is alive), `/readyz` (every service in it can serve; 503 while
-/// shutting down), `/metrics` (Prometheus text) and `/status` (peers' replicas, as JSON). These live on the admin listener
+/// shutting down), `/metrics` (Prometheus text), `/status` (peers' replicas, as JSON) and
+/// `/debug/traces` (the last traces, [`crate::recent_traces`]). These live on the admin listener
 /// (`admin_http`), off the public port.
 pub(crate) fn ops_router(ops: Ops) -> Router {
     Router::new()
@@ -51,6 +52,8 @@ pub(crate) fn ops_router(ops: Ops) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/debug/traces", get(crate::recent_traces::list))
+        .route("/debug/traces/{trace_id}", get(crate::recent_traces::show))
         .with_state(Arc::new(ops))
 }
 

@@ -158,7 +158,10 @@ pub(crate) async fn track_requests(
             .get::<MatchedPath>()
             .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
     };
-    let span = if is_grpc {
+    let span = if route.starts_with("/grpc.health.v1.Health/") {
+        // Probes every few seconds from every peer and orchestrator: traces of nothing.
+        tracing::Span::none()
+    } else if is_grpc {
         crate::trace::server_span(service, route.trim_start_matches('/'), request.headers())
     } else {
         crate::trace::server_span(service, &format!("{method} {route}"), request.headers())

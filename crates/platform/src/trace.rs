@@ -13,7 +13,8 @@
 //! lines of a request name its `trace_id`, and nested `tracing` spans at `info` become child
 //! spans. Sampling is parent-based: a caller's decision is kept, and a trace that starts here is
 //! sampled at `trace_sample_ratio`. Sampled spans go in batches to an OTLP/gRPC collector when
-//! `otlp_endpoint` is set; without one they still carry trace ids into logs and to peers.
+//! `otlp_endpoint` is set; without one they still carry trace ids into logs and to peers. The
+//! last of them are also kept in memory for the admin listener ([`crate::recent_traces`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,7 +67,8 @@ pub(crate) fn provider(settings: &TracingSettings) -> anyhow::Result<SdkTracerPr
         .build();
     let mut builder = SdkTracerProvider::builder()
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio))))
-        .with_resource(resource);
+        .with_resource(resource)
+        .with_span_processor(crate::recent_traces::Recorder);
     if let Some(endpoint) = &settings.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig as _;
         let exporter = opentelemetry_otlp::SpanExporter::builder()

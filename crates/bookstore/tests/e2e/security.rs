@@ -384,7 +384,7 @@ async fn a_request_too_large_or_unreadable_is_refused_in_the_envelope(backend: B
 
 async fn operational_endpoints_are_not_on_the_public_port(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
-    for path in ["/metrics", "/healthz", "/readyz", "/status"] {
+    for path in ["/metrics", "/healthz", "/readyz", "/status", "/debug/traces"] {
         let response = sys.http.get(sys.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path} on the public port");
         let body: Value = response.json().await.unwrap();
