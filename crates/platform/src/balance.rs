@@ -209,6 +209,33 @@ impl Board {
     }
 }
 
+impl Board {
+    /// Sets `grpc_client_endpoints{service, peer, state}`: how many replicas of each peer each
+    /// client can call (`ready`) and how many it cannot, and why (`ejected`, `unhealthy`: failing
+    /// its health checks, `open`: its breaker fails calls fast). Called on every scrape.
+    pub fn record_gauges(&self) {
+        for peer in self.snapshot() {
+            let mut counts = [("ready", 0u32), ("ejected", 0), ("unhealthy", 0), ("open", 0)];
+            for endpoint in &peer.endpoints {
+                let state = if endpoint.ejected {
+                    1
+                } else if !endpoint.healthy {
+                    2
+                } else if endpoint.breaker == "open" {
+                    3
+                } else {
+                    0
+                };
+                counts[state].1 += 1;
+            }
+            for (state, count) in counts {
+                metrics::gauge!("grpc_client_endpoints", "service" => peer.service, "peer" => peer.peer.clone(), "state" => state)
+                    .set(f64::from(count));
+            }
+        }
+    }
+}
+
 /// One client's view of one peer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerStatus {

@@ -78,6 +78,7 @@ async fn status(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     telemetry::record_runtime();
+    ops.board.record_gauges();
     for hook in &ops.on_scrape {
         hook();
     }

@@ -44,6 +44,9 @@ async fn prometheus_scrapes_the_checkout_counter_breaker_states_and_the_events(b
     assert_eq!(closed.len(), 1, "one books replica: {closed:?}");
     assert_eq!(closed[0]["value"][1], "1");
     assert_eq!(value(&prometheus, r#"grpc_client_breaker_state{state="open"}"#).await, 0.0);
+    let endpoints = r#"grpc_client_endpoints{service="orders",peer="books",state="ready"}"#;
+    assert_eq!(value(&prometheus, endpoints).await, 1.0, "the one books replica is ready");
+    assert_eq!(value(&prometheus, r#"grpc_client_endpoints{state="ejected"}"#).await, 0.0);
     assert!(value(&prometheus, r#"tokio_runtime_workers{service="process"}"#).await >= 1.0);
     assert_eq!(value(&prometheus, r#"events_outbox_pending{service="orders"}"#).await, 0.0);
 }
