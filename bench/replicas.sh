@@ -9,8 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-15}
-CONNECTIONS=${CONNECTIONS:-64}
-THREADS=${THREADS:-2}
 BIN="${CARGO_TARGET_DIR:-target}/release/bookstore"
 GATEWAY=127.0.0.1:18301
 work=$(mktemp -d)
@@ -21,6 +19,8 @@ trap cleanup EXIT
 for tool in wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "bench needs $tool (apt-get install wrk curl)"; exit 1; }
 done
+
+. bench/lib.sh
 
 echo "building (release)..."
 cargo build --release --quiet -p bookstore
@@ -44,26 +44,14 @@ start_gateway() {
   cat "$work/gateway.log"; exit 1
 }
 load() {
-  local label=$1
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$work/get.lua" "http://$GATEWAY" >/dev/null
-  echo "$label: GET /api/v1/books/{id}, $CONNECTIONS connections, ${DURATION}s"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/get.lua" "http://$GATEWAY" >"$work/wrk.txt"
-  grep -E '^\s+(50|99)%|Requests/sec' "$work/wrk.txt"
-  if grep -q "Non-2xx" "$work/wrk.txt"; then echo "FAILED: some requests were not 200"; exit 1; fi
-  awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt" >"$work/result"
+  wrk_get "http://$GATEWAY" "$1" 2>&1
+  cp "$work/rps" "$work/result"
 }
 
 start_books 1 --seed
 start_books 2
 start_gateway "http://127.0.0.1:18311"
-curl -sf "http://$GATEWAY/api/v1/books?limit=100" |
-  python3 -c 'import json,sys; ids=[b["id"] for b in json.load(sys.stdin)["items"]]; print("ids = {" + ",".join(json.dumps(i) for i in ids) + "}")' >"$work/get.lua"
-cat >>"$work/get.lua" <<'LUA'
-math.randomseed(os.time())
-request = function()
-  return wrk.format("GET", "/api/v1/books/" .. ids[math.random(#ids)])
-end
-LUA
+write_get_lua "http://$GATEWAY"
 
 load "one books replica"; read -r one <"$work/result"
 kill "$gateway_pid"; wait "$gateway_pid" 2>/dev/null || true
