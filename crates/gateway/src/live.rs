@@ -259,7 +259,9 @@ async fn stream(
                 match message {
                     Some(Ok(Message::Text(text))) => {
                         received.increment(1);
-                        Message::Text(act(state, auth, &text).await.to_string().into())
+                        let span = bookstore_platform::trace::message_span("gateway", "queue");
+                        let answer = tracing::Instrument::instrument(act(state, auth, &text), span).await;
+                        Message::Text(answer.to_string().into())
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
                     Some(Ok(_)) => continue, // pongs, pings (answered by the library), binary

@@ -848,11 +848,40 @@ impl Service<HttpRequest> for PeerChannel {
                 .get("grpc-timeout")
                 .and_then(|v| crate::grpc::parse_grpc_timeout(v.as_bytes()))
                 .map_or(shared.config.call_timeout, |t| t.min(shared.config.call_timeout));
+            let mut request = request;
+            let name = match shared.protocol {
+                Protocol::Grpc => request.uri().path().trim_start_matches('/').to_owned(),
+                Protocol::Http => request.method().to_string(),
+            };
+            let span = crate::trace::client_span(
+                shared.caller,
+                &shared.peer,
+                &name,
+                &member.target.url,
+                request.headers_mut(),
+            );
             member.in_flight.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight(member.clone());
             let started = tokio::time::Instant::now();
-            let answer = tokio::time::timeout(limit, member.transport.clone().oneshot(request)).await;
+            let attempt = tokio::time::timeout(limit, member.transport.clone().oneshot(request));
+            let answer = tracing::Instrument::instrument(attempt, span.clone()).await;
             let took = started.elapsed();
+            let outcome = match &answer {
+                Ok(Ok(response)) => classify(shared.protocol, response),
+                Ok(Err(_)) => CallResult::Failure,
+                Err(_) => CallResult::Timeout,
+            };
+            let code = answer
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|r| r.headers().get("grpc-status"));
+            crate::trace::record_outcome(
+                &span,
+                "rpc.grpc.status_code",
+                code.and_then(|v| v.to_str().ok()).unwrap_or("0"),
+                matches!(outcome, CallResult::Failure | CallResult::Timeout),
+            );
             match answer {
                 Err(_elapsed) => {
                     shared.record(&member, permit, CallResult::Timeout, took);
@@ -876,7 +905,7 @@ impl Service<HttpRequest> for PeerChannel {
                     ))
                 }
                 Ok(Ok(response)) => {
-                    shared.record(&member, permit, classify(shared.protocol, &response), took);
+                    shared.record(&member, permit, outcome, took);
                     Ok(response)
                 }
             }

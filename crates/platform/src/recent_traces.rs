@@ -23,7 +23,7 @@ use opentelemetry::trace::{SpanKind, Status, TraceId};
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 
 /// How many traces are kept.
-pub const KEEP_TRACES: usize = 100;
+pub const KEEP_TRACES: usize = 300;
 /// How many spans of one trace are kept (a long-lived trace stops growing here).
 pub const KEEP_SPANS: usize = 200;
 
@@ -124,7 +124,8 @@ pub(crate) async fn list() -> Response {
         .filter_map(|id| {
             let spans = recent.traces.get(id)?;
             let first = spans.iter().min_by_key(|s| s.start)?;
-            let end = spans.iter().map(|s| s.start + Duration::from_secs_f64(s.duration_ms / 1000.0)).max()?;
+            let end =
+                spans.iter().map(|s| s.start + Duration::from_secs_f64(s.duration_ms / 1000.0)).max()?;
             Some(serde_json::json!({
                 "trace_id": id.to_string(),
                 "root": first.name,

@@ -3,8 +3,9 @@
 //!
 //! - Every server opens one *server* span per request ([`server_span`], from the request
 //!   metrics middleware), continuing the caller's `traceparent` or starting a trace.
-//! - Outgoing gRPC calls carry the current span's context ([`inject`], from
-//!   [`crate::grpc::Deadline::request`]), so the callee's span is a child of the caller's.
+//! - Outgoing gRPC calls carry the current span's context and the caller's W3C `baggage`
+//!   ([`inject`], from [`crate::grpc::Deadline::request`]), so the callee's span is a child of
+//!   the caller's.
 //! - Events keep the context of the request that published them in their envelope
 //!   ([`current_traceparent`]); handling one is a *consumer* span whose parent is that request
 //!   ([`consumer_span`]), so a checkout's trace reaches the services that react to it.
@@ -21,14 +22,21 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use opentelemetry::KeyValue;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub(crate) const HEADER: &str = "traceparent";
+
+/// W3C trace context and W3C baggage, read from and written to every hop.
+static PROPAGATOR: std::sync::LazyLock<TextMapCompositePropagator> = std::sync::LazyLock::new(|| {
+    let propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> =
+        vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())];
+    TextMapCompositePropagator::new(propagators)
+});
 
 /// How long one batch of spans may take to reach the collector.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +103,17 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// Writes trace context into HTTP headers.
+struct HeadersMut<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (http::HeaderName::from_bytes(key.as_bytes()), value.parse()) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
 /// Writes trace context into a gRPC request's metadata.
 struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
 
@@ -121,10 +140,69 @@ pub(crate) fn server_span(service: &'static str, name: &str, headers: &http::Hea
         service,
         request_id,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         rpc.grpc.status_code = tracing::field::Empty,
     );
-    adopt(&span, TraceContextPropagator::new().extract(&Headers(headers)));
+    adopt(&span, PROPAGATOR.extract(&Headers(headers)));
+    span
+}
+
+/// Opens the *client* span of one attempt of a call from `service` to a replica (`endpoint`)
+/// of `peer`, named `name` (the gRPC method), and puts its context on the request's `headers`,
+/// so the replica's server span is its child. A retried call is one span per attempt.
+pub(crate) fn client_span(
+    service: &'static str,
+    peer: &str,
+    name: &str,
+    endpoint: &str,
+    headers: &mut http::HeaderMap,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "call",
+        otel.name = name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        service,
+        peer,
+        server.address = endpoint,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    PROPAGATOR.inject_context(&span.context(), &mut HeadersMut(headers));
+    span
+}
+
+/// Opens the span of one message a client sent on `service`'s WebSocket `socket`: a trace of
+/// its own (a socket outlives the request that opened it), which the calls it makes join.
+pub fn message_span(service: &'static str, socket: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "message",
+        otel.name = format!("{socket} message"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        service,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    adopt(&span, opentelemetry::Context::new());
+    span
+}
+
+/// Opens the *producer* span of `service`'s outbox relay publishing one event of `event_type`,
+/// as a child of the request that wrote it (`traceparent`, from the event's envelope).
+pub(crate) fn producer_span(service: &'static str, event_type: &str, traceparent: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {event_type}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        service,
+    );
+    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
     span
 }
 
@@ -144,6 +222,7 @@ pub(crate) fn consumer_span(
         service,
         consumer,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
     adopt(&span, TraceContextPropagator::new().extract(&carrier));
@@ -151,7 +230,7 @@ pub(crate) fn consumer_span(
 }
 
 /// Makes `parent` (when it holds a valid remote span) the parent of `span`, and writes the
-/// trace id `span` ends up in on it for the log lines within it.
+/// trace id `span` ends up in and its own span id on it, for the log lines within it.
 fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
     if parent.span().span_context().is_valid() {
         // Fails only when the span is disabled, and then there is nothing to trace.
@@ -161,6 +240,7 @@ fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
     let span_context = context.span().span_context().clone();
     if span_context.is_valid() {
         span.record("trace_id", tracing::field::display(span_context.trace_id()));
+        span.record("span_id", tracing::field::display(span_context.span_id()));
     }
 }
 
@@ -181,7 +261,7 @@ pub(crate) fn mark_failed(span: &tracing::Span) {
 /// Puts the current span's context on an outgoing gRPC request.
 pub(crate) fn inject<T>(request: &mut tonic::Request<T>) {
     let context = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&context, &mut Metadata(request.metadata_mut()));
+    PROPAGATOR.inject_context(&context, &mut Metadata(request.metadata_mut()));
 }
 
 /// The current span's context as a `traceparent` value, for an event's envelope; `None` outside
@@ -248,6 +328,22 @@ mod tests {
     }
 
     #[test]
+    fn a_callers_baggage_travels_on_with_its_trace() {
+        let mut incoming = headers(CALLER);
+        incoming.insert("baggage", "tenant=acme,region=eu".parse().unwrap());
+        let sent = traced(|| {
+            server_span("gateway", "GET /", &incoming).in_scope(|| {
+                let mut request = tonic::Request::new(());
+                inject(&mut request);
+                request.metadata().get("baggage").map(|v| v.to_str().unwrap().to_owned())
+            })
+        });
+        let mut items: Vec<String> = sent.expect("baggage sent on").split(',').map(str::to_owned).collect();
+        items.sort();
+        assert_eq!(items, ["region=eu", "tenant=acme"]);
+    }
+
+    #[test]
     fn a_caller_that_did_not_sample_its_trace_is_not_sampled_below() {
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         let sent =
@@ -282,6 +378,17 @@ mod tests {
         assert_ne!(handled[2], published[2]);
         assert_eq!(trace_id_of(&published.join("-")).as_deref(), Some(published[1].as_str()));
         assert_eq!(trace_id_of("nonsense"), None);
+    }
+
+    #[test]
+    fn each_websocket_message_starts_a_trace_of_its_own() {
+        let (first, second) = traced(|| {
+            let first = message_span("gateway", "queue").in_scope(current_traceparent).unwrap();
+            let second = message_span("gateway", "queue").in_scope(current_traceparent).unwrap();
+            (fields(&first), fields(&second))
+        });
+        assert_ne!(first[1], second[1]);
+        assert_eq!(first[3], "01");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Distributed tracing seen from a collector: `bookstore up --otlp-endpoint` sends one checkout
-//! as one trace, a span per hop, each hop the child of the one that called it, down to the
-//! services that handle the events the checkout published.
+//! as one trace, a span per hop (a server span per request, a client span per call), each the
+//! child of the one that caused it, down to the outbox relay's publication of the checkout's
+//! event and the services that handle it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -75,27 +76,41 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_orders_and_books_to_it
 
     let spans = receiver.spans();
     let trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == CALLER_TRACE).collect();
-    let server_of = |service: &str, parent: &str| -> &ReceivedSpan {
+    let span_of = |kind: &str, service: &str, parent: &str| -> &ReceivedSpan {
         trace
             .iter()
             .copied()
             .find(|s| {
-                s.kind == "server"
+                s.kind == kind
                     && s.attributes.get("service").map(String::as_str) == Some(service)
                     && s.parent_span_id == parent
             })
-            .unwrap_or_else(|| panic!("no {service} span under {parent} in {trace:#?}"))
+            .unwrap_or_else(|| panic!("no {kind} span of {service} under {parent} in {trace:#?}"))
+    };
+    let server_of = |service: &str, parent: &str| span_of("server", service, parent);
+    // A call is a client span of the caller, and the callee's server span is its child.
+    let call_of = |service: &str, parent: &ReceivedSpan, peer: &str, method: &str| -> String {
+        let call = span_of("client", service, &parent.span_id);
+        assert_eq!(call.name, method);
+        assert_eq!(call.attributes["peer"], peer);
+        assert!(call.attributes["server.address"].starts_with("http://127.0.0.1:"), "{call:?}");
+        call.span_id.clone()
     };
     let edge = server_of("gateway", CALLER_SPAN);
     assert_eq!(edge.name, "POST /api/v1/orders");
     assert_eq!(edge.attributes["http.response.status_code"], "201");
     assert_eq!(edge.attributes["request_id"], request_id, "a trace is found by the request id a client saw");
     assert!(!edge.failed);
-    let orders = server_of("orders", &edge.span_id);
-    assert_eq!(orders.name, "bookstore.orders.v1.OrderService/CreateOrder");
+    let create = "bookstore.orders.v1.OrderService/CreateOrder";
+    let orders = server_of("orders", &call_of("gateway", edge, "orders", create));
+    assert_eq!(orders.name, create);
     assert_eq!(orders.attributes["rpc.grpc.status_code"], "0");
-    let books = server_of("books", &orders.span_id);
-    assert_eq!(books.name, "bookstore.books.v1.BookService/ReserveStock");
+    let reserve = "bookstore.books.v1.BookService/ReserveStock";
+    let books = server_of("books", &call_of("orders", orders, "books", reserve));
+    assert_eq!(books.name, reserve);
+    // The outbox relay's publication of the order's event, later, still in the checkout's trace.
+    let published = span_of("producer", "orders", &orders.span_id);
+    assert_eq!(published.name, "publish OrderPlaced");
     let handlers: Vec<&&ReceivedSpan> = trace.iter().filter(|s| s.kind == "consumer").collect();
     assert!(!handlers.is_empty());
     assert!(

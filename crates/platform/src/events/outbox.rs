@@ -49,7 +49,12 @@ pub(super) async fn backlog(db: &Database) -> anyhow::Result<(i64, Option<i64>)>
 /// Publishes up to `batch` unpublished events from `db`'s outbox, oldest first, then marks them
 /// published; returns their types, one per event. A crash between the two publishes them again
 /// on the next run, which consumers absorb.
-pub(crate) async fn relay_outbox(db: &Database, bus: &Bus, batch: i64) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn relay_outbox(
+    service: &'static str,
+    db: &Database,
+    bus: &Bus,
+    batch: i64,
+) -> anyhow::Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT id, event_type, payload FROM outbox WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1",
     )
@@ -67,7 +72,17 @@ pub(crate) async fn relay_outbox(db: &Database, bus: &Bus, batch: i64) -> anyhow
         .context("decoding the outbox")?;
     // A crash here leaves committed events unpublished; the next run publishes them.
     fail::fail_point!("relay-before-publish", |_| -> anyhow::Result<Vec<String>> { std::process::abort() });
-    bus.publish(&events).await.context("publishing the outbox")?;
+    // A producer span per event, child of the request that wrote it: its trace shows when the
+    // event left for the bus. They end when the publication does.
+    let spans: Vec<tracing::Span> = events
+        .iter()
+        .map(|e| crate::trace::producer_span(service, &e.event_type, &traceparent_of(e)))
+        .collect();
+    if let Err(e) = bus.publish(&events).await {
+        spans.iter().for_each(crate::trace::mark_failed);
+        return Err(e.context("publishing the outbox"));
+    }
+    drop(spans);
     // A crash here (tests arm this point to kill the process) leaves published events unmarked;
     // the next run publishes them again, which consumers' inboxes absorb.
     fail::fail_point!("relay-after-publish", |_| -> anyhow::Result<Vec<String>> { std::process::abort() });
@@ -101,7 +116,7 @@ pub async fn run_relay(
     let oldest = metrics::gauge!("events_outbox_oldest_age_seconds", "service" => service);
     let mut counted: Option<std::time::Instant> = None;
     loop {
-        let relayed = relay_outbox(&db, &bus, BATCH).await;
+        let relayed = relay_outbox(service, &db, &bus, BATCH).await;
         if let Ok(events) = &relayed {
             for event in events {
                 metrics::counter!("events_published_total", "service" => service, "event_type" => event.clone())
@@ -135,4 +150,12 @@ pub async fn run_relay(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// The `traceparent` in an event's envelope; empty when it has none or cannot be read.
+fn traceparent_of(event: &Event) -> String {
+    use prost::Message;
+    bookstore_api::orders::v1::EventEnvelope::decode(event.body.as_slice())
+        .map(|e| e.traceparent)
+        .unwrap_or_default()
 }

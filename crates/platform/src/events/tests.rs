@@ -426,7 +426,7 @@ async fn a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect(backen
     let (rows, oldest) = outbox::backlog(&db).await.unwrap();
     assert_eq!(rows, 20);
     assert!(oldest.is_some_and(|ms| ms <= crate::clock::now_ms()), "{oldest:?}");
-    while !relay_outbox(&db, &bus, 7).await.unwrap().is_empty() {}
+    while !relay_outbox("test", &db, &bus, 7).await.unwrap().is_empty() {}
     assert_eq!(outbox::backlog(&db).await.unwrap(), (0, None));
 
     // The consumer applies each effect with its inbox record, but "crashes" before
