@@ -188,13 +188,17 @@ fn waterfall(spans: &[Kept], offset: impl Fn(&Kept) -> f64) -> String {
         let from = (offset(span) / total * 40.0) as usize;
         let width = ((span.duration_ms / total * 40.0).ceil() as usize).max(1).min(40 - from.min(39));
         let bar = format!("{}{}", " ".repeat(from.min(39)), "█".repeat(width));
+        // A call names who called whom; the callee's own span follows under it.
+        let who = match span.attributes.get("peer") {
+            Some(peer) if span.kind == "client" => format!("{} → {peer}", span.service),
+            _ => span.service.clone(),
+        };
         let _ = writeln!(
             out,
-            "{bar:<40} {:>9.3} ms  {}{} [{}]{}",
+            "{bar:<40} {:>9.3} ms  {}{} [{who}]{}",
             span.duration_ms,
             "  ".repeat(depth),
             span.name,
-            span.service,
             if span.failed { " ERROR" } else { "" }
         );
         let children =
