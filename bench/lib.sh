@@ -16,13 +16,14 @@ db_url() { python3 -c 'import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); 
 fresh_db() { psql "$PG_URL" -qc "drop database if exists $1 with (force)" -c "create database $1"; }
 
 # Starts users, books, orders and the gateway in one release process on fresh databases, with
-# the extra flags given; sets server_pid and returns once it is ready.
+# the extra flags given and the per-client rate limit off (one wrk client would be throttled);
+# sets server_pid and returns once it is ready.
 start_shop() {
   fresh_db bookstore_bench_books
   fresh_db bookstore_bench_users
   fresh_db bookstore_bench_orders
   BOOKSTORE_MASTER_KEY=$(./target/release/bookstore admin generate-master-key) \
-  RUST_LOG=warn ./target/release/bookstore serve users books orders gateway --seed "$@" \
+  RUST_LOG=warn ./target/release/bookstore serve users books orders gateway --seed --rate-limit-requests 0 "$@" \
     --books-database-url "$(db_url bookstore_bench_books)" --users-database-url "$(db_url bookstore_bench_users)" \
     --orders-database-url "$(db_url bookstore_bench_orders)" --data-dir "$work" \
     --http "$HTTP" --admin-http "$ADMIN" --books-grpc 127.0.0.1:15051 --users-grpc 127.0.0.1:15052 --orders-grpc 127.0.0.1:15053 --fulfillment-grpc 127.0.0.1:15054 --recommendations-grpc 127.0.0.1:15055 >"$work/server.log" 2>&1 &

@@ -5,13 +5,15 @@
 #   1. trace_sample_ratio 0, no collector: spans are made for trace ids, none is recorded
 #   2. 1% of traces sampled and exported over OTLP/gRPC
 #   3. every trace sampled and exported
-# to a receiver that counts spans and keeps none (crates/platform/examples/otlp-sink.rs). Prints
-# the rates, their ratios to run 1 and the spans received. Needs wrk and psql.
+# to a receiver that counts spans and keeps none (crates/platform/examples/otlp-sink.rs), in
+# ROUNDS rounds of the three (the order of runs moves rates more than tracing does). Prints each
+# one's median rate, its ratio to run 1's and the spans received. Needs wrk and psql.
 #
-#   bench/tracing.sh                        # defaults: 20 s each, 64 connections
+#   bench/tracing.sh                        # defaults: 3 rounds, 20 s a run, 64 connections
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ROUNDS=${ROUNDS:-3}
 SINK=127.0.0.1:14317
 work=$(mktemp -d)
 trap '[ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null; [ -n "${sink_pid:-}" ] && kill "$sink_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -40,25 +42,36 @@ tracing_run() {
   echo "$(cat "$work/result") $(( $(spans) - before ))" >"$work/result"
 }
 
-echo "warming up and measuring..."
-tracing_run 0 "no trace sampled, no collector"
-read -r off_rps off_rss off_spans <"$work/result"
-tracing_run 0.01 "1% of traces sampled and exported" export
-read -r some_rps some_rss some_spans <"$work/result"
-tracing_run 1 "every trace sampled and exported" export
-read -r all_rps all_rss all_spans <"$work/result"
+echo "warming up and measuring, $ROUNDS rounds..."
+: >"$work/runs"
+for round in $(seq 1 "$ROUNDS"); do
+  tracing_run 0 "round $round: no trace sampled, no collector"
+  echo "off $(cat "$work/result")" >>"$work/runs"
+  tracing_run 0.01 "round $round: 1% of traces sampled and exported" export
+  echo "some $(cat "$work/result")" >>"$work/runs"
+  tracing_run 1 "round $round: every trace sampled and exported" export
+  echo "all $(cat "$work/result")" >>"$work/runs"
+done
 
 for db in bookstore_bench_books bookstore_bench_users bookstore_bench_orders; do
   psql "$PG_URL" -qc "drop database if exists $db with (force)"
 done
 
-python3 - "$off_rps" "$off_rss" "$off_spans" "$some_rps" "$some_rss" "$some_spans" "$all_rps" "$all_rss" "$all_spans" <<'PY'
-import sys
-a = sys.argv[1:]
-runs = [("none sampled", a[0:3]), ("1% sampled, exported", a[3:6]), ("all sampled, exported", a[6:9])]
-base = float(runs[0][1][0])
+python3 - "$work/runs" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, rps, rss, spans = line.split()
+    runs.setdefault(label, []).append((float(rps), int(rss), int(spans)))
+base = statistics.median(r[0] for r in runs["off"])
 print()
-for label, (rps, rss, spans) in runs:
-    rps = float(rps)
-    print(f"GET /api/v1/books/{{id}}, {label:22} {rps:8.0f} req/s  {rps/base:5.2f}x  spans received {int(spans):>9,}  (RSS {int(rss)/1024:.0f} MiB)")
+names = {"off": "none sampled", "some": "1% sampled, exported", "all": "all sampled, exported"}
+for label in ("off", "some", "all"):
+    rates = [r[0] for r in runs[label]]
+    median = statistics.median(rates)
+    spans = statistics.median(r[2] for r in runs[label])
+    rss = max(r[1] for r in runs[label])
+    each = " ".join(f"{r:.0f}" for r in rates)
+    print(f"GET /api/v1/books/{{id}}, {names[label]:22} median {median:8.0f} req/s  {median/base:5.2f}x"
+          f"  (runs: {each}; spans received {int(spans):,} a run; RSS up to {rss/1024:.0f} MiB)")
 PY

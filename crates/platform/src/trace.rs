@@ -3,12 +3,14 @@
 //!
 //! - Every server opens one *server* span per request ([`server_span`], from the request
 //!   metrics middleware), continuing the caller's `traceparent` or starting a trace.
-//! - Outgoing gRPC calls carry the current span's context and the caller's W3C `baggage`
-//!   ([`inject`], from [`crate::grpc::Deadline::request`]), so the callee's span is a child of
-//!   the caller's.
-//! - Events keep the context of the request that published them in their envelope
-//!   ([`current_traceparent`]); handling one is a *consumer* span whose parent is that request
-//!   ([`consumer_span`]), so a checkout's trace reaches the services that react to it.
+//! - Each attempt of a call to a peer is a *client* span ([`client_span`], from the balancer),
+//!   whose context and the caller's W3C `baggage` the request carries, so the callee's server
+//!   span is its child.
+//! - Events keep the context of the request that wrote them in their envelope
+//!   ([`current_traceparent`]); the outbox relay's publication of one is a *producer* span
+//!   ([`producer_span`]) and its handling a *consumer* span ([`consumer_span`]), both children of
+//!   that request, so a checkout's trace reaches the services that react to it.
+//! - A message on a WebSocket starts a trace of its own ([`message_span`]).
 //!
 //! The spans are `tracing` spans, made OpenTelemetry spans by `tracing-opentelemetry`: the log
 //! lines of a request name its `trace_id`, and nested `tracing` spans at `info` become child
