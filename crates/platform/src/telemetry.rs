@@ -37,19 +37,9 @@ pub fn init_logging() {
 /// The tracer provider of a serving process. Spans still buffered are sent when it is shut down.
 pub struct Tracing(opentelemetry_sdk::trace::SdkTracerProvider);
 
-impl From<opentelemetry_sdk::trace::SdkTracerProvider> for Tracing {
-    fn from(provider: opentelemetry_sdk::trace::SdkTracerProvider) -> Self {
-        Self(provider)
-    }
-}
-
 impl Tracing {
-    /// Sends every span that has ended and waits for the collector (a few seconds at most).
-    pub fn flush(&self) {
-        let _ = self.0.force_flush();
-    }
-
-    /// Flushes, then stops exporting.
+    /// Sends every span that has ended (waiting for the collector a few seconds at most), then
+    /// stops exporting.
     pub fn shutdown(self) {
         let _ = self.0.shutdown();
     }

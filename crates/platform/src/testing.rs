@@ -626,15 +626,6 @@ pub fn capture_logs() {
     let _ = crate::telemetry::install(Some(&provider), crate::telemetry::Output::Test);
 }
 
-/// As [`capture_logs`], with spans exported as `settings` say (a test's OTLP receiver); the test
-/// flushes the returned provider before it looks. Call first thing, inside the runtime.
-pub fn capture_traces(settings: &crate::trace::TracingSettings) -> crate::telemetry::Tracing {
-    let provider = crate::trace::provider(settings).expect("a tracer provider");
-    crate::telemetry::install(Some(&provider), crate::telemetry::Output::Test)
-        .expect("no subscriber installed before capture_traces");
-    crate::telemetry::Tracing::from(provider)
-}
-
 /// Generates one test per backend from one async test body `fn(Backend)`:
 ///
 /// ```ignore
