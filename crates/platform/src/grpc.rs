@@ -23,11 +23,11 @@ impl Deadline {
     }
 
     /// Wraps `message` in a request whose `grpc-timeout` is what is left of this deadline, so the
-    /// callee stops when the caller would, and which carries the current trace context.
+    /// callee stops when the caller would. (The trace context goes on in the balancer, on each
+    /// attempt's headers.)
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.remaining());
-        crate::trace::inject(&mut request);
         request
     }
 }

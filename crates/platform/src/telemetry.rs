@@ -213,7 +213,7 @@ where
         metrics::histogram!("events_handle_duration_seconds", "service" => service, "consumer" => consumer);
     let lag = metrics::gauge!("events_consumer_lag_seconds", "service" => service, "consumer" => consumer);
     move |event| {
-        let (published, traceparent) = published_at(&event);
+        let (published, traceparent) = event.provenance();
         let span = crate::trace::consumer_span(service, consumer, &event.event_type, &traceparent);
         let (ok, failed, duration, lag) = (ok.clone(), failed.clone(), duration.clone(), lag.clone());
         let handled = span.in_scope(|| handler(event));
@@ -237,17 +237,6 @@ where
             span,
         ))
     }
-}
-
-/// When `event` was published, and the trace context of the request that published it (empty
-/// when it had none), from its envelope.
-fn published_at(event: &crate::events::Event) -> (Option<i64>, String) {
-    use prost::Message;
-    let Ok(envelope) = bookstore_api::orders::v1::EventEnvelope::decode(event.body.as_slice()) else {
-        return (None, String::new());
-    };
-    let time = envelope.time.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-    (time, envelope.traceparent)
 }
 
 /// How often the dead letters of a consumer are counted.

@@ -116,19 +116,6 @@ impl Injector for HeadersMut<'_> {
     }
 }
 
-/// Writes trace context into a gRPC request's metadata.
-struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
-
-impl Injector for Metadata<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) =
-            (tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes()), value.parse())
-        {
-            self.0.insert(key, value);
-        }
-    }
-}
-
 /// Opens the server span of one request to `service`, named `name` (`GET /api/v1/books/{id}`,
 /// or the gRPC method), as a child of the caller's span when its headers carry one; records its
 /// trace id for logs, and the request id the edge gave it.
@@ -200,11 +187,7 @@ pub(crate) fn producer_span(service: &'static str, event_type: &str, traceparent
         otel.status_code = tracing::field::Empty,
         service,
     );
-    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
-    }
+    adopt(&span, remote_parent(traceparent));
     span
 }
 
@@ -226,9 +209,15 @@ pub(crate) fn consumer_span(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
-    adopt(&span, TraceContextPropagator::new().extract(&carrier));
+    adopt(&span, remote_parent(traceparent));
     span
+}
+
+/// The remote span a `traceparent` value (from an event's envelope) names, as a context to
+/// adopt; an empty context when the value is not well formed.
+fn remote_parent(traceparent: &str) -> opentelemetry::Context {
+    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
+    TraceContextPropagator::new().extract(&carrier)
 }
 
 /// Makes `parent` (when it holds a valid remote span) the parent of `span`, and writes the
@@ -246,7 +235,7 @@ fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
     }
 }
 
-/// Records a server span's answer (`field` is `http.response.status_code` or
+/// Records the answer on a server or client span (`field` is `http.response.status_code` or
 /// `rpc.grpc.status_code`), and marks the span failed when the server was at fault.
 pub(crate) fn record_outcome(span: &tracing::Span, field: &str, code: &str, failed: bool) {
     span.record(field, code);
@@ -260,12 +249,6 @@ pub(crate) fn mark_failed(span: &tracing::Span) {
     span.record("otel.status_code", "ERROR");
 }
 
-/// Puts the current span's context on an outgoing gRPC request.
-pub(crate) fn inject<T>(request: &mut tonic::Request<T>) {
-    let context = tracing::Span::current().context();
-    PROPAGATOR.inject_context(&context, &mut Metadata(request.metadata_mut()));
-}
-
 /// The current span's context as a `traceparent` value, for an event's envelope; `None` outside
 /// any traced work.
 pub fn current_traceparent() -> Option<String> {
@@ -276,8 +259,7 @@ pub fn current_traceparent() -> Option<String> {
 
 /// The trace id in a `traceparent` value (32 hex digits), if it is well formed.
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let carrier = HashMap::from([(HEADER.to_owned(), traceparent.to_owned())]);
-    let context = TraceContextPropagator::new().extract(&carrier);
+    let context = remote_parent(traceparent);
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
@@ -304,6 +286,15 @@ mod tests {
         headers
     }
 
+    /// Opens the client span of a call made from the current span: the `traceparent` it puts
+    /// on the call's headers, and the client span's own.
+    fn call_from_here() -> (String, String) {
+        let mut headers = http::HeaderMap::new();
+        let call = client_span("orders", "books", "GetBook", "http://books", &mut headers);
+        let sent = headers.get(HEADER).unwrap().to_str().unwrap().to_owned();
+        (sent, call.in_scope(current_traceparent).unwrap())
+    }
+
     /// `[version, trace id, span id, flags]` of a `traceparent`.
     fn fields(traceparent: &str) -> Vec<String> {
         traceparent.split('-').map(str::to_owned).collect()
@@ -311,13 +302,11 @@ mod tests {
 
     #[test]
     fn a_request_continues_its_callers_trace_into_the_calls_and_events_it_makes() {
-        let (sent, enveloped) = traced(|| {
+        let (sent, call, enveloped) = traced(|| {
             let span = server_span("books", "GET /", &headers(CALLER));
             span.in_scope(|| {
-                let mut request = tonic::Request::new(());
-                inject(&mut request);
-                let sent = request.metadata().get(HEADER).unwrap().to_str().unwrap().to_owned();
-                (sent, current_traceparent().unwrap())
+                let (sent, call) = call_from_here();
+                (sent, call, current_traceparent().unwrap())
             })
         });
         let caller = fields(CALLER);
@@ -326,7 +315,8 @@ mod tests {
             assert_ne!(hop[2], caller[2], "a span of its own");
             assert_eq!(hop[3], "01", "sampled, as the caller decided");
         }
-        assert_eq!(sent, enveloped, "a call and an event made in one span name the same parent");
+        assert_eq!(sent, call, "a call's headers name its client span as the callee's parent");
+        assert_ne!(fields(&sent)[2], fields(&enveloped)[2], "the call is a span of its own");
     }
 
     #[test]
@@ -335,9 +325,9 @@ mod tests {
         incoming.insert("baggage", "tenant=acme,region=eu".parse().unwrap());
         let sent = traced(|| {
             server_span("gateway", "GET /", &incoming).in_scope(|| {
-                let mut request = tonic::Request::new(());
-                inject(&mut request);
-                request.metadata().get("baggage").map(|v| v.to_str().unwrap().to_owned())
+                let mut headers = http::HeaderMap::new();
+                let _call = client_span("gateway", "books", "GetBook", "http://books", &mut headers);
+                headers.get("baggage").map(|v| v.to_str().unwrap().to_owned())
             })
         });
         let mut items: Vec<String> = sent.expect("baggage sent on").split(',').map(str::to_owned).collect();
@@ -396,8 +386,5 @@ mod tests {
     #[test]
     fn outside_any_span_there_is_nothing_to_carry() {
         assert_eq!(traced(current_traceparent), None);
-        let mut request = tonic::Request::new(());
-        traced(|| inject(&mut request));
-        assert!(request.metadata().get(HEADER).is_none());
     }
 }

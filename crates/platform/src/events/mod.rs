@@ -58,6 +58,20 @@ pub struct Event {
     pub body: Vec<u8>,
 }
 
+impl Event {
+    /// Where this event came from, read from its envelope: when it was published (ms since the
+    /// epoch) and the `traceparent` of the request that caused it (empty when it had none, or
+    /// when the body is not an envelope).
+    pub fn provenance(&self) -> (Option<i64>, String) {
+        use prost::Message;
+        let Ok(envelope) = bookstore_api::orders::v1::EventEnvelope::decode(self.body.as_slice()) else {
+            return (None, String::new());
+        };
+        let time = envelope.time.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+        (time, envelope.traceparent)
+    }
+}
+
 /// Where events go.
 #[derive(Clone)]
 pub enum Bus {

@@ -76,7 +76,7 @@ pub(crate) async fn relay_outbox(
     // event left for the bus. They end when the publication does.
     let spans: Vec<tracing::Span> = events
         .iter()
-        .map(|e| crate::trace::producer_span(service, &e.event_type, &traceparent_of(e)))
+        .map(|e| crate::trace::producer_span(service, &e.event_type, &e.provenance().1))
         .collect();
     if let Err(e) = bus.publish(&events).await {
         spans.iter().for_each(crate::trace::mark_failed);
@@ -150,12 +150,4 @@ pub async fn run_relay(
             () = shutdown.cancelled() => return,
         }
     }
-}
-
-/// The `traceparent` in an event's envelope; empty when it has none or cannot be read.
-fn traceparent_of(event: &Event) -> String {
-    use prost::Message;
-    bookstore_api::orders::v1::EventEnvelope::decode(event.body.as_slice())
-        .map(|e| e.traceparent)
-        .unwrap_or_default()
 }
