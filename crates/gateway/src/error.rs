@@ -333,6 +333,10 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
+/// Marks an error a page rendered itself (as HTML, for a person): the envelope leaves it alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Rendered;
+
 /// Writes the envelope of every error response, with the request's id.
 pub async fn envelope(request: Request, next: Next) -> Response {
     let request_id =
@@ -346,6 +350,7 @@ pub async fn finish(request_id: String, response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.extensions().get::<crate::proxy::PassedThrough>().is_some()
+        || response.extensions().get::<Rendered>().is_some()
     {
         return response;
     }

@@ -22,6 +22,7 @@ pub mod security;
 pub mod settings;
 pub mod stale;
 pub mod users;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,6 +259,12 @@ pub fn router(
     verifier: Arc<Verifier>,
     edge: Edge,
 ) -> anyhow::Result<Router> {
+    // The pages call the API's handlers, under the same limits; a session cookie, not a bearer
+    // token, says who is browsing.
+    let pages = web::router(state.clone(), verifier.clone())
+        .layer(axum::middleware::from_fn_with_state(edge.limiter.clone(), edge::rate_limit))
+        .layer(axum::middleware::from_fn_with_state(BODY_READ_TIMEOUT, security::body_deadline))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
     let api = Router::new()
         .route("/api/v1/books", get(books::list_books).post(books::create_book))
         .route(
@@ -313,6 +320,7 @@ pub fn router(
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     let mut router = Router::new()
         .merge(api)
+        .merge(pages)
         .merge(
             Router::from(SwaggerUi::new("/docs").url("/api/openapi.json", openapi::ApiDoc::openapi())).layer(
                 SetResponseHeaderLayer::overriding(

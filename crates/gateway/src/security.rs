@@ -212,22 +212,28 @@ impl Hsts {
         Self { value, trusted_proxies }
     }
 
-    /// Whether `request` came over TLS: to this process, or to a trusted proxy in front.
+    /// Whether `request` came over TLS ([`over_tls`]).
     pub fn over_tls(&self, request: &Request) -> bool {
-        if request.extensions().get::<OverTls>().is_some() {
-            return true;
-        }
-        let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
-            return false;
-        };
-        self.trusted_proxies.iter().any(|net| net.contains(&peer.ip()))
-            && request
-                .headers()
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+        over_tls(request, &self.trusted_proxies)
     }
+}
+
+/// Whether `request` came over TLS: to this process, or to one of the `trusted_proxies` in front
+/// (which says so in `X-Forwarded-Proto`).
+pub fn over_tls(request: &Request, trusted_proxies: &[ipnet::IpNet]) -> bool {
+    if request.extensions().get::<OverTls>().is_some() {
+        return true;
+    }
+    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
+        return false;
+    };
+    trusted_proxies.iter().any(|net| net.contains(&peer.ip()))
+        && request
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
 /// Sends `Strict-Transport-Security` on answers to requests that came over TLS, when it is on:

@@ -18,6 +18,7 @@ mod third_party;
 mod tls;
 mod traces;
 mod users;
+mod web;
 
 use bookstore::{App, Config};
 use bookstore_platform::db::Backend;

@@ -1,0 +1,94 @@
+//! The shop in a browser: pages the gateway renders itself, served from the binary.
+//!
+//! Each page is a view of the REST API: its handler calls the API's own handler (the same
+//! checks, the same degraded answers when a service is down, the same errors) and renders the
+//! answer as HTML with maud, which escapes every value it is given. Every page and every form
+//! works without JavaScript; there is no script at all yet, and the Content-Security-Policy
+//! ([`PAGE_CSP`]) allows none but our own. The browser never holds a token: [`session`] keeps
+//! the tokens in httpOnly cookies and a CSRF token guards every form.
+//!
+//! - [`shop`]: the catalog (search, paging), a book with its recommendations, my orders;
+//! - [`cart`]: the cart (a cookie of book ids and quantities) and checkout;
+//! - [`account`]: register, sign in, sign out.
+
+pub mod account;
+pub mod assets;
+pub mod cart;
+pub mod layout;
+pub mod session;
+pub mod shop;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use bookstore_platform::auth::Verifier;
+use serde::de::DeserializeOwned;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorCode};
+
+/// The Content-Security-Policy of the pages: nothing but our own stylesheet, and forms that post
+/// to ourselves; no script, no frames, no plugins.
+pub const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                            frame-ancestors 'none'; base-uri 'none'";
+
+/// What the pages share.
+pub struct Web {
+    pub state: AppState,
+    pub verifier: Arc<Verifier>,
+    pub refreshes: session::Refreshes,
+}
+
+/// The pages, over the API's handlers in `state`, with sessions checked by `verifier`. The
+/// gateway's stack (request ids, metrics, compression, limits) goes around them as it goes
+/// around the API.
+pub fn router(state: AppState, verifier: Arc<Verifier>) -> Router {
+    let web = Arc::new(Web { state: state.clone(), verifier, refreshes: session::Refreshes::default() });
+    let pages = Router::new()
+        .route("/", get(shop::catalog))
+        .route("/books/{id}", get(shop::book))
+        .route("/orders", get(shop::orders))
+        .route("/orders/{id}", get(shop::order))
+        .route("/cart", get(cart::show).post(cart::change))
+        .route("/checkout", get(cart::checkout_form).post(cart::checkout))
+        .route("/signin", get(account::sign_in_form).post(account::sign_in))
+        .route("/register", get(account::register_form).post(account::register))
+        .route("/signout", post(account::sign_out))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(web, session::sessions))
+        // Every page carries its visitor's CSRF token, and some their orders: no cache keeps one.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    // Assets need no session: a stylesheet fetched beside a page must not race it for a refresh.
+    Router::new().merge(pages).route("/static/{file}", get(assets::serve)).layer(
+        SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_CSP),
+        ),
+    )
+}
+
+/// The value in a JSON answer of one of the API's handlers, and whether it was served degraded
+/// (a saved copy, or a fallback).
+pub async fn answer_of<T: DeserializeOwned>(
+    answer: Result<Response, ApiError>,
+) -> Result<(T, bool), ApiError> {
+    let response = answer?;
+    let degraded = response.headers().contains_key(crate::stale::DEGRADED);
+    let bytes =
+        axum::body::to_bytes(Body::new(response.into_body()), usize::MAX).await.map_err(unreadable)?;
+    let value = serde_json::from_slice(&bytes).map_err(unreadable)?;
+    Ok((value, degraded))
+}
+
+fn unreadable(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "a page could not read the API's answer");
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+}
