@@ -13,25 +13,12 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "schemathesis==4.32.5"
 fi
-cargo build --locked -q -p bookstore
+source .ci/up.sh
 work=$(mktemp -d)
-server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { stop_up; rm -rf "$work"; }
 trap cleanup EXIT
 admin_password="schemathesis admin passphrase"
-any=127.0.0.1:0
-BOOKSTORE_ADMIN_PASSWORD="$admin_password" RUST_LOG=info "${CARGO_TARGET_DIR:-target}/debug/bookstore" up --data-dir "$work/data" \
-  --http "$any" --admin-http "$any" --books-grpc "$any" --users-grpc "$any" --orders-grpc "$any" \
-  --fulfillment-grpc "$any" --recommendations-grpc "$any" >"$work/server.log" 2>&1 &
-server_pid=$!
-addr_of() { sed -n "s/.*\"message\":\"listening\".*\"service\":\"$1\".*\"addr\":\"\\([^\"]*\\)\".*/\\1/p; s/.*\"addr\":\"\\([^\"]*\\)\".*\"message\":\"listening\".*\"service\":\"$1\".*/\\1/p" "$work/server.log" | head -n 1; }
-for _ in $(seq 1 300); do
-  admin=$(addr_of admin); [ -n "$admin" ] && curl -sf "http://$admin/readyz" >/dev/null && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; echo "bookstore up stopped"; exit 1; }
-  sleep 0.2
-done
-base="http://$(addr_of gateway)"
-echo "bookstore up: API at $base"
+start_up "$work" "$admin_password"
 token() {
   curl -sf -X POST "$base/api/v1/auth/login" -H 'content-type: application/json' -d "$1" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'

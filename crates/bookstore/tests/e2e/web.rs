@@ -80,6 +80,8 @@ async fn the_catalog_pages_list_search_and_show_books_without_javascript(backend
     let csp = answer.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
     assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(answer.headers()["cache-control"], "no-store");
+    // Our forms must carry their origin (under `no-referrer` a browser sends `Origin: null`).
+    assert_eq!(answer.headers()["referrer-policy"], "same-origin");
     assert!(answer.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let home = answer.text().await.unwrap();
     assert!(!home.contains("<script"), "no script on a reading page");

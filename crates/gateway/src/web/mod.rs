@@ -67,12 +67,15 @@ pub fn router(state: AppState, verifier: Arc<Verifier>) -> Router {
             HeaderValue::from_static("no-store"),
         ));
     // Assets need no session: a stylesheet fetched beside a page must not race it for a refresh.
-    Router::new().merge(pages).route("/static/{file}", get(assets::serve)).layer(
-        SetResponseHeaderLayer::overriding(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(PAGE_CSP),
-        ),
-    )
+    Router::new()
+        .merge(pages)
+        .route("/static/{file}", get(assets::serve))
+        // No icon: an answer, so browsers stop asking.
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
+        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP)))
+        // Our own forms must say where they come from: under `no-referrer` a browser sends
+        // `Origin: null`, which [`session`] refuses. Other sites still learn nothing.
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
 }
 
 /// The value in a JSON answer of one of the API's handlers, and whether it was served degraded

@@ -1,0 +1,147 @@
+// The shop in a real browser: headless Chromium (the system's, driven by playwright-core) against
+// a running `bookstore up` at BOOKSTORE_URL, whose admin password is BOOKSTORE_ADMIN_PASSWORD.
+// A customer registers, signs in, searches, opens a book, fills the cart and checks out with a
+// double click (one order); axe-core finds no serious accessibility violation on any page; the
+// storefront's first load stays under its size budget. Screenshots of every page go to
+// SCREENSHOTS_DIR (default ./screenshots), and the first load's numbers are printed.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, readFile } from 'node:fs/promises';
+import http from 'node:http';
+import { chromium } from 'playwright-core';
+
+const base = process.env.BOOKSTORE_URL;
+assert.ok(base, 'BOOKSTORE_URL: the shop to test');
+const shots = process.env.SCREENSHOTS_DIR ?? 'screenshots';
+const axeSource = await readFile(new URL('../node_modules/axe-core/axe.min.js', import.meta.url), 'utf8');
+// Kilobytes the storefront's first load (page and stylesheet, compressed) may take.
+const FIRST_LOAD_BUDGET_KB = 100;
+
+let browser;
+before(async () => {
+  await mkdir(shots, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox'],
+  });
+});
+after(async () => browser?.close());
+
+/** A page in a fresh browser context (its own cookies), at a phone's width when asked. */
+async function fresh({ phone = false } = {}) {
+  const context = await browser.newContext(phone ? { viewport: { width: 375, height: 740 } } : {});
+  const page = await context.newPage();
+  const refused = [];
+  // The pages' Content-Security-Policy must never have to refuse anything of ours.
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) refused.push(m.text()); });
+  page.refusedByCsp = refused;
+  return page;
+}
+
+/** Runs axe-core on `page` (injected over the debugging protocol, which the CSP does not
+ *  govern) and fails on any serious or critical violation; screenshots the page as `name`. */
+async function check(page, name) {
+  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() =>
+    // eslint-disable-next-line no-undef
+    axe.run(document, { runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] }));
+  const serious = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  assert.deepEqual(
+    serious.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`),
+    [],
+    `accessibility of ${name}`,
+  );
+  assert.deepEqual(page.refusedByCsp, [], `CSP refusals on ${name}`);
+}
+
+/** Bytes of `path` as sent with `accept-encoding: br, gzip` (undecoded). */
+function compressedBytes(path) {
+  return new Promise((resolve, reject) => {
+    http.get(new URL(path, base), { headers: { 'accept-encoding': 'br, gzip' } }, (res) => {
+      let bytes = 0;
+      res.on('data', (chunk) => { bytes += chunk.length; });
+      res.on('end', () => resolve(bytes));
+    }).on('error', reject);
+  });
+}
+
+test('the storefront loads small and fast, and reads well at a phone\'s width', async () => {
+  const page = await fresh();
+  await page.goto(`${base}/`);
+  const sheet = await page.getAttribute('link[rel=stylesheet]', 'href');
+  const kb = ((await compressedBytes('/')) + (await compressedBytes(sheet))) / 1024;
+  const lcp = await page.evaluate(() => new Promise((resolve) => {
+    new PerformanceObserver((list) => {
+      const entries = list.getEntries();
+      resolve(entries[entries.length - 1].startTime);
+    }).observe({ type: 'largest-contentful-paint', buffered: true });
+  }));
+  console.log(`first load: ${kb.toFixed(1)} KB compressed; largest contentful paint ${lcp.toFixed(0)} ms`);
+  assert.ok(kb < FIRST_LOAD_BUDGET_KB, `first load ${kb.toFixed(1)} KB`);
+  assert.equal(await page.locator('h1').textContent(), 'Catalog');
+  await check(page, 'catalog');
+
+  const phone = await fresh({ phone: true });
+  await phone.goto(`${base}/`);
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling at 375 px (${overflow} px over)`);
+  await check(phone, 'catalog-phone');
+  await phone.context().close();
+  await page.context().close();
+});
+
+test('a customer searches, opens a book, fills the cart and checks out once with a double click', async () => {
+  const page = await fresh();
+  const name = `browser${Date.now()}`;
+  const password = 'amber kettle orchard violin';
+
+  await page.goto(`${base}/register`);
+  await check(page, 'register');
+  await page.getByLabel('Username').fill(name);
+  await page.getByLabel('Email').fill(`${name}@example.com`);
+  await page.getByLabel('Full name').fill('Browser Tester');
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Register' }).click();
+  await page.waitForURL(/\/signin\?registered=1$/);
+  await check(page, 'sign-in');
+  await page.getByLabel('Username or email').fill(name);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.waitForURL(`${base}/`);
+  assert.equal(await page.getByRole('button', { name: 'Sign out' }).count(), 1);
+
+  // Search by a word of a book's title, then open it.
+  const firstTitle = await page.locator('.books h2 a').first().textContent();
+  const word = firstTitle.split(/\s+/).sort((a, b) => b.length - a.length)[0];
+  await page.getByLabel('Search by title, author or description').fill(word);
+  await page.keyboard.press('Enter');
+  await page.waitForURL(/\?q=/);
+  await check(page, 'search');
+  await page.getByRole('link', { name: firstTitle, exact: true }).first().click();
+  await page.waitForURL(/\/books\//);
+  assert.equal(await page.locator('h1').textContent(), firstTitle);
+  await check(page, 'book');
+  await page.getByLabel('Quantity').fill('2');
+  await page.getByRole('button', { name: 'Add to cart' }).click();
+  await page.waitForURL(/\/cart$/);
+  await check(page, 'cart');
+  await page.getByRole('link', { name: 'Check out' }).click();
+  await page.waitForURL(/\/checkout$/);
+  await page.getByLabel('Full name').fill('Browser Tester');
+  await page.getByLabel('Address', { exact: true }).fill('3 Chromium Lane');
+  await page.getByLabel(/^City/).fill('Testville');
+  await page.getByLabel(/^Country/).fill('DE');
+  await check(page, 'checkout');
+  await page.getByRole('button', { name: 'Place order' }).dblclick();
+  await page.waitForURL(/\/orders\/[0-9a-f-]+$/);
+  assert.match(await page.locator('.status').first().textContent(), /PLACED/);
+  await check(page, 'order');
+
+  await page.goto(`${base}/orders`);
+  assert.equal(await page.locator('tbody tr').count(), 1, 'a double click places one order');
+  await check(page, 'my-orders');
+  await page.goto(`${base}/books/no-such-book`);
+  await check(page, 'not-found');
+  await page.context().close();
+});
