@@ -1,8 +1,10 @@
 // The shop in a real browser: headless Chromium (the system's, driven by playwright-core) against
 // a running `bookstore up` at BOOKSTORE_URL, whose admin password is BOOKSTORE_ADMIN_PASSWORD.
 // A customer registers, signs in, searches, opens a book, fills the cart and checks out with a
-// double click (one order); axe-core finds no serious accessibility violation on any page; the
-// storefront's first load stays under its size budget. Screenshots of every page go to
+// double click (one order); staff, in another browser context, see the order arrive in the live
+// queue, move it to the top and ship it, and the customer's page turns SHIPPED by itself; an
+// admin promotes a customer to staff; axe-core finds no serious accessibility violation on any
+// page; the storefront's first load stays under its size budget. Screenshots of every page go to
 // SCREENSHOTS_DIR (default ./screenshots), and the first load's numbers are printed.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -91,25 +93,51 @@ test('the storefront loads small and fast, and reads well at a phone\'s width', 
   await page.context().close();
 });
 
-test('a customer searches, opens a book, fills the cart and checks out once with a double click', async () => {
-  const page = await fresh();
-  const name = `browser${Date.now()}`;
-  const password = 'amber kettle orchard violin';
+const PASSWORD = 'amber kettle orchard violin';
+let customers = 0;
 
+/** Registers a new customer through the pages and signs them in; their username. */
+async function registerAndSignIn(page, { screenshots = false } = {}) {
+  customers += 1;
+  const name = `browser${Date.now()}x${customers}`;
   await page.goto(`${base}/register`);
-  await check(page, 'register');
+  if (screenshots) await check(page, 'register');
   await page.getByLabel('Username').fill(name);
   await page.getByLabel('Email').fill(`${name}@example.com`);
   await page.getByLabel('Full name').fill('Browser Tester');
-  await page.getByLabel('Password').fill(password);
+  await page.getByLabel('Password').fill(PASSWORD);
   await page.getByRole('button', { name: 'Register' }).click();
   await page.waitForURL(/\/signin\?registered=1$/);
-  await check(page, 'sign-in');
+  if (screenshots) await check(page, 'sign-in');
+  await signIn(page, name, PASSWORD);
+  return name;
+}
+
+async function signIn(page, name, password) {
+  if (!page.url().includes('/signin')) await page.goto(`${base}/signin`);
   await page.getByLabel('Username or email').fill(name);
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.waitForURL(`${base}/`);
   assert.equal(await page.getByRole('button', { name: 'Sign out' }).count(), 1);
+}
+
+/** Puts the catalog's first book in the cart and checks out; the order page's path. */
+async function buyTheFirstBook(page) {
+  await page.goto(`${base}/`);
+  await page.locator('.books h2 a').first().click();
+  await page.getByRole('button', { name: 'Add to cart' }).click();
+  await page.goto(`${base}/checkout`);
+  await page.getByLabel('Full name').fill('Browser Tester');
+  await page.getByLabel('Address', { exact: true }).fill('4 Queue Street');
+  await page.getByRole('button', { name: 'Place order' }).click();
+  await page.waitForURL(/\/orders\/[0-9a-f-]+$/);
+  return new URL(page.url()).pathname;
+}
+
+test('a customer searches, opens a book, fills the cart and checks out once with a double click', async () => {
+  const page = await fresh();
+  await registerAndSignIn(page, { screenshots: true });
 
   // Search by a word of a book's title, then open it.
   const firstTitle = await page.locator('.books h2 a').first().textContent();
@@ -144,4 +172,64 @@ test('a customer searches, opens a book, fills the cart and checks out once with
   await page.goto(`${base}/books/no-such-book`);
   await check(page, 'not-found');
   await page.context().close();
+});
+
+test('staff see an order arrive live, move it to the top and ship it; the customer sees SHIPPED', async () => {
+  const staff = await fresh();
+  await signIn(staff, 'admin', process.env.BOOKSTORE_ADMIN_PASSWORD);
+  await staff.goto(`${base}/staff/queue`);
+  await staff.locator('#queue-status', { hasText: /^Live/ }).waitFor();
+  const customer = await fresh();
+  await registerAndSignIn(customer);
+  // Something in the queue before it, so that "to the top" moves it.
+  await buyTheFirstBook(customer);
+  const orderPath = await buyTheFirstBook(customer);
+  const order = `Order ${orderPath.split('/').pop().slice(-8)}`;
+
+  // It arrives without a reload, last in line; staff move it to the top.
+  const task = staff.locator('li.task', { hasText: order });
+  await task.waitFor();
+  await staff.getByRole('button', { name: `Move to top: ${order}` }).click();
+  await staff.locator('li.task').first().filter({ hasText: order }).waitFor();
+  await check(staff, 'staff-queue');
+  // Claimed from the keyboard, then packed and shipped.
+  await staff.getByRole('button', { name: `Claim ${order}` }).focus();
+  await staff.keyboard.press('Enter');
+  await task.locator('.state', { hasText: 'PICKING' }).waitFor();
+  await staff.getByRole('button', { name: `Mark packed: ${order}` }).click();
+  await task.locator('.state', { hasText: 'PACKED' }).waitFor();
+  await staff.getByRole('button', { name: `Mark shipped: ${order}` }).click();
+  await task.waitFor({ state: 'detached' });
+
+  // The customer's order page, open all along, says so by itself.
+  await customer.locator('.status', { hasText: 'SHIPPED' }).waitFor({ timeout: 15000 });
+  await staff.context().close();
+  await customer.context().close();
+});
+
+test('an admin promotes a customer to staff, who then sees the staff pages', async () => {
+  const customer = await fresh();
+  const name = await registerAndSignIn(customer);
+  const refused = await customer.goto(`${base}/staff/queue`);
+  assert.equal(refused.status(), 403);
+  assert.equal(await customer.getByRole('link', { name: 'Queue' }).count(), 0);
+
+  const admin = await fresh();
+  await signIn(admin, 'admin', process.env.BOOKSTORE_ADMIN_PASSWORD);
+  await admin.goto(`${base}/admin/users`);
+  await check(admin, 'admin-users');
+  await admin.getByLabel(`Role of ${name}`).selectOption('staff');
+  await admin.getByLabel(`Role of ${name}`).locator('xpath=..').getByRole('button', { name: 'Set' }).click();
+  await admin.waitForURL(/\/admin\/users$/);
+  assert.equal(await admin.getByLabel(`Role of ${name}`).inputValue(), 'staff');
+  await admin.goto(`${base}/admin/service-accounts`);
+  await check(admin, 'admin-service-accounts');
+
+  // A role comes with the next sign-in (a change of roles ends the account's sessions).
+  await signIn(customer, name, PASSWORD);
+  await customer.getByRole('link', { name: 'Queue' }).click();
+  await customer.locator('#queue-status', { hasText: /^Live/ }).waitFor();
+  assert.equal(await customer.locator('h1').textContent(), 'Fulfillment queue');
+  await admin.context().close();
+  await customer.context().close();
 });

@@ -1,7 +1,10 @@
 //! `GET /api/v1/fulfillment/queue/ws`: the work queue, live, over a WebSocket.
 //!
 //! - The first message authenticates (tokens never go in the URL):
-//!   `{"type": "auth", "token": "<access token>"}`, within 10 s. A token that does not verify
+//!   `{"type": "auth", "token": "<access token>"}`, within 10 s. The shop's own staff page opens
+//!   the socket at `/staff/queue/ws` instead, where the browser's session cookie has already
+//!   said who is calling (`gateway::web::session`): its first message is `{"type": "auth"}`,
+//!   without a token (which its scripts never see). A token that does not verify
 //!   closes the socket with 4401, a customer's with 4403, one socket too many of a user (`queue_sockets_per_user`, 5) with 4429,
 //!   anything else first with 4400. The socket closes (4401) when the token expires.
 //! - Server → client: `{"type": "snapshot", "seq", "tasks"}` first, then each change as
@@ -96,7 +99,9 @@ impl Drop for SocketGuard {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Incoming {
     Auth {
-        token: String,
+        /// Absent when the upgrade itself was authenticated (the pages' session cookie).
+        #[serde(default)]
+        token: Option<String>,
         #[serde(default)]
         last_seq: Option<i64>,
     },
@@ -140,10 +145,13 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
 pub async fn queue_socket(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
+    auth: Auth,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     use axum::http::header::{HOST, ORIGIN};
     use axum::response::IntoResponse;
+    // A browser always sends its page's origin on a socket's upgrade, so this check also keeps
+    // other sites from opening one with the visitor's session cookie.
     if let Some(origin) = headers.get(ORIGIN) {
         let host = headers.get(HOST).and_then(|h| h.to_str().ok());
         if !origin.to_str().is_ok_and(|origin| origin_allowed(origin, host, &state.live.origins)) {
@@ -155,15 +163,15 @@ pub async fn queue_socket(
             return refusal.into_response();
         }
     }
-    upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| serve(state, socket))
+    upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| serve(state, socket, auth.0))
 }
 
 fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
 }
 
-async fn serve(state: AppState, mut socket: WebSocket) {
-    let (caller, last_seq) = match authenticate(&state, &mut socket).await {
+async fn serve(state: AppState, mut socket: WebSocket, known: Option<Caller>) {
+    let (caller, last_seq) = match authenticate(&state, &mut socket, known).await {
         Ok(caller) => caller,
         Err(refusal) => {
             let _ = tokio::time::timeout(SEND_WITHIN, socket.send(refusal)).await;
@@ -188,8 +196,13 @@ pub(crate) fn until_expiry(identity: &bookstore_platform::auth::Identity) -> Dur
     expires.duration_since(std::time::SystemTime::now()).unwrap_or_default()
 }
 
-/// The first message: a token that verifies, of staff or an admin.
-async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Result<(Caller, Option<i64>), Message> {
+/// The first message: a token that verifies, of staff or an admin; or, when the upgrade already
+/// named the caller (`known`), no token.
+async fn authenticate(
+    state: &AppState,
+    socket: &mut WebSocket,
+    known: Option<Caller>,
+) -> Result<(Caller, Option<i64>), Message> {
     let first = tokio::time::timeout(AUTH_WITHIN, socket.recv()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else {
         return Err(close(4400, "the first message must be {\"type\": \"auth\", \"token\": ...}"));
@@ -197,12 +210,23 @@ async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Result<(Calle
     let Ok(Incoming::Auth { token, last_seq }) = serde_json::from_str::<Incoming>(&text) else {
         return Err(close(4400, "the first message must be {\"type\": \"auth\", \"token\": ...}"));
     };
-    let identity =
-        state.live.verifier.verify(&token).await.map_err(|_| close(4401, "the token does not verify"))?;
-    if !identity.has_any(&[Role::Staff, Role::Admin]) {
+    let caller = match (token, known) {
+        (Some(token), _) => {
+            let identity = state
+                .live
+                .verifier
+                .verify(&token)
+                .await
+                .map_err(|_| close(4401, "the token does not verify"))?;
+            Caller { identity, token }
+        }
+        (None, Some(known)) => known,
+        (None, None) => return Err(close(4401, "no token, and the upgrade was not signed in")),
+    };
+    if !caller.identity.has_any(&[Role::Staff, Role::Admin]) {
         return Err(close(4403, "the queue is for staff"));
     }
-    Ok((Caller { identity, token }, last_seq))
+    Ok((caller, last_seq))
 }
 
 /// Relays fulfillment's changes to the client and the client's actions to fulfillment, until

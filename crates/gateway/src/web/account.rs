@@ -84,7 +84,6 @@ pub async fn sign_in(
     State(state): State<AppState>,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    auth: Auth,
     csrf: Csrf,
     Secure(secure): Secure,
     jar: CookieJar,
@@ -102,8 +101,15 @@ pub async fn sign_in(
             if let Some(secs) = error.retry_after {
                 problem.push_str(&format!(" Try again in {secs} seconds."));
             }
-            let page =
-                sign_in_page(&auth, &csrf, &form.username, local_path(&form.next), None, Some(&problem));
+            // Shown signed out: whoever was signed in here, this form is a new sign-in.
+            let page = sign_in_page(
+                &Auth::default(),
+                &csrf,
+                &form.username,
+                local_path(&form.next),
+                None,
+                Some(&problem),
+            );
             Ok(refused(error.status, page))
         }
         Err(error) => Err(error.into()),

@@ -5,22 +5,35 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, html};
 
+use super::assets::Asset;
 use super::session::Csrf;
 use crate::auth::Auth;
 use crate::books::Money;
 use crate::error::{ApiError, ErrorCode};
 
-/// The stylesheet's address; its name changes with its content, so it can be cached for good.
-pub fn stylesheet() -> String {
-    format!("/static/shop.{}.css", *super::assets::STYLE_VERSION)
+fn stylesheet() -> String {
+    super::assets::STYLE.url()
+}
+
+/// Whether `who` is staff (or an admin, who is staff too).
+pub fn is_staff(who: &Auth) -> bool {
+    use bookstore_platform::auth::Role;
+    who.0.as_ref().is_some_and(|c| c.identity.has_any(&[Role::Staff, Role::Admin]))
+}
+
+/// Whether `who` is an admin.
+pub fn is_admin(who: &Auth) -> bool {
+    who.0.as_ref().is_some_and(|c| c.identity.is_admin())
 }
 
 /// A whole page titled `title` around `main`, with the navigation `who` may use.
 pub fn page(title: &str, who: &Auth, csrf: &Csrf, main: Markup) -> Markup {
-    let staff = who.0.as_ref().is_some_and(|c| {
-        use bookstore_platform::auth::Role;
-        c.identity.has_any(&[Role::Staff, Role::Admin])
-    });
+    page_with(title, who, csrf, main, None)
+}
+
+/// A page that also runs `script` (one of ours, as a module, after the page is read).
+pub fn page_with(title: &str, who: &Auth, csrf: &Csrf, main: Markup, script: Option<&Asset>) -> Markup {
+    let (staff, admin) = (is_staff(who), is_admin(who));
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -29,6 +42,7 @@ pub fn page(title: &str, who: &Auth, csrf: &Csrf, main: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Bookstore" }
                 link rel="stylesheet" href=(stylesheet());
+                @if let Some(script) = script { script type="module" src=(script.url()) {} }
             }
             body {
                 a.skip href="#main" { "Skip to content" }
@@ -40,7 +54,11 @@ pub fn page(title: &str, who: &Auth, csrf: &Csrf, main: Markup) -> Markup {
                             li { a href="/cart" { "Cart" } }
                             @if who.0.is_some() {
                                 li { a href="/orders" { "My orders" } }
-                                @if staff { li { a href="/docs" { "API" } } }
+                                @if staff {
+                                    li { a href="/staff/queue" { "Queue" } }
+                                    li { a href="/staff/books/new" { "Add a book" } }
+                                }
+                                @if admin { li { a href="/admin/users" { "Users" } } }
                                 li {
                                     form.inline method="post" action="/signout" {
                                         input type="hidden" name="csrf" value=(csrf.0);

@@ -2,21 +2,25 @@
 //!
 //! Each page is a view of the REST API: its handler calls the API's own handler (the same
 //! checks, the same degraded answers when a service is down, the same errors) and renders the
-//! answer as HTML with maud, which escapes every value it is given. Every page and every form
-//! works without JavaScript; there is no script at all yet, and the Content-Security-Policy
-//! ([`PAGE_CSP`]) allows none but our own. The browser never holds a token: [`session`] keeps
+//! answer as HTML with maud, which escapes every value it is given. Every reading page and every
+//! form works without JavaScript; two small scripts of ours add what needs it (the staff's live
+//! queue, live order status), and the Content-Security-Policy ([`PAGE_CSP`]) allows no other. The browser never holds a token: [`session`] keeps
 //! the tokens in httpOnly cookies and a CSRF token guards every form.
 //!
 //! - [`shop`]: the catalog (search, paging), a book with its recommendations, my orders;
 //! - [`cart`]: the cart (a cookie of book ids and quantities) and checkout;
-//! - [`account`]: register, sign in, sign out.
+//! - [`account`]: register, sign in, sign out;
+//! - [`staff`]: the live fulfillment queue, and the catalog's books;
+//! - [`admin`]: accounts and roles, service accounts.
 
 pub mod account;
+pub mod admin;
 pub mod assets;
 pub mod cart;
 pub mod layout;
 pub mod session;
 pub mod shop;
+pub mod staff;
 
 use std::sync::Arc;
 
@@ -32,10 +36,10 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::AppState;
 use crate::error::{ApiError, ErrorCode};
 
-/// The Content-Security-Policy of the pages: nothing but our own stylesheet, and forms that post
-/// to ourselves; no script, no frames, no plugins.
-pub const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                            frame-ancestors 'none'; base-uri 'none'";
+/// The Content-Security-Policy of the pages: nothing but our own stylesheet and scripts (no
+/// inline script or style), connections and forms to ourselves alone; no frames, no plugins.
+pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+                            img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What the pages share.
 pub struct Web {
@@ -54,6 +58,18 @@ pub fn router(state: AppState, verifier: Arc<Verifier>) -> Router {
         .route("/books/{id}", get(shop::book))
         .route("/orders", get(shop::orders))
         .route("/orders/{id}", get(shop::order))
+        // The API's own stream and socket, signed in by the session cookie for the pages' scripts.
+        .route("/orders/events", get(crate::orders::order_events))
+        .route("/staff/queue", get(staff::queue))
+        .route("/staff/queue/ws", get(crate::live::queue_socket))
+        .route("/staff/books/new", get(staff::new_book_form).post(staff::create_book))
+        .route("/staff/books/{id}/edit", get(staff::edit_book_form).post(staff::edit_book))
+        .route("/staff/books/{id}/stock", post(staff::adjust_stock))
+        .route("/admin/users", get(admin::users))
+        .route("/admin/users/{id}/role", post(admin::set_role))
+        .route("/admin/service-accounts", get(admin::service_accounts).post(admin::create_service_account))
+        .route("/admin/service-accounts/{client_id}/rotate", post(admin::rotate))
+        .route("/admin/service-accounts/{client_id}/revoke", post(admin::revoke))
         .route("/cart", get(cart::show).post(cart::change))
         .route("/checkout", get(cart::checkout_form).post(cart::checkout))
         .route("/signin", get(account::sign_in_form).post(account::sign_in))
@@ -72,10 +88,16 @@ pub fn router(state: AppState, verifier: Arc<Verifier>) -> Router {
         .route("/static/{file}", get(assets::serve))
         // No icon: an answer, so browsers stop asking.
         .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
-        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP)))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_CSP),
+        ))
         // Our own forms must say where they come from: under `no-referrer` a browser sends
         // `Origin: null`, which [`session`] refuses. Other sites still learn nothing.
-        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
 }
 
 /// The value in a JSON answer of one of the API's handlers, and whether it was served degraded

@@ -7,7 +7,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::answer_of;
-use super::layout::{PageError, money, page, render, when};
+use super::layout::{PageError, money, page, page_with, render, when};
 use super::session::Csrf;
 use crate::AppState;
 use crate::auth::Auth;
@@ -141,6 +141,7 @@ pub async fn book(
                 p { button type="submit" { "Add to cart" } }
             }
         }
+        @if super::layout::is_staff(&auth) { (super::staff::book_tools(&book, &csrf)) }
         @if !also.is_empty() {
             section aria-labelledby="also" {
                 h2 #also { "Readers also bought" }
@@ -174,7 +175,7 @@ pub async fn orders(
                         tr {
                             td { a href={ "/orders/" (order.id) } { (short(&order.id)) } }
                             td { (when(&order.created_at)) }
-                            td.status { (status_text(order)) }
+                            td { span.status data-order-id=(order.id) { (status_text(order)) } }
                             td { (money(&order.total)) }
                         }
                     }
@@ -182,7 +183,7 @@ pub async fn orders(
             }
         }
     };
-    Ok(render(page("My orders", &auth, &csrf, main)))
+    Ok(render(page_with("My orders", &auth, &csrf, main, Some(&super::assets::ORDERS))))
 }
 
 /// `GET /orders/{id}`: one order, its lines, where it ships and where it stands.
@@ -197,7 +198,7 @@ pub async fn order(
     let title = format!("Order {}", short(&order.id));
     let main = html! {
         h1 { (title) }
-        p { "Status: " span.status { (status_text(&order)) } }
+        p { "Status: " span.status data-order-id=(order.id) aria-live="polite" { (status_text(&order)) } }
         @if !order.status_reason.is_empty() { p { (order.status_reason) } }
         p.muted { "Placed " (when(&order.created_at)) }
         table {
@@ -220,12 +221,13 @@ pub async fn order(
             }
         }
     };
-    Ok(render(page(&title, &auth, &csrf, main)))
+    Ok(render(page_with(&title, &auth, &csrf, main, Some(&super::assets::ORDERS))))
 }
 
-/// The first block of an id, enough to tell orders apart in a list.
-fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
+/// The last 8 characters of an id, enough to tell orders apart in a list: ids begin with a
+/// timestamp, so orders placed together share their first characters.
+pub fn short(id: &str) -> &str {
+    id.get(id.len().saturating_sub(8)..).unwrap_or(id)
 }
 
 fn status_text(order: &Order) -> String {
