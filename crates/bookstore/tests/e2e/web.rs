@@ -8,6 +8,7 @@ use bookstore_platform::backend_tests;
 use bookstore_platform::db::Backend;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use serde_json::json;
 
 use crate::{System, book_json, get_json, login, post_json};
 
@@ -18,13 +19,36 @@ backend_tests!(
     a_checkout_the_api_refuses_shows_the_form_again_with_why,
     forms_without_this_browsers_csrf_token_or_from_another_site_are_refused,
     the_session_lives_in_http_only_cookies_renews_itself_and_ends_on_sign_out,
+    staff_add_and_edit_books_and_adjust_stock_with_forms_that_customers_cannot_use,
+    an_admin_sets_roles_and_creates_rotates_and_revokes_service_accounts_with_forms,
+    the_pages_socket_and_order_stream_are_signed_in_by_the_session_cookie_alone,
 );
 
 const PASSWORD: &str = "quiet harbour copper lantern";
 
 /// A browser without JavaScript: keeps cookies, does not follow redirects by itself.
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    browser_and_jar().0
+}
+
+/// A browser, and its cookie jar to read.
+fn browser_and_jar() -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let http = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    (http, jar)
+}
+
+/// Signs in as `name` through the sign-in form.
+async fn sign_in(sys: &System, http: &reqwest::Client, name: &str, password: &str) {
+    let (_, form) = page(http, &sys.url("/signin")).await;
+    let csrf = field(&form, "csrf");
+    let fields = [("csrf", csrf.as_str()), ("next", "/"), ("username", name), ("password", password)];
+    let answer = submit(http, &sys.url("/signin"), &fields).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER, "signing in {name}");
 }
 
 /// GETs a page: its status and HTML.
@@ -335,4 +359,194 @@ async fn the_session_lives_in_http_only_cookies_renews_itself_and_ends_on_sign_o
     let answer = plain.get(sys.url("/orders")).header("cookie", &current).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::SEE_OTHER, "signed out");
     assert_eq!(location(&answer), "/signin");
+}
+
+async fn staff_add_and_edit_books_and_adjust_stock_with_forms_that_customers_cannot_use(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let staff = browser();
+    sign_in(&sys, &staff, "admin", crate::ADMIN_PASSWORD).await;
+    let (status, form) = page(&staff, &sys.url("/staff/books/new")).await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = field(&form, "csrf");
+    let isbn = crate::isbn(41);
+    let mut book = vec![
+        ("csrf", csrf.clone()),
+        ("isbn", isbn.clone()),
+        ("title", "Forms and Their Keepers".into()),
+        ("author", "Page Staff".into()),
+        ("description", String::new()),
+        ("price", "12.5".into()),
+        ("currency", "EUR".into()),
+        ("stock", "4".into()),
+    ];
+    let answer = staff.post(sys.url("/staff/books/new")).form(&book).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let shown = location(&answer);
+    let id = shown.strip_prefix("/books/").expect("on to the book's page").to_owned();
+    let api = get_json(&sys.http, &sys.url(&format!("/api/v1/books/{id}")), &sys.admin).await;
+    assert_eq!((api["price"]["amount_minor"].as_i64(), api["stock"].as_i64()), (Some(1250), Some(4)));
+
+    // A price that is not one comes back as the form, with what was typed.
+    book[5].1 = "12,50".into();
+    book[1].1 = crate::isbn(42);
+    let answer = staff.post(sys.url("/staff/books/new")).form(&book).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let again = answer.text().await.unwrap();
+    assert!(again.contains("price: an amount like 19.99") && again.contains("value=\"12,50\""), "{again}");
+
+    // Edit, then adjust stock, from the book's page.
+    let (_, edit) = page(&staff, &sys.url(&format!("/staff/books/{id}/edit"))).await;
+    assert_eq!(field(&edit, "price"), "12.50");
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("isbn", isbn.as_str()),
+        ("title", "Forms and Their Keepers, Revised"),
+        ("author", "Page Staff"),
+        ("description", "Now with more forms."),
+        ("price", "14"),
+        ("currency", "EUR"),
+    ];
+    let answer = submit(&staff, &sys.url(&format!("/staff/books/{id}/edit")), &fields).await;
+    assert_eq!(location(&answer), shown);
+    let (_, page_now) = page(&staff, &sys.url(&shown)).await;
+    assert!(
+        page_now.contains("Forms and Their Keepers, Revised") && page_now.contains("EUR 14.00"),
+        "{page_now}"
+    );
+    assert!(page_now.contains("Adjust stock"), "staff see the stock form");
+    let answer =
+        submit(&staff, &sys.url(&format!("/staff/books/{id}/stock")), &[("csrf", &csrf), ("delta", "3")])
+            .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let api = get_json(&sys.http, &sys.url(&format!("/api/v1/books/{id}")), &sys.admin).await;
+    assert_eq!(api["stock"], 7);
+
+    // A customer sees no staff tools, and the service refuses their forms.
+    let customer = browser();
+    sign_up_and_in(&sys, &customer, "pagecustomer").await;
+    let (_, as_customer) = page(&customer, &sys.url(&shown)).await;
+    assert!(!as_customer.contains("Adjust stock"));
+    let (_, any) = page(&customer, &sys.url("/signin")).await;
+    let theirs = field(&any, "csrf");
+    let answer = submit(
+        &customer,
+        &sys.url(&format!("/staff/books/{id}/stock")),
+        &[("csrf", &theirs), ("delta", "5")],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    let (status, _) = page(&customer, &sys.url("/staff/queue")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let api = get_json(&sys.http, &sys.url(&format!("/api/v1/books/{id}")), &sys.admin).await;
+    assert_eq!(api["stock"], 7, "unchanged");
+}
+
+async fn an_admin_sets_roles_and_creates_rotates_and_revokes_service_accounts_with_forms(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    let customer = browser();
+    sign_up_and_in(&sys, &customer, "pagepromoted").await;
+    let (status, _) = page(&customer, &sys.url("/admin/users")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a customer is refused the admin's pages");
+
+    let admin = browser();
+    sign_in(&sys, &admin, "admin", crate::ADMIN_PASSWORD).await;
+    let (status, users) = page(&admin, &sys.url("/admin/users")).await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = field(&users, "csrf");
+    // The form of this user: the last one to start before the label that names them.
+    let label = users.find("Role of pagepromoted").expect("the user is listed");
+    let action = users[..label].rsplit("action=\"").next().unwrap().split('"').next().unwrap();
+    let answer = submit(&admin, &sys.url(action), &[("csrf", &csrf), ("role", "staff")]).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let id = action.trim_start_matches("/admin/users/").trim_end_matches("/role");
+    let user = get_json(&sys.http, &sys.url(&format!("/api/v1/users/{id}")), &sys.admin).await;
+    assert_eq!(user["roles"], json!(["staff"]), "{user}");
+
+    // A service account: its secret is shown once, and works; rotating and revoking end it.
+    let fields = [("csrf", csrf.as_str()), ("name", "page-partner"), ("scope", "books:read")];
+    let answer = submit(&admin, &sys.url("/admin/service-accounts"), &fields).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let shown = answer.text().await.unwrap();
+    let secret_of = |html: &str| {
+        let at = html.find("id=\"client-secret\">").expect("the secret, shown once")
+            + "id=\"client-secret\">".len();
+        html[at..at + html[at..].find('<').unwrap()].to_owned()
+    };
+    let client_id_of = |html: &str| {
+        let at = html.find("<dt>Client id</dt><dd><code>").unwrap() + "<dt>Client id</dt><dd><code>".len();
+        html[at..at + html[at..].find('<').unwrap()].to_owned()
+    };
+    let (client_id, secret) = (client_id_of(&shown), secret_of(&shown));
+    let token = |secret: String| {
+        let (sys, client_id) = (&sys, client_id.clone());
+        async move {
+            let body =
+                json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret});
+            sys.http.post(sys.url("/api/v1/auth/token")).json(&body).send().await.unwrap().status()
+        }
+    };
+    assert_eq!(token(secret.clone()).await, StatusCode::OK);
+    let (_, listed) = page(&admin, &sys.url("/admin/service-accounts")).await;
+    assert!(listed.contains("page-partner") && !listed.contains(&secret), "listed, never with its secret");
+    let answer =
+        submit(&admin, &sys.url(&format!("/admin/service-accounts/{client_id}/rotate")), &[("csrf", &csrf)])
+            .await;
+    let rotated = secret_of(&answer.text().await.unwrap());
+    assert_ne!(rotated, secret);
+    assert_eq!(token(secret).await, StatusCode::UNAUTHORIZED, "the old secret stops working");
+    assert_eq!(token(rotated.clone()).await, StatusCode::OK);
+    let answer =
+        submit(&admin, &sys.url(&format!("/admin/service-accounts/{client_id}/revoke")), &[("csrf", &csrf)])
+            .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(token(rotated).await, StatusCode::UNAUTHORIZED, "revoked");
+}
+
+async fn the_pages_socket_and_order_stream_are_signed_in_by_the_session_cookie_alone(backend: Backend) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let Some(sys) = System::start(backend, false).await else { return };
+    let (staff, jar) = browser_and_jar();
+    sign_in(&sys, &staff, "admin", crate::ADMIN_PASSWORD).await;
+    let cookies = reqwest::cookie::CookieStore::cookies(&*jar, &sys.base.parse().unwrap()).unwrap();
+    let ws = sys.base.replacen("http://", "ws://", 1) + "/staff/queue/ws";
+    let open = |cookie: Option<reqwest::header::HeaderValue>, origin: String| {
+        let ws = ws.clone();
+        async move {
+            let mut request = ws.into_client_request().unwrap();
+            request.headers_mut().insert("origin", origin.parse().unwrap());
+            if let Some(cookie) = cookie {
+                request.headers_mut().insert("cookie", cookie.to_str().unwrap().parse().unwrap());
+            }
+            tokio_tungstenite::connect_async(request).await
+        }
+    };
+    // Signed in by the cookie: no token in the first message.
+    let (mut socket, _) = open(Some(cookies.clone()), sys.base.clone()).await.expect("the socket opens");
+    socket.send(Message::Text(json!({"type": "auth"}).to_string().into())).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let snapshot: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    // Without the cookie, no token is no caller.
+    let (mut anonymous, _) = open(None, sys.base.clone()).await.unwrap();
+    anonymous.send(Message::Text(json!({"type": "auth"}).to_string().into())).await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), anonymous.next()).await.unwrap();
+    assert!(
+        matches!(closed, Some(Ok(Message::Close(Some(ref f)))) if u16::from(f.code) == 4401),
+        "{closed:?}"
+    );
+    // Another site's page cannot use the visitor's cookie.
+    let refused = open(Some(cookies.clone()), "http://evil.example".into()).await;
+    assert!(refused.is_err(), "the upgrade is refused");
+
+    // The orders stream, for the pages' script: signed in by the same cookie.
+    let answer = staff.get(sys.url("/orders/events")).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["content-type"], "text/event-stream");
+    let answer = browser().get(sys.url("/orders/events")).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "a script's stream, answered as the API answers");
 }
