@@ -330,7 +330,7 @@ pub fn router(
             ),
         )
         .route("/api/asyncapi.json", get(openapi::asyncapi))
-        .fallback(|| async { error::ApiError::not_found("no such resource") });
+        .fallback(not_found);
     router = with_request_metrics(router, SERVICE);
     router = router
         .layer(axum::middleware::from_fn_with_state(edge.permits, edge::shed_overload))
@@ -369,6 +369,20 @@ pub fn router(
             HeaderValue::from_static(security::CSP),
         ))
         .layer(axum::middleware::from_fn_with_state(hsts, security::strict_transport_security)))
+}
+
+/// No such route: the envelope for the API and its clients; a page for a person's browser
+/// (which asks for HTML first) outside `/api`.
+async fn not_found(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let wants_page = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.starts_with("text/html"));
+    if wants_page && !uri.path().starts_with("/api/") {
+        return web::layout::error_page(&error::ApiError::not_found("there is no page here"));
+    }
+    error::ApiError::not_found("no such resource").into_response()
 }
 
 pub(crate) fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
