@@ -9,10 +9,7 @@ export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 "$CHROMIUM" --version
 (cd web && npm ci --no-audit --no-fund --loglevel=error)
 source .ci/up.sh
-work=$(mktemp -d)
-cleanup() { stop_up; rm -rf "$work"; }
-trap cleanup EXIT
 admin_password="browser admin passphrase"
-start_up "$work" "$admin_password"
+start_up "$admin_password"
 cd web
 BOOKSTORE_URL="$base" BOOKSTORE_ADMIN_PASSWORD="$admin_password" SCREENSHOTS_DIR=screenshots npm test

@@ -14,11 +14,8 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install -q "schemathesis==4.32.5"
 fi
 source .ci/up.sh
-work=$(mktemp -d)
-cleanup() { stop_up; rm -rf "$work"; }
-trap cleanup EXIT
 admin_password="schemathesis admin passphrase"
-start_up "$work" "$admin_password"
+start_up "$admin_password"
 token() {
   curl -sf -X POST "$base/api/v1/auth/login" -H 'content-type: application/json' -d "$1" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'

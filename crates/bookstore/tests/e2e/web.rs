@@ -140,7 +140,11 @@ async fn the_catalog_pages_list_search_and_show_books_without_javascript(backend
     assert_eq!(answer.status(), StatusCode::NOT_FOUND);
     assert!(answer.text().await.unwrap().contains("there is no page here"), "a browser gets a page");
     let answer = http.get(sys.url("/no/such/page")).send().await.unwrap();
-    assert_eq!(answer.json::<serde_json::Value>().await.unwrap()["code"], "NOT_FOUND", "a client, the envelope");
+    assert_eq!(
+        answer.json::<serde_json::Value>().await.unwrap()["code"],
+        "NOT_FOUND",
+        "a client, the envelope"
+    );
     let (status, bad) = page(&http, &sys.url("/?page=many")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(bad.contains("page: must be a number"), "{bad}");

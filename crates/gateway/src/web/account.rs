@@ -27,10 +27,9 @@ fn local_path(next: &str) -> &str {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Next {
-    #[serde(default)]
     pub next: String,
-    #[serde(default)]
     pub registered: String,
 }
 
@@ -66,15 +65,12 @@ fn sign_in_page(
     page("Sign in", auth, csrf, main)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct SignIn {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub next: String,
-    #[serde(default)]
     pub username: String,
-    #[serde(default)]
     pub password: String,
 }
 
@@ -130,16 +126,12 @@ pub async fn register_form(auth: Auth, csrf: Csrf) -> Response {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct RegisterForm {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub username: String,
-    #[serde(default)]
     pub email: String,
-    #[serde(default)]
     pub full_name: String,
-    #[serde(default)]
     pub password: String,
 }
 
@@ -192,9 +184,9 @@ pub async fn register(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct SignOut {
-    #[serde(default)]
     pub csrf: String,
 }
 

@@ -20,8 +20,8 @@ use crate::users::{
 };
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Paging {
-    #[serde(default)]
     pub page: String,
 }
 
@@ -86,11 +86,10 @@ pub async fn users(
     Ok(render(page("Users", &auth, &csrf, main)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct RoleForm {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub role: String,
 }
 
@@ -217,9 +216,9 @@ async fn shown_once(
     Ok(render(service_accounts_page(&auth, &csrf, &list, Some(&account))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct CsrfOnly {
-    #[serde(default)]
     pub csrf: String,
 }
 

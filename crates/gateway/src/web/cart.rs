@@ -152,6 +152,10 @@ fn lines_table(lines: &[Priced], csrf: &Csrf, editable: bool) -> Markup {
     }
 }
 
+fn empty_cart() -> Markup {
+    html! { p { "Your cart is empty. " a href="/" { "Find a book" } "." } }
+}
+
 /// `GET /cart`.
 pub async fn show(
     State(state): State<AppState>,
@@ -163,7 +167,7 @@ pub async fn show(
     let main = html! {
         h1 { "Cart" }
         @if lines.is_empty() {
-            p { "Your cart is empty. " a href="/" { "Find a book" } "." }
+            (empty_cart())
         } @else {
             p.muted { "Set a quantity to 0 to take a book out." }
             (lines_table(&lines, &csrf, true))
@@ -174,15 +178,12 @@ pub async fn show(
 }
 
 /// A change to the cart: `mode=add` adds `quantity` copies, `mode=set` sets them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct CartChange {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub book_id: String,
-    #[serde(default)]
     pub quantity: String,
-    #[serde(default)]
     pub mode: String,
 }
 
@@ -248,7 +249,7 @@ fn checkout_page(
         h1 { "Check out" }
         @if let Some(problem) = problem { (alert(problem)) }
         @if lines.is_empty() {
-            p { "Your cart is empty. " a href="/" { "Find a book" } "." }
+            (empty_cart())
         } @else {
             (lines_table(lines, csrf, false))
             form method="post" action="/checkout" {
@@ -273,25 +274,17 @@ fn checkout_page(
 
 /// The checkout form as sent.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Address {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub key: String,
     /// The cart the form showed (`id:qty|...`).
-    #[serde(default)]
     pub cart: String,
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub line1: String,
-    #[serde(default)]
     pub line2: String,
-    #[serde(default)]
     pub city: String,
-    #[serde(default)]
     pub postal_code: String,
-    #[serde(default)]
     pub country: String,
 }
 

@@ -11,8 +11,17 @@ use crate::auth::Auth;
 use crate::books::Money;
 use crate::error::{ApiError, ErrorCode};
 
-fn stylesheet() -> String {
-    super::assets::STYLE.url()
+/// The `<head>` of every page: its title, our stylesheet, and `script` when it runs one.
+fn head(title: &str, script: Option<&Asset>) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Bookstore" }
+            link rel="stylesheet" href=(super::assets::STYLE.url());
+            @if let Some(script) = script { script type="module" src=(script.url()) {} }
+        }
+    }
 }
 
 /// Whether `who` is staff (or an admin, who is staff too).
@@ -37,13 +46,7 @@ pub fn page_with(title: &str, who: &Auth, csrf: &Csrf, main: Markup, script: Opt
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Bookstore" }
-                link rel="stylesheet" href=(stylesheet());
-                @if let Some(script) = script { script type="module" src=(script.url()) {} }
-            }
+            (head(title, script))
             body {
                 a.skip href="#main" { "Skip to content" }
                 header.site {
@@ -169,12 +172,7 @@ pub fn error_page(error: &ApiError) -> Response {
     let body = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (heading) " · Bookstore" }
-                link rel="stylesheet" href=(stylesheet());
-            }
+            (head(heading, None))
             body {
                 main #main {
                     h1 { (heading) }

@@ -21,10 +21,9 @@ pub const PER_PAGE: i32 = 12;
 
 /// What the catalog's address may say: `?q=dune&page=2`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct CatalogQuery {
-    #[serde(default)]
     pub q: String,
-    #[serde(default)]
     pub page: String,
 }
 

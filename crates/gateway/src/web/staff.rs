@@ -53,23 +53,16 @@ fn task_item(task: &Task) -> Markup {
 
 /// The fields of a book's form, as typed.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct BookForm {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub isbn: String,
-    #[serde(default)]
     pub title: String,
-    #[serde(default)]
     pub author: String,
-    #[serde(default)]
     pub description: String,
     /// `19.99`.
-    #[serde(default)]
     pub price: String,
-    #[serde(default)]
     pub currency: String,
-    #[serde(default)]
     pub stock: String,
 }
 
@@ -246,11 +239,10 @@ pub async fn edit_book(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct StockForm {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub delta: String,
 }
 
