@@ -224,6 +224,13 @@ test('an admin promotes a customer to staff, who then sees the staff pages', asy
   assert.equal(await admin.getByLabel(`Role of ${name}`).inputValue(), 'staff');
   await admin.goto(`${base}/admin/service-accounts`);
   await check(admin, 'admin-service-accounts');
+  await admin.goto(`${base}/staff/books/new`);
+  await check(admin, 'staff-new-book');
+  await admin.goto(`${base}/`);
+  await admin.locator('.books h2 a').first().click();
+  await check(admin, 'book-as-staff');
+  await admin.getByRole('link', { name: 'Edit this book' }).click();
+  await check(admin, 'staff-edit-book');
 
   // A role comes with the next sign-in (a change of roles ends the account's sessions).
   await signIn(customer, name, PASSWORD);
