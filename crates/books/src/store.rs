@@ -139,7 +139,7 @@ impl BookStore {
         &self.db
     }
 
-    #[tracing::instrument(level = "debug", skip(self, book), fields(isbn = %book.isbn))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store create"))]
     pub async fn create(&self, book: NewBook) -> Result<Book, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
@@ -168,7 +168,7 @@ impl BookStore {
         Ok(book_from_row(&row).context("decoding the new book")?)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store get"))]
     pub async fn get(&self, id: &str) -> Result<Book, StoreError> {
         let Some(cache) = &self.cache else { return self.get_uncached(id).await };
         if let Some(book) = cache.get(id) {
@@ -193,7 +193,7 @@ impl BookStore {
     }
 
     /// A page of the catalog in title order (ties by id), with the total count.
-    #[tracing::instrument(level = "debug", skip(self))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store list"))]
     pub async fn list(
         &self,
         page: PageRequest,
@@ -232,7 +232,7 @@ impl BookStore {
 
     /// Books containing every word of the query, best match first: a match in the title counts
     /// more than one in the author, which counts more than one in the description.
-    #[tracing::instrument(level = "debug", skip(self))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store search"))]
     pub async fn search(
         &self,
         query: &SearchQuery,
@@ -280,7 +280,7 @@ impl BookStore {
 
     /// Changes the fields set in `patch` in one statement, so concurrent patches of different
     /// fields do not undo each other.
-    #[tracing::instrument(level = "debug", skip(self, patch))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store update"))]
     pub async fn update(&self, id: &str, patch: BookPatch) -> Result<Book, StoreError> {
         if patch.is_empty() {
             return self.get(id).await;
@@ -317,7 +317,7 @@ impl BookStore {
         Ok(book_from_row(&row).context("decoding the updated book")?)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store delete"))]
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM books WHERE id = $1")
             .bind(id)
@@ -333,7 +333,7 @@ impl BookStore {
 
     /// Adds `delta` units (negative removes) in one conditional statement: stock can never go
     /// below zero, however many adjustments race.
-    #[tracing::instrument(level = "debug", skip(self))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store adjust_stock"))]
     pub async fn adjust_stock(&self, id: &str, delta: i64) -> Result<Book, StoreError> {
         let sql = concat!(
             "UPDATE books SET stock = stock + $2, updated_at = $3 \
@@ -359,6 +359,7 @@ impl BookStore {
         }
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store count"))]
     pub async fn count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM books")
             .fetch_one(self.db.pool())
@@ -378,7 +379,7 @@ impl BookStore {
     /// Holds every line of `order_id`, or none: books are locked in id order (no deadlocks between
     /// two baskets), each decrement is conditional on enough stock, and the whole thing is one
     /// transaction. A retry with the same order id returns the reservation already made.
-    #[tracing::instrument(level = "debug", skip(self, lines))]
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store reserve"))]
     pub async fn reserve(
         &self,
         order_id: &str,
@@ -503,6 +504,7 @@ impl BookStore {
     /// Moves held units to sold (`confirm`) or back to the shelf (`release`). Idempotent: a
     /// reservation already in the target state is left as it is. Releasing a confirmed
     /// reservation returns its units too (a cancelled order's books go back on sale).
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store settle"))]
     pub async fn settle(&self, order_id: &str, how: Settlement) -> Result<ReservationState, StoreError> {
         let mut tx = self.db.begin_write().await.context("starting to settle a reservation")?;
         let rows = sqlx::query(
@@ -573,6 +575,7 @@ impl BookStore {
     /// given: confirmed (now or before), released (too late: expired or cancelled), or `None`
     /// when there is no reservation for it. The books' rows are updated in id order, with each book's units summed, as
     /// every other writer of several books does, so this never deadlocks with them.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store confirm_many"))]
     pub async fn confirm_many(
         &self,
         order_ids: &[String],
@@ -640,6 +643,7 @@ impl BookStore {
 
     /// Releases holds whose time has passed (their order never confirmed); returns how many
     /// orders were released.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store release_expired"))]
     pub async fn release_expired(&self) -> Result<usize, StoreError> {
         let orders: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT order_id FROM reservations WHERE state = $2 AND expires_at < $1 LIMIT 500",

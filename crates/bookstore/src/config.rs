@@ -70,8 +70,11 @@ bookstore_platform::settings! {
         retry_budget_percent: u32 = 20, flag retry_budget_percent "PCT";
         /// Attempts of a call that is safe to retry, the first included.
         retry_max_attempts: u32 = 3, flag retry_max_attempts "N";
-        /// OTLP/gRPC collector that sampled spans are sent to, http(s)://host:4317 [default: none]
+        /// OTLP collector that sampled spans are sent to: http(s)://host:4317 over gRPC,
+        /// http(s)://host:4318 over HTTP [default: none]
         otlp_endpoint: Option<String> = None, flag otlp_endpoint "URL";
+        /// How spans reach the collector: grpc, or http/protobuf (to `<endpoint>/v1/traces`).
+        otlp_protocol: String = "grpc".to_owned(), flag otlp_protocol "PROTOCOL";
         /// Share of the traces started here that are sampled, 0 to 1 (a caller's decision is kept).
         trace_sample_ratio: f64 = 1.0, flag trace_sample_ratio "RATIO";
     }
@@ -137,9 +140,12 @@ fn check_process(s: &ProcessSettings) -> anyhow::Result<()> {
             url::Url::parse(url).map_err(|e| anyhow::anyhow!("invalid configuration: otlp_endpoint: {e}"))?;
         anyhow::ensure!(
             matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some(),
-            "invalid configuration: otlp_endpoint is http(s)://host:port (OTLP over gRPC)"
+            "invalid configuration: otlp_endpoint is http(s)://host:port"
         );
     }
+    s.otlp_protocol
+        .parse::<bookstore_platform::trace::OtlpProtocol>()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: otlp_protocol: {e}"))?;
     if let Some(url) = &s.amqp_url {
         bookstore_platform::events::BrokerTls::split(url)
             .map_err(|e| anyhow::anyhow!("invalid configuration: amqp_url: {e:#}"))?;
@@ -349,6 +355,8 @@ impl Config {
         };
         bookstore_platform::trace::TracingSettings {
             otlp_endpoint: self.process.otlp_endpoint.clone(),
+            // Checked when the configuration was read.
+            otlp_protocol: self.process.otlp_protocol.parse().unwrap_or_default(),
             sample_ratio: self.process.trace_sample_ratio,
             service_name,
         }

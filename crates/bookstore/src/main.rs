@@ -241,7 +241,8 @@ async fn serve_traced(services: &[&str], config: &Config, mode: Mode) -> anyhow:
     say(format_args!("admin    http://{}  (/healthz /readyz /metrics)", app.admin_addr));
     if let Some(endpoint) = &config.process.otlp_endpoint {
         let ratio = config.process.trace_sample_ratio;
-        say(format_args!("traces   to {endpoint} (OTLP/gRPC), {ratio} of new traces sampled"));
+        let protocol = &config.process.otlp_protocol;
+        say(format_args!("traces   to {endpoint} (OTLP, {protocol}), {ratio} of new traces sampled"));
     }
     for notice in &app.notices {
         say(format_args!("{notice}"));

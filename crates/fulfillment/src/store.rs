@@ -219,6 +219,7 @@ impl TaskStore {
 
     /// The queue now: the last change's number, then queued tasks by position and the ones in
     /// hand by age. The number is read first, so the tasks are at least that new.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "fulfillment store queue"))]
     pub async fn queue(&self) -> Result<(i64, Vec<Task>), TaskError> {
         let seq: i64 = sqlx::query_scalar("SELECT seq FROM queue_head WHERE id = 1")
             .fetch_one(self.db.pool())
@@ -246,6 +247,7 @@ impl TaskStore {
 
     /// Adds the task of a placed order at the end of the queue, in `tx` (the inbox's); `None`
     /// when the order already has one.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "fulfillment store add"))]
     pub async fn add(
         &self,
         tx: &mut Tx,
@@ -283,6 +285,7 @@ impl TaskStore {
 
     /// Cancels the open task of `order_id` in `tx` (its order was cancelled); `None` when there
     /// is none, or it has shipped already.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "fulfillment store cancel_order"))]
     pub async fn cancel_order(&self, tx: &mut Tx, order_id: &str) -> Result<Option<Change>, TaskError> {
         let id: Option<String> = sqlx::query_scalar("SELECT id FROM tasks WHERE order_id = $1")
             .bind(order_id)
@@ -301,6 +304,7 @@ impl TaskStore {
     }
 
     /// Moves a queued task to `position` among the queued (the end, if past it).
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "fulfillment store move_task"))]
     pub async fn move_task(&self, id: &str, position: usize, version: i64) -> Result<Change, TaskError> {
         let mut tx = self.db.begin_write().await?;
         let seq = next_seq(&mut tx).await?;
@@ -329,6 +333,7 @@ impl TaskStore {
     }
 
     /// QUEUED → PICKING, with `who` as the assignee.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "fulfillment store claim"))]
     pub async fn claim(&self, id: &str, version: i64, who: &str) -> Result<Change, TaskError> {
         self.step(
             id,
@@ -342,11 +347,13 @@ impl TaskStore {
     }
 
     /// PICKING → PACKED → SHIPPED.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "fulfillment store advance"))]
     pub async fn advance(&self, id: &str, version: i64) -> Result<Change, TaskError> {
         self.step(id, version, "advanced", TaskState::next, None, None).await
     }
 
     /// An open task → REMOVED, with `reason`.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "fulfillment store remove"))]
     pub async fn remove(&self, id: &str, version: i64, reason: &str) -> Result<Change, TaskError> {
         self.step(
             id,

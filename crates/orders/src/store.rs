@@ -69,6 +69,7 @@ impl OrderStore {
     }
 
     /// Claims `key` for `user_id`'s request `hash`. Keys older than a day are forgotten first.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store claim_key"))]
     pub async fn claim_key(&self, user_id: &str, key: &str, hash: &str) -> Result<KeyClaim> {
         let now = now_ms();
         sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < $3")
@@ -114,6 +115,7 @@ impl OrderStore {
     }
 
     /// Forgets a key whose request failed, so a retry runs again.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store release_key"))]
     pub async fn release_key(&self, user_id: &str, key: &str) -> Result<()> {
         sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND order_id IS NULL")
             .bind(user_id)
@@ -126,6 +128,7 @@ impl OrderStore {
 
     /// Stores a placed order, its lines, its OrderPlaced event and its idempotency key's answer
     /// in one transaction: all of them or none.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store insert_order"))]
     pub async fn insert_order(
         &self,
         order: &Order,
@@ -177,6 +180,7 @@ impl OrderStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store get"))]
     pub async fn get(&self, id: &str) -> Result<Option<Order>> {
         let row = sqlx::query(
             "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address, status_reason \
@@ -227,6 +231,7 @@ impl OrderStore {
 
     /// A page of orders, newest first: one user's, or everyone's (`user_id` None), optionally
     /// in one status.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store list"))]
     pub async fn list(
         &self,
         user_id: Option<&str>,
@@ -262,6 +267,7 @@ impl OrderStore {
     }
 
     /// The orders of `user_id` changed at or after `since_ms`, oldest change first, at most `limit`.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store changed_since"))]
     pub async fn changed_since(&self, user_id: &str, since_ms: i64, limit: i64) -> Result<Vec<Order>> {
         let rows = sqlx::query(
             "SELECT id, user_id, status, total_minor, currency, created_at, updated_at, shipping_address, status_reason \
@@ -280,6 +286,7 @@ impl OrderStore {
 
     /// Moves an order from `from` to `to` with its event, if it is still in `from`: `false`
     /// when another request moved it first.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store transition"))]
     pub async fn transition(&self, id: &str, from: Status, to: Status, event: &Event) -> Result<bool> {
         let mut tx = self.db.begin_write().await.context("starting a transition")?;
         if !Self::transition_in(&mut tx, id, from, to, "", event).await? {
@@ -290,6 +297,7 @@ impl OrderStore {
     }
 
     /// [`Self::transition`] inside `tx`, recording `reason` with the new status.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store transition_in"))]
     pub async fn transition_in(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         id: &str,
@@ -318,6 +326,7 @@ impl OrderStore {
 
     /// Records that the task event of `version` was applied to order `id`, in `tx`: `false`
     /// when a newer one (or this one) was applied before, or there is no such order.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store advance_task_version"))]
     pub async fn advance_task_version(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         id: &str,
@@ -332,6 +341,7 @@ impl OrderStore {
         Ok(done.rows_affected() > 0)
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store set_stock_state"))]
     pub async fn set_stock_state(&self, id: &str, state: StockState) -> Result<()> {
         sqlx::query("UPDATE orders SET stock_state = $2 WHERE id = $1")
             .bind(id)
@@ -343,6 +353,7 @@ impl OrderStore {
     }
 
     /// Records `state` for every order in `ids` with one statement.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store set_stock_states"))]
     pub async fn set_stock_states(&self, ids: &[&str], state: StockState) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -359,6 +370,7 @@ impl OrderStore {
 
     /// Orders whose reservation is not settled the way their status needs, with the
     /// settlement each needs.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "orders store unsettled"))]
     pub async fn unsettled(&self, limit: i64) -> Result<Vec<(String, Settle)>> {
         let rows = sqlx::query(
             "SELECT id, status FROM orders WHERE (status <> $1 AND stock_state = $2) \

@@ -769,13 +769,17 @@ pub struct ReceivedSpan {
     pub failed: bool,
 }
 
-/// An OTLP/gRPC trace receiver on a free port (what a collector or Jaeger listens with on
-/// 4317): it keeps every span it is sent, for tests of what the services export.
+/// An OTLP trace receiver on free ports, over gRPC (what a collector or Jaeger listens with on
+/// 4317) and over HTTP (`POST /v1/traces`, protobuf, as on 4318): it keeps every span it is
+/// sent, for tests of what the services export.
 pub struct OtlpReceiver {
-    /// Its address as `otlp_endpoint` takes it.
+    /// Its gRPC address as `otlp_endpoint` takes it.
     pub endpoint: String,
+    /// Its HTTP address as `otlp_endpoint` takes it with `otlp_protocol = "http/protobuf"`.
+    pub http_endpoint: String,
     spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
     server: tokio::task::JoinHandle<()>,
+    http_server: tokio::task::JoinHandle<()>,
 }
 
 impl OtlpReceiver {
@@ -790,7 +794,28 @@ impl OtlpReceiver {
             let _ =
                 tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
-        Self { endpoint, spans, server }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let http_endpoint = format!("http://{}", listener.local_addr().expect("a bound port"));
+        let kept = std::sync::Arc::clone(&spans);
+        let export = move |body: axum::body::Bytes| {
+            let kept = std::sync::Arc::clone(&kept);
+            async move {
+                use axum::response::IntoResponse;
+                use opentelemetry_proto::tonic::collector::trace::v1 as otlp;
+                use prost::Message;
+                let Ok(request) = otlp::ExportTraceServiceRequest::decode(body) else {
+                    return axum::http::StatusCode::BAD_REQUEST.into_response();
+                };
+                kept.lock().expect("spans lock").extend(received(request));
+                let answer = otlp::ExportTraceServiceResponse::default().encode_to_vec();
+                ([(axum::http::header::CONTENT_TYPE, "application/x-protobuf")], answer).into_response()
+            }
+        };
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(export));
+        let http_server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { endpoint, http_endpoint, spans, server, http_server }
     }
 
     /// Every span received so far.
@@ -802,6 +827,7 @@ impl OtlpReceiver {
 impl Drop for OtlpReceiver {
     fn drop(&mut self) {
         self.server.abort();
+        self.http_server.abort();
     }
 }
 
@@ -816,46 +842,53 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
         tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
         tonic::Status,
     > {
-        use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
-        fn text(attributes: &[KeyValue]) -> std::collections::HashMap<String, String> {
-            attributes
-                .iter()
-                .filter_map(|kv| {
-                    let value = match kv.value.as_ref()?.value.as_ref()? {
-                        Value::StringValue(s) => s.clone(),
-                        Value::IntValue(i) => i.to_string(),
-                        Value::BoolValue(b) => b.to_string(),
-                        _ => return None,
-                    };
-                    Some((kv.key.clone(), value))
-                })
-                .collect()
-        }
-        let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans.resource.map(|r| text(&r.attributes)).unwrap_or_default();
-            let service_name = resource.get("service.name").cloned().unwrap_or_default();
-            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
-                received.push(ReceivedSpan {
-                    service_name: service_name.clone(),
-                    name: span.name.clone(),
-                    trace_id: hex::encode(&span.trace_id),
-                    span_id: hex::encode(&span.span_id),
-                    parent_span_id: hex::encode(&span.parent_span_id),
-                    kind: match span.kind {
-                        2 => "server",
-                        3 => "client",
-                        4 => "producer",
-                        5 => "consumer",
-                        _ => "internal",
-                    },
-                    attributes: text(&span.attributes),
-                    // STATUS_CODE_ERROR
-                    failed: span.status.is_some_and(|s| s.code == 2),
-                });
-            }
-        }
-        self.0.lock().expect("spans lock").extend(received);
+        self.0.lock().expect("spans lock").extend(received(request.into_inner()));
         Ok(tonic::Response::new(Default::default()))
     }
+}
+
+/// The spans of one export, as tests look at them.
+fn received(
+    request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> Vec<ReceivedSpan> {
+    use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+    fn text(attributes: &[KeyValue]) -> std::collections::HashMap<String, String> {
+        attributes
+            .iter()
+            .filter_map(|kv| {
+                let value = match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => s.clone(),
+                    Value::IntValue(i) => i.to_string(),
+                    Value::BoolValue(b) => b.to_string(),
+                    _ => return None,
+                };
+                Some((kv.key.clone(), value))
+            })
+            .collect()
+    }
+    let mut received = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource = resource_spans.resource.map(|r| text(&r.attributes)).unwrap_or_default();
+        let service_name = resource.get("service.name").cloned().unwrap_or_default();
+        for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+            received.push(ReceivedSpan {
+                service_name: service_name.clone(),
+                name: span.name.clone(),
+                trace_id: hex::encode(&span.trace_id),
+                span_id: hex::encode(&span.span_id),
+                parent_span_id: hex::encode(&span.parent_span_id),
+                kind: match span.kind {
+                    2 => "server",
+                    3 => "client",
+                    4 => "producer",
+                    5 => "consumer",
+                    _ => "internal",
+                },
+                attributes: text(&span.attributes),
+                // STATUS_CODE_ERROR
+                failed: span.status.is_some_and(|s| s.code == 2),
+            });
+        }
+    }
+    received
 }

@@ -15,8 +15,8 @@
 //! The spans are `tracing` spans, made OpenTelemetry spans by `tracing-opentelemetry`: the log
 //! lines of a request name its `trace_id`, and nested `tracing` spans at `info` become child
 //! spans. Sampling is parent-based: a caller's decision is kept, and a trace that starts here is
-//! sampled at `trace_sample_ratio`. Sampled spans go in batches to an OTLP/gRPC collector when
-//! `otlp_endpoint` is set; without one they still carry trace ids into logs and to peers. The
+//! sampled at `trace_sample_ratio`. Sampled spans go in batches to an OTLP collector, over gRPC
+//! or HTTP (`otlp_protocol`), when `otlp_endpoint` is set; without one they still carry trace ids into logs and to peers. The
 //! last of them are also kept in memory for the admin listener ([`crate::recent_traces`]).
 
 use std::collections::HashMap;
@@ -43,11 +43,36 @@ static PROPAGATOR: std::sync::LazyLock<TextMapCompositePropagator> = std::sync::
 /// How long one batch of spans may take to reach the collector.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How spans travel to the collector: the names OpenTelemetry's `OTEL_EXPORTER_OTLP_PROTOCOL`
+/// uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (a collector's port 4317).
+    #[default]
+    Grpc,
+    /// OTLP over HTTP, protobuf bodies, to `<endpoint>/v1/traces` (port 4318).
+    HttpProtobuf,
+}
+
+impl std::str::FromStr for OtlpProtocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => Err(format!("{other:?} is not grpc or http/protobuf")),
+        }
+    }
+}
+
 /// What tracing is told by configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracingSettings {
-    /// The OTLP/gRPC collector (`http://host:4317`); `None`: spans are not exported.
+    /// The OTLP collector (`http://host:4317` for gRPC, `http://host:4318` for HTTP); `None`:
+    /// spans are not exported.
     pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
     /// The share of traces started here that are sampled, 0 to 1.
     pub sample_ratio: f64,
     /// `service.name` of this process's spans: the service it runs, or `bookstore` for several.
@@ -57,7 +82,12 @@ pub struct TracingSettings {
 impl TracingSettings {
     /// Every trace sampled, nothing exported: for tests and tools.
     pub fn local(service_name: &str) -> Self {
-        Self { otlp_endpoint: None, sample_ratio: 1.0, service_name: service_name.to_owned() }
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.0,
+            service_name: service_name.to_owned(),
+        }
     }
 }
 
@@ -81,15 +111,32 @@ pub(crate) fn provider(settings: &TracingSettings) -> anyhow::Result<SdkTracerPr
         .with_span_processor(crate::recent_traces::Recorder);
     if let Some(endpoint) = &settings.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig as _;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
-            .with_context(|| format!("setting up span export to {endpoint}"))?;
+        let exporter = match settings.otlp_protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+            // The batch processor exports from a thread of its own, off the runtime: the HTTP
+            // exporter's client is a blocking one.
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(traces_url(endpoint))
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+        }
+        .with_context(|| format!("setting up span export to {endpoint}"))?;
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
+}
+
+/// The OTLP/HTTP traces address of a collector at `endpoint`: `<endpoint>/v1/traces`, as
+/// OpenTelemetry's exporters take a base endpoint; an address that already ends so is kept.
+fn traces_url(endpoint: &str) -> String {
+    let endpoint = endpoint.trim_end_matches('/');
+    if endpoint.ends_with("/v1/traces") { endpoint.to_owned() } else { format!("{endpoint}/v1/traces") }
 }
 
 /// Reads trace context from HTTP headers (gRPC metadata are HTTP/2 headers).
@@ -381,6 +428,41 @@ mod tests {
         });
         assert_ne!(first[1], second[1]);
         assert_eq!(first[3], "01");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sampled_spans_reach_a_collector_over_grpc_and_over_http() {
+        let receiver = crate::testing::OtlpReceiver::start().await;
+        for (protocol, endpoint, name) in [
+            (OtlpProtocol::Grpc, receiver.endpoint.clone(), "over grpc"),
+            (OtlpProtocol::HttpProtobuf, receiver.http_endpoint.clone(), "over http"),
+        ] {
+            let settings = TracingSettings {
+                otlp_endpoint: Some(endpoint),
+                otlp_protocol: protocol,
+                ..TracingSettings::local("exporter-test")
+            };
+            let provider = provider(&settings).unwrap();
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+                server_span("books", name, &http::HeaderMap::new()).in_scope(|| {});
+            });
+            // The batch goes now; the exporters work off the runtime, so wait off it too.
+            tokio::task::spawn_blocking(move || provider.force_flush()).await.unwrap().unwrap();
+            let got = receiver.spans();
+            let span = got.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name}: {got:#?}"));
+            assert_eq!((span.service_name.as_str(), span.kind), ("exporter-test", "server"));
+        }
+    }
+
+    #[test]
+    fn a_collector_address_gets_the_traces_path_once() {
+        assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
+        assert_eq!("http/protobuf".parse(), Ok(OtlpProtocol::HttpProtobuf));
+        assert_eq!("grpc".parse(), Ok(OtlpProtocol::Grpc));
+        assert!("http/json".parse::<OtlpProtocol>().is_err());
     }
 
     #[test]

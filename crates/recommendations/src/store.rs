@@ -52,6 +52,7 @@ impl Store {
     }
 
     /// Records the books of a placed order, in `tx` (a cancellation heard first stands).
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "recommendations store placed"))]
     pub async fn placed(
         tx: &mut Tx,
         order_id: &str,
@@ -64,6 +65,7 @@ impl Store {
 
     /// Takes a cancelled order's books out of every count, in `tx`; heard before the order
     /// itself, it keeps the order from counting when that comes.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "recommendations store cancelled"))]
     pub async fn cancelled(
         tx: &mut Tx,
         order_id: &str,
@@ -139,6 +141,7 @@ impl Store {
 
     /// The books bought with `book_id`, best first: more orders with both in one basket, then
     /// more customers who bought both, then by book id.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "recommendations store bought_together"))]
     pub async fn bought_together(&self, book_id: &str, limit: i64) -> Result<Vec<Ranked>> {
         let rows = sqlx::query(
             "SELECT other_id, baskets FROM pairs WHERE book_id = $1 \
@@ -154,6 +157,7 @@ impl Store {
 
     /// What is bought with what `user_id` bought (their pairs summed over their books, ranked as
     /// [`Self::bought_together`] ranks), and what they bought, which the ranking leaves out.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "recommendations store for_customer"))]
     pub async fn for_customer(&self, user_id: &str, limit: i64) -> Result<(Vec<Ranked>, HashSet<String>)> {
         let bought: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT book_id FROM purchases WHERE user_id = $1 AND cancelled_at IS NULL",
@@ -183,6 +187,7 @@ impl Store {
 
     /// The books that sold most units in the 30 days before `now_ms` (by the orders' own
     /// time, cancelled orders left out), then by book id.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "recommendations store best_sellers"))]
     pub async fn best_sellers(&self, now_ms: i64, limit: i64) -> Result<Vec<Ranked>> {
         let rows = sqlx::query(
             "SELECT book_id, CAST(SUM(quantity) AS BIGINT) AS units FROM purchases \

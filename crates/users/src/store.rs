@@ -154,6 +154,7 @@ impl UserStore {
         &self.db
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store insert_user"))]
     pub async fn insert_user(&self, u: &UserRow) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         sqlx::query(concat!(
@@ -187,6 +188,7 @@ impl UserStore {
     ///
     /// `drops_admin` says the change takes the admin role away: then it is refused with
     /// [`StoreError::LastAdmin`] unless another admin remains, checked in the same transaction.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store update_user"))]
     pub async fn update_user(&self, u: &UserRow, drops_admin: bool) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         if drops_admin {
@@ -243,6 +245,7 @@ impl UserStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store get_user"))]
     pub async fn get_user(&self, id: &str) -> anyhow::Result<Option<UserRow>> {
         self.user_where(
             concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"),
@@ -252,11 +255,13 @@ impl UserStore {
         .await
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store find_by_username"))]
     pub async fn find_by_username(&self, username: &str) -> anyhow::Result<Option<UserRow>> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1");
         self.user_where(sql, username, "finding a user by username").await
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store find_by_email_index"))]
     pub async fn find_by_email_index(&self, email_bidx: &str) -> anyhow::Result<Option<UserRow>> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email_bidx = $1");
         self.user_where(sql, email_bidx, "finding a user by email").await
@@ -273,6 +278,7 @@ impl UserStore {
         row.as_ref().map(user_from_row).transpose().context("decoding a user")
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store list_users"))]
     pub async fn list_users(&self, limit: i64, offset: i64) -> anyhow::Result<(Vec<UserRow>, i64)> {
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -294,6 +300,7 @@ impl UserStore {
 
     /// Deletes the account and its refresh tokens together.
     /// Deletes a user and their sessions; `drops_admin` as in [`Self::update_user`].
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store delete_user"))]
     pub async fn delete_user(&self, id: &str, drops_admin: bool) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await.context("starting a transaction")?;
         if drops_admin {
@@ -318,6 +325,7 @@ impl UserStore {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store count_with_role"))]
     pub async fn count_with_role(&self, role: Role) -> anyhow::Result<i64> {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM user_roles WHERE role = $1")
             .bind(role.as_str())
@@ -328,6 +336,7 @@ impl UserStore {
 
     // --- keys -------------------------------------------------------------------------------
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store keys"))]
     pub async fn keys(&self, purpose: KeyPurpose) -> anyhow::Result<Vec<KeyRow>> {
         let rows = sqlx::query(
             "SELECT id, purpose, wrapped, master_key_id, public_jwk, created_at, active_from, retired_at \
@@ -356,6 +365,7 @@ impl UserStore {
             .context("decoding keys")
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store insert_key"))]
     pub async fn insert_key(&self, k: &KeyRow) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO crypto_keys (id, purpose, wrapped, master_key_id, public_jwk, created_at, active_from, \
@@ -376,6 +386,7 @@ impl UserStore {
     }
 
     /// Replaces every key's wrapping in one transaction (master-key rotation): all or none.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store rewrap_keys"))]
     pub async fn rewrap_keys(
         &self,
         rewrapped: &[(String, Vec<u8>)],
@@ -395,6 +406,7 @@ impl UserStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store all_keys"))]
     pub async fn all_keys(&self) -> anyhow::Result<Vec<KeyRow>> {
         let mut all = Vec::new();
         for purpose in KeyPurpose::ALL {
@@ -406,6 +418,7 @@ impl UserStore {
     // --- refresh tokens -------------------------------------------------------------------
 
     /// Starts a session: a new family and its first refresh token, together.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store start_session"))]
     pub async fn start_session(
         &self,
         user_id: &str,
@@ -431,6 +444,7 @@ impl UserStore {
     /// family, so it serialises with revocation: after a revocation commits, no refresh of that
     /// family succeeds, and none that started before leaves a live token behind. A token spent
     /// twice revokes its family.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store rotate_refresh"))]
     pub async fn rotate_refresh(
         &self,
         token_hash: &str,
@@ -489,6 +503,7 @@ impl UserStore {
     }
 
     /// The family of a refresh token, if it exists.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store family_of"))]
     pub async fn family_of(&self, token_hash: &str) -> anyhow::Result<Option<String>> {
         sqlx::query_scalar::<_, String>("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
             .bind(token_hash)
@@ -498,6 +513,7 @@ impl UserStore {
     }
 
     /// Ends a session (sign-out): its refresh tokens, and its access tokens on every verifier.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store revoke_family"))]
     pub async fn revoke_family(&self, family_id: &str) -> anyhow::Result<u64> {
         let mut tx = self.db.begin_write().await.context("starting a revocation")?;
         let n = revoke_family_in(&mut tx, family_id).await?;
@@ -514,6 +530,7 @@ impl UserStore {
     }
 
     /// Ends every session of a user (password or role change), their access tokens included.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store revoke_sessions_of"))]
     pub async fn revoke_sessions_of(&self, user_id: &str) -> anyhow::Result<u64> {
         let mut tx = self.db.begin_write().await.context("ending a user's sessions")?;
         let live: Vec<String> =
@@ -537,6 +554,7 @@ impl UserStore {
 
     // --- service accounts -------------------------------------------------------------------
 
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store insert_service_account"))]
     pub async fn insert_service_account(
         &self,
         client_id: &str,
@@ -560,6 +578,7 @@ impl UserStore {
     }
 
     /// A service account that is not revoked: its secret's hash and its scopes.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store live_service_account"))]
     pub async fn live_service_account(
         &self,
         client_id: &str,
@@ -579,6 +598,7 @@ impl UserStore {
     }
 
     /// Every service account, oldest first.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store service_accounts"))]
     pub async fn service_accounts(&self) -> anyhow::Result<Vec<StoredServiceAccount>> {
         let rows = sqlx::query(
             "SELECT client_id, name, scopes, created_at, revoked_at FROM service_accounts ORDER BY created_at, client_id",
@@ -590,6 +610,7 @@ impl UserStore {
     }
 
     /// A new secret for a live account; `None` when there is no such account, or it is revoked.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store set_service_account_secret"))]
     pub async fn set_service_account_secret(
         &self,
         client_id: &str,
@@ -610,6 +631,7 @@ impl UserStore {
     }
 
     /// Revokes an account (again is the same); `None` when there is no such account.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store revoke_service_account"))]
     pub async fn revoke_service_account(
         &self,
         client_id: &str,

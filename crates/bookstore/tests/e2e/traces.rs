@@ -108,6 +108,14 @@ async fn a_checkout_is_one_trace_from_the_gateway_through_orders_and_books_to_it
     let reserve = "bookstore.books.v1.BookService/ReserveStock";
     let books = server_of("books", &call_of("orders", orders, "books", reserve));
     assert_eq!(books.name, reserve);
+    // Each store method a request reached is a span of its own, under that request's.
+    for (name, parent) in
+        [("orders store insert_order", &orders.span_id), ("books store reserve", &books.span_id)]
+    {
+        let store =
+            trace.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} in {trace:#?}"));
+        assert_eq!((&store.parent_span_id, store.kind), (parent, "internal"), "{name}");
+    }
     // The outbox relay's publication of the order's event, later, still in the checkout's trace.
     let published = span_of("producer", "orders", &orders.span_id);
     assert_eq!(published.name, "publish OrderPlaced");
