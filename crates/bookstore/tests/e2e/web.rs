@@ -326,6 +326,9 @@ async fn the_session_lives_in_http_only_cookies_renews_itself_and_ends_on_sign_o
         set.split(';').next().unwrap().split_once('=').unwrap().1.to_owned()
     };
     let (access, refresh) = (value("bookstore_access"), value("bookstore_refresh"));
+    let new_csrf = value("bookstore_csrf");
+    assert_ne!(new_csrf, csrf, "signing in sets a new CSRF token");
+    let (csrf, csrf_cookie) = (new_csrf.clone(), format!("bookstore_csrf={new_csrf}"));
     let signed_in = format!("{csrf_cookie}; bookstore_access={access}; bookstore_refresh={refresh}");
     let answer = plain.get(sys.url("/orders")).header("cookie", &signed_in).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::OK);

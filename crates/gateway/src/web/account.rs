@@ -89,7 +89,10 @@ pub async fn sign_in(
     let body = Login { username: form.username.clone(), password: form.password };
     match crate::users::login(State(state), peer, headers, error::Json(body)).await {
         Ok(error::Json(tokens)) => {
-            let jar = session::session_cookies(&tokens, secure).into_iter().fold(jar, CookieJar::add);
+            let fresh_csrf = session::cookie(session::CSRF, session::new_token(), None, secure);
+            let jar = session::session_cookies(&tokens, secure)
+                .into_iter()
+                .fold(jar.add(fresh_csrf), CookieJar::add);
             Ok((jar, Redirect::to(local_path(&form.next))).into_response())
         }
         Err(error) if error.status.is_client_error() => {

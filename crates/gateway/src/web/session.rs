@@ -10,7 +10,8 @@
 //!   browser out;
 //! - `bookstore_csrf`: a random token, which every form of ours also carries. A form sent
 //!   without it, or from another site (`Origin` or, failing that, `Referer` naming another
-//!   host), is refused with 403 ([`checked`]).
+//!   host), is refused with 403 ([`checked`]). Signing in sets a new one, so a token planted
+//!   before the session began is worth nothing in it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,7 +217,7 @@ pub fn cookie(name: &'static str, value: String, max_age_secs: Option<i64>, secu
 /// Characters of a CSRF token: 32 random bytes, base64url without padding.
 const TOKEN_CHARS: usize = 43;
 
-fn new_token() -> String {
+pub(super) fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
