@@ -186,11 +186,19 @@ test('staff see an order arrive live, move it to the top and ship it; the custom
   const orderPath = await buyTheFirstBook(customer);
   const order = `Order ${orderPath.split('/').pop().slice(-8)}`;
 
-  // It arrives without a reload, last in line; staff move it to the top.
+  // It arrives without a reload, last in line; staff drag it to the top, move it down a place
+  // from the keyboard, and back to the top with a click.
   const task = staff.locator('li.task', { hasText: order });
   await task.waitFor();
+  const first = staff.locator('li.task').first();
+  const second = staff.locator('li.task').nth(1);
+  await task.dragTo(first);
+  await first.filter({ hasText: order }).waitFor();
+  await staff.getByRole('button', { name: `Move down: ${order}` }).focus();
+  await staff.keyboard.press('Enter');
+  await second.filter({ hasText: order }).waitFor();
   await staff.getByRole('button', { name: `Move to top: ${order}` }).click();
-  await staff.locator('li.task').first().filter({ hasText: order }).waitFor();
+  await first.filter({ hasText: order }).waitFor();
   await check(staff, 'staff-queue');
   // Claimed from the keyboard, then packed and shipped.
   await staff.getByRole('button', { name: `Claim ${order}` }).focus();
