@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::CookieJar;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::layout::{PageError, alert, explain, page, render};
+use super::layout::{PageError, alert, explain, form_can_say, page, refused, render};
 use super::session::{self, Csrf, Secure, checked};
 use crate::AppState;
 use crate::auth::Auth;
@@ -115,14 +115,6 @@ pub async fn sign_in(
     }
 }
 
-/// A form shown again with what was wrong, under the status the API answered.
-fn refused(status: StatusCode, page: Markup) -> Response {
-    let mut response = render(page);
-    *response.status_mut() = status;
-    response.extensions_mut().insert(crate::error::Rendered);
-    response
-}
-
 /// `GET /register`.
 pub async fn register_form(auth: Auth, csrf: Csrf) -> Response {
     render(register_page(&auth, &csrf, &RegisterForm::default(), None))
@@ -179,7 +171,7 @@ pub async fn register(
     };
     match crate::users::register(State(state), peer, headers, error::Json(body)).await {
         Ok(_) => Ok(Redirect::to("/signin?registered=1").into_response()),
-        Err(error) if error.status.is_client_error() => {
+        Err(error) if form_can_say(&error) => {
             let problem = explain(&error);
             Ok(refused(error.status, register_page(&auth, &csrf, &form, Some(&problem))))
         }

@@ -14,7 +14,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::answer_of;
-use super::layout::{PageError, alert, explain, money, page, render};
+use super::layout::{PageError, alert, explain, form_can_say, money, page, refused, render};
 use super::session::{Csrf, Secure, checked, cookie};
 use crate::AppState;
 use crate::auth::Auth;
@@ -328,18 +328,13 @@ pub async fn checkout(
             let emptied = cart_cookie(&Cart::default(), secure);
             Ok((jar.add(emptied), Redirect::to(&format!("/orders/{}", order.id))).into_response())
         }
-        Err(error)
-            if error.status.is_client_error() && error.status != axum::http::StatusCode::UNAUTHORIZED =>
-        {
+        Err(error) if form_can_say(&error) => {
             let lines = priced(&state, &auth, &cart).await?;
             // Books by their titles, not their ids.
             let why = lines.iter().fold(explain(&error), |why, l| {
                 why.replace(&format!("book {}", l.book.id), &format!("“{}”", l.book.title))
             });
-            let mut response = render(checkout_page(&auth, &csrf, &cart, &lines, &form, Some(&why)));
-            *response.status_mut() = error.status;
-            response.extensions_mut().insert(crate::error::Rendered);
-            Ok(response)
+            Ok(refused(error.status, checkout_page(&auth, &csrf, &cart, &lines, &form, Some(&why))))
         }
         Err(error) => Err(error.into()),
     }

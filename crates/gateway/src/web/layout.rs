@@ -158,6 +158,20 @@ impl IntoResponse for PageError {
     }
 }
 
+/// A form shown again with what was wrong (`markup`), under the status the API answered.
+pub fn refused(status: StatusCode, markup: Markup) -> Response {
+    let mut response = render(markup);
+    *response.status_mut() = status;
+    response.extensions_mut().insert(crate::error::Rendered);
+    response
+}
+
+/// Whether the form that caused `error` can be shown again with it: the sender's mistake, not a
+/// session that ended (which signs in first) or the shop's trouble (an error page).
+pub fn form_can_say(error: &ApiError) -> bool {
+    error.status.is_client_error() && error.status != StatusCode::UNAUTHORIZED
+}
+
 /// The error page of `error`: its status, its message, a way on.
 pub fn error_page(error: &ApiError) -> Response {
     let heading = match error.code {

@@ -8,7 +8,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::assets::QUEUE;
-use super::layout::{PageError, alert, explain, page, page_with, render};
+use super::layout::{PageError, alert, explain, form_can_say, page, page_with, refused, render};
 use super::session::{Csrf, checked};
 use crate::AppState;
 use crate::auth::Auth;
@@ -122,14 +122,6 @@ fn book_form(action: &str, csrf: &Csrf, form: &BookForm, new: bool, problem: Opt
     }
 }
 
-/// A form shown again with why, under the API's status.
-fn refused(status: axum::http::StatusCode, markup: Markup) -> Response {
-    let mut response = render(markup);
-    *response.status_mut() = status;
-    response.extensions_mut().insert(crate::error::Rendered);
-    response
-}
-
 /// `GET /staff/books/new`.
 pub async fn new_book_form(auth: Auth, csrf: Csrf) -> Result<Response, PageError> {
     auth.required()?;
@@ -166,7 +158,7 @@ pub async fn create_book(
     };
     match made.await {
         Ok(book) => Ok(Redirect::to(&format!("/books/{}", book.id)).into_response()),
-        Err(e) if e.status.is_client_error() && e.status != axum::http::StatusCode::UNAUTHORIZED => {
+        Err(e) if form_can_say(&e) => {
             let main = html! { h1 { "Add a book" } (book_form("/staff/books/new", &csrf, &form, true, Some(&explain(&e)))) };
             Ok(refused(e.status, page("Add a book", &auth, &csrf, main)))
         }
@@ -229,7 +221,7 @@ pub async fn edit_book(
     };
     match saved.await {
         Ok(_) => Ok(Redirect::to(&format!("/books/{id}")).into_response()),
-        Err(e) if e.status.is_client_error() && e.status != axum::http::StatusCode::UNAUTHORIZED => {
+        Err(e) if form_can_say(&e) => {
             let action = format!("/staff/books/{id}/edit");
             let main =
                 html! { h1 { "Edit a book" } (book_form(&action, &csrf, &form, false, Some(&explain(&e)))) };
