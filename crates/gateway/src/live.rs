@@ -132,7 +132,7 @@ enum Incoming {
 /// Whether a page of `origin` may open a socket to the gateway at `host`: its own origin, or
 /// one of `allowed`. WebSockets are not subject to CORS, so without this any site a user visits
 /// could open one.
-fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
     let own = host.is_some_and(|host| {
         origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) == Some(host)
     });

@@ -244,10 +244,9 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
     let from = headers.get(header::ORIGIN).or_else(|| headers.get(header::REFERER));
     let Some(from) = from.and_then(|v| v.to_str().ok()) else { return true };
-    url::Url::parse(from).is_ok_and(|url| {
-        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        url.host_str().is_some_and(|h| format!("{h}{port}").eq_ignore_ascii_case(host))
-    })
+    // A `Referer` is a whole address: its origin is what is compared, by the live socket's rule.
+    url::Url::parse(from)
+        .is_ok_and(|url| crate::live::origin_allowed(&url.origin().ascii_serialization(), Some(host), &[]))
 }
 
 fn forbidden(message: &str) -> Response {
