@@ -205,22 +205,63 @@ impl Flags {
     }
 
     fn provider(&self) -> Serialized<Dict> {
-        let mut root = Dict::new();
-        for (section, key) in keys() {
-            let Some(text) = self.given.get(key.flat) else { continue };
-            // Read as the environment is read, so a flag and a variable mean the same.
-            let value: Value = text.parse().unwrap_or_else(|_| Value::from(text.clone()));
-            if section.is_empty() {
-                root.insert(key.field.to_owned(), value);
-            } else {
-                let table = root.entry(section.to_owned()).or_insert_with(|| Value::from(Dict::new()));
-                if let Value::Dict(_, dict) = table {
-                    dict.insert(key.field.to_owned(), value);
-                }
+        provider_of(&self.given)
+    }
+}
+
+/// Values given as text by flat name (flags, or files the environment names), as a provider.
+fn provider_of(given: &BTreeMap<&'static str, String>) -> Serialized<Dict> {
+    let mut root = Dict::new();
+    for (section, key) in keys() {
+        let Some(text) = given.get(key.flat) else { continue };
+        // Read as the environment is read, so a flag and a variable mean the same; a secret is
+        // text whatever it looks like (a password may look like a list).
+        let value: Value = match key.source {
+            Source::Secret => Value::from(text.clone()),
+            _ => text.parse().unwrap_or_else(|_| Value::from(text.clone())),
+        };
+        if section.is_empty() {
+            root.insert(key.field.to_owned(), value);
+        } else {
+            let table = root.entry(section.to_owned()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, dict) = table {
+                dict.insert(key.field.to_owned(), value);
             }
         }
-        Serialized::defaults(root)
     }
+    Serialized::defaults(root)
+}
+
+/// `BOOKSTORE_<KEY>_FILE=path` sets a key to the file's content (one trailing newline dropped),
+/// the way container platforms hand over secrets (`/run/secrets/<name>`). Any key the
+/// environment may set can be given so, except where `<key>_file` is a key of its own
+/// (`master_key_file`, which reads its file itself). Setting a key both ways is an error.
+fn from_files() -> anyhow::Result<BTreeMap<&'static str, String>> {
+    let mut given = BTreeMap::new();
+    for (_, key) in keys().filter(|(_, k)| k.source != Source::File) {
+        let own = format!("{}_file", key.flat);
+        if keys().any(|(_, k)| k.flat == own) {
+            continue;
+        }
+        let variable = format!("BOOKSTORE_{}", own.to_uppercase());
+        let Some(file) = std::env::var_os(&variable) else { continue };
+        let direct = format!("BOOKSTORE_{}", key.flat.to_uppercase());
+        anyhow::ensure!(
+            std::env::var_os(&direct).is_none_or(|v| v.is_empty()),
+            "invalid configuration: {} is set by both {direct} and {variable}; set one",
+            key.flat
+        );
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "invalid configuration: {} (from {variable}): reading {}",
+                key.flat,
+                Path::new(&file).display()
+            )
+        })?;
+        let text = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+        given.insert(key.flat, text.to_owned());
+    }
+    Ok(given)
 }
 
 impl clap::FromArgMatches for Flags {
@@ -285,7 +326,7 @@ impl Config {
                 .find(|(_, k)| k.source != Source::File && name == k.flat)
                 .map(|(section, key)| path(section, key).into())
         });
-        figment = figment.merge(env).merge(flags.provider());
+        figment = figment.merge(env).merge(provider_of(&from_files()?)).merge(flags.provider());
         check_unknown_keys(&figment)?;
         // Section by section: serde's `flatten` (the process keys) would lose the path of a bad
         // value, and the error must name its key.
@@ -545,6 +586,49 @@ mod tests {
             )?;
             let err = Config::load(Some(Path::new("bad.toml")), &Flags::default()).unwrap_err();
             assert!(format!("{err:#}").contains("the gateway's own"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_key_is_read_from_the_file_its_file_variable_names() {
+        figment::Jail::expect_with(|jail| {
+            // A password that looks like a list stays text; one trailing newline is dropped.
+            jail.create_file("secret", "[not, a, list]\n")?;
+            jail.create_file("url", "postgres://orders:pw@postgres:5432/orders\n")?;
+            jail.create_file("timeout", "1234")?;
+            jail.set_env("BOOKSTORE_ORDERS_CLIENT_SECRET_FILE", "secret");
+            jail.set_env("BOOKSTORE_ORDERS_DATABASE_URL_FILE", "url");
+            jail.set_env("BOOKSTORE_REQUEST_TIMEOUT_MS_FILE", "timeout");
+            let c = Config::load(None, &Flags::default()).unwrap();
+            assert_eq!(c.orders.client_secret.as_deref(), Some("[not, a, list]"));
+            assert_eq!(c.orders.database_url.as_deref(), Some("postgres://orders:pw@postgres:5432/orders"));
+            assert_eq!(c.process.request_timeout_ms, 1234, "a number from a file is a number");
+
+            let flag = flags(&[("orders_database_url", "sqlite:///tmp/flag.db")]);
+            let c = Config::load(None, &flag).unwrap();
+            assert_eq!(
+                c.orders.database_url.as_deref(),
+                Some("sqlite:///tmp/flag.db"),
+                "a flag beats a file"
+            );
+
+            jail.set_env("BOOKSTORE_ORDERS_CLIENT_SECRET", "direct");
+            let err = format!("{:#}", Config::load(None, &Flags::default()).unwrap_err());
+            assert!(
+                err.contains("BOOKSTORE_ORDERS_CLIENT_SECRET and BOOKSTORE_ORDERS_CLIENT_SECRET_FILE"),
+                "{err}"
+            );
+            jail.set_env("BOOKSTORE_ORDERS_CLIENT_SECRET", ""); // empty is unset
+
+            jail.set_env("BOOKSTORE_ORDERS_DATABASE_URL_FILE", "missing");
+            let err = format!("{:#}", Config::load(None, &Flags::default()).unwrap_err());
+            assert!(
+                err.contains(
+                    "orders_database_url (from BOOKSTORE_ORDERS_DATABASE_URL_FILE): reading missing"
+                ),
+                "{err}"
+            );
             Ok(())
         });
     }
