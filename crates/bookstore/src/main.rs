@@ -26,8 +26,9 @@ process lists):
   BOOKSTORE_ORDERS_CLIENT_SECRET / orders_client_secret
                                                 the orders service's service-account secret, when
                                                 it runs apart from users
-Every setting can also be set as BOOKSTORE_<NAME> or in the --config file; `bookstore config`
-prints the effective configuration. See the README.";
+Every setting can also be set as BOOKSTORE_<NAME> or in the --config file, or read from a file
+named by BOOKSTORE_<NAME>_FILE (how containers get secrets: /run/secrets/<name>);
+`bookstore config` prints the effective configuration. See the README.";
 
 /// An online bookstore built as microservices.
 #[derive(Parser)]
@@ -99,6 +100,15 @@ enum AdminCommand {
         /// File holding the new master key.
         #[arg(long, value_name = "FILE")]
         new_master_key_file: PathBuf,
+        #[command(flatten)]
+        flags: Flags,
+    },
+    /// Create or update, in the users database, the service accounts orders and recommendations
+    /// call books with, from their configured client ids and secrets (orders_client_id and
+    /// orders_client_secret; recommendations_client_id and recommendations_client_secret, at
+    /// least 32 characters), with the scopes each needs. Again changes nothing; a changed secret
+    /// is a rotation. A deployment runs it after `migrate`.
+    ProvisionServiceAccounts {
         #[command(flatten)]
         flags: Flags,
     },
@@ -184,6 +194,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ahead = Duration::from_secs(config.users.signing_key_publish_ahead_secs);
             let kid = users.keyring.add_signing_key(&users.store, ahead).await?;
             say(format_args!("new signing key {kid}: published now, signs in {} s", ahead.as_secs()));
+            Ok(())
+        }
+        Command::Admin(AdminCommand::ProvisionServiceAccounts { flags }) => {
+            use bookstore_users::accounts::Provisioned;
+            let config = Config::load(file, &flags)?;
+            let accounts = [
+                (
+                    "orders",
+                    &config.orders.client_id,
+                    &config.orders.client_secret,
+                    bookstore_orders::SCOPES_AT_BOOKS,
+                ),
+                (
+                    "recommendations",
+                    &config.recommendations.client_id,
+                    &config.recommendations.client_secret,
+                    bookstore_recommendations::SCOPES_AT_BOOKS,
+                ),
+            ];
+            let mut store = None;
+            for (service, id, secret, scopes) in accounts {
+                let (id, secret) = match (id, secret) {
+                    (Some(id), Some(secret)) => (id, secret),
+                    (None, None) => {
+                        say(format_args!("{service}: no {service}_client_id or secret configured; skipped"));
+                        continue;
+                    }
+                    _ => {
+                        anyhow::bail!("set both {service}_client_id and {service}_client_secret, or neither")
+                    }
+                };
+                if store.is_none() {
+                    let db = service_database(&config, "users").await?;
+                    store = Some(bookstore_users::store::UserStore::new(db));
+                }
+                let store = store.as_ref().expect("opened above");
+                let name =
+                    bookstore_users::domain::FullName::parse(service).expect("a service's name is a name");
+                let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+                let done =
+                    bookstore_users::accounts::provision_service_account(store, id, &name, secret, &scopes)
+                        .await
+                        .with_context(|| format!("provisioning {service}'s service account"))?;
+                let done = match done {
+                    Provisioned::Created => "created",
+                    Provisioned::Updated => "updated",
+                    Provisioned::Unchanged => "unchanged",
+                };
+                say(format_args!("{service}: service account {id} {done}, scopes {}", scopes.join(" ")));
+            }
+            anyhow::ensure!(store.is_some(), "no service account is configured, so none was provisioned");
             Ok(())
         }
         Command::Admin(AdminCommand::RotateMasterKey { new_master_key_file, flags }) => {

@@ -49,7 +49,7 @@ pub static MIGRATIONS: Migrations = Migrations {
 };
 
 /// What orders' own token is granted at books: reading prices, and the checkout saga's stock calls.
-const SCOPES_AT_BOOKS: &[&str] = &["books:read", "books:reserve"];
+pub const SCOPES_AT_BOOKS: &[&str] = &["books:read", "books:reserve"];
 
 pub static SPEC: Spec =
     Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true, uses_master_key: true };

@@ -33,7 +33,7 @@ pub static MIGRATIONS: Migrations = Migrations {
 };
 
 /// What recommendations' own token is granted at books: reading.
-const SCOPES_AT_BOOKS: &[&str] = &["books:read"];
+pub const SCOPES_AT_BOOKS: &[&str] = &["books:read"];
 
 pub static SPEC: Spec =
     Spec { name: SERVICE, migrations: Some(&MIGRATIONS), uses_bus: true, uses_master_key: false };

@@ -1,5 +1,6 @@
-//! Accounts: the service's state ([`Users`]), creating a user, the first admin, and the
-//! encryption of a user's row (personal data under the data key, bound to the row's id).
+//! Accounts: the service's state ([`Users`]), creating a user, the first admin, the encryption
+//! of a user's row (personal data under the data key, bound to the row's id), and service
+//! accounts a deployment provisions from its own secrets.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use bookstore_platform::auth::Role;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::Database;
 
-use crate::crypto::MasterKey;
+use crate::crypto::{MasterKey, sha256_hex};
 use crate::domain::{Address, Email, FullName, Password, User, Username, roles_from_text, roles_to_text};
 use crate::keys::Keyring;
 use crate::store::{StoreError, UserRow, UserStore};
@@ -185,6 +186,60 @@ impl Users {
             Err(StoreError::DuplicateUsername | StoreError::DuplicateEmail) => Ok(None),
             Err(e @ StoreError::LastAdmin) => Err(e.into()),
             Err(StoreError::Unexpected(e)) => Err(e),
+        }
+    }
+}
+
+/// What [`provision_service_account`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioned {
+    Created,
+    /// The account was there with another secret or other scopes; it has the given ones now.
+    Updated,
+    Unchanged,
+}
+
+/// The shortest client secret a deployment may provision (`openssl rand -base64 32` gives 44).
+pub const MIN_PROVISIONED_SECRET: usize = 32;
+
+/// Makes the service account `client_id` exist, live, with `secret` and exactly `scopes`: how
+/// a deployment gives orders and recommendations the accounts they call books with, from
+/// secrets it generated and hands to both sides, with no one copying a secret from an answer.
+/// Running it again changes nothing; a changed secret (a rotation) or scope list is applied.
+/// An account an admin revoked stays revoked: provisioning it is an error that says so.
+pub async fn provision_service_account(
+    store: &UserStore,
+    client_id: &str,
+    name: &FullName,
+    secret: &str,
+    scopes: &[String],
+) -> anyhow::Result<Provisioned> {
+    anyhow::ensure!(
+        secret.len() >= MIN_PROVISIONED_SECRET,
+        "the secret of service account {client_id} is {} characters; at least {MIN_PROVISIONED_SECRET} are needed",
+        secret.len()
+    );
+    let scopes = bookstore_platform::auth::parse_scopes(scopes)
+        .map_err(|unknown| anyhow::anyhow!("service account {client_id}: no scope {unknown:?}"))?;
+    let hash = sha256_hex(secret);
+    match store.service_account(client_id).await? {
+        None => {
+            store.insert_service_account(client_id, name.as_str(), &hash, &scopes).await?;
+            Ok(Provisioned::Created)
+        }
+        Some(account) if account.revoked_at.is_some() => anyhow::bail!(
+            "service account {client_id} was revoked; give the service a new client id (and a new secret)"
+        ),
+        Some(account) => {
+            let same_secret = store.live_service_account(client_id).await?.is_some_and(|(h, _)| h == hash);
+            if same_secret && account.scopes == scopes {
+                return Ok(Provisioned::Unchanged);
+            }
+            anyhow::ensure!(
+                store.reset_service_account(client_id, &hash, &scopes).await?,
+                "service account {client_id} was revoked while it was being provisioned"
+            );
+            Ok(Provisioned::Updated)
         }
     }
 }

@@ -609,6 +609,27 @@ impl UserStore {
         rows.iter().map(StoredServiceAccount::from_row).collect()
     }
 
+    /// Sets a live account's secret and scopes at once (a deployment provisioning it); false
+    /// when there is no such live account.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store reset_service_account"))]
+    pub async fn reset_service_account(
+        &self,
+        client_id: &str,
+        secret_hash: &str,
+        scopes: &[String],
+    ) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE service_accounts SET secret_hash = $2, scopes = $3 WHERE client_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(client_id)
+        .bind(secret_hash)
+        .bind(scopes.join(" "))
+        .execute(self.db.pool())
+        .await
+        .context("resetting a service account")?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A new secret for a live account; `None` when there is no such account, or it is revoked.
     #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store set_service_account_secret"))]
     pub async fn set_service_account_secret(
@@ -653,7 +674,9 @@ impl UserStore {
         self.service_account(client_id).await
     }
 
-    async fn service_account(&self, client_id: &str) -> anyhow::Result<Option<StoredServiceAccount>> {
+    /// An account by its client id, revoked or not.
+    #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store service_account"))]
+    pub async fn service_account(&self, client_id: &str) -> anyhow::Result<Option<StoredServiceAccount>> {
         let row = sqlx::query(
             "SELECT client_id, name, scopes, created_at, revoked_at FROM service_accounts WHERE client_id = $1",
         )

@@ -17,6 +17,7 @@ backend_tests!(
     two_admins_demoting_each_other_at_once_leave_one_admin,
     roles_stored_as_text_before_the_role_table_are_found_by_exact_match_after_it,
     service_accounts_made_before_scopes_keep_what_they_could_do,
+    a_provisioned_service_account_is_created_once_follows_its_secret_and_stays_revoked,
 );
 
 async fn users_with(db: &TestDatabase, master: &str) -> anyhow::Result<Users> {
@@ -247,6 +248,48 @@ async fn service_accounts_made_before_scopes_keep_what_they_could_do(backend: Ba
 }
 
 /// `db` with users' migrations before `version` applied, as a database of an older release.
+async fn a_provisioned_service_account_is_created_once_follows_its_secret_and_stays_revoked(
+    backend: Backend,
+) {
+    use bookstore_users::accounts::{Provisioned, provision_service_account};
+    use bookstore_users::crypto::sha256_hex;
+    let Some(db) = TestDatabase::new(backend).await else { return };
+    let users = users_with(&db, &MasterKey::generate_base64()).await.unwrap();
+    let store = &users.store;
+    let name = FullName::parse("orders").unwrap();
+    let scopes = ["books:read".to_owned(), "books:reserve".to_owned()];
+    let (first, second) = ("a".repeat(40), "b".repeat(40));
+    let provision = |secret: &str, scopes: &[String]| {
+        let (secret, scopes) = (secret.to_owned(), scopes.to_vec());
+        let name = name.clone();
+        async move { provision_service_account(store, "svc-orders", &name, &secret, &scopes).await }
+    };
+
+    assert_eq!(provision(&first, &scopes).await.unwrap(), Provisioned::Created);
+    assert_eq!(provision(&first, &scopes).await.unwrap(), Provisioned::Unchanged, "again: nothing to do");
+    let live = store.live_service_account("svc-orders").await.unwrap().unwrap();
+    assert_eq!(live, (sha256_hex(&first), scopes.to_vec()), "the secret's hash and the scopes");
+
+    assert_eq!(provision(&second, &scopes[..1]).await.unwrap(), Provisioned::Updated);
+    let live = store.live_service_account("svc-orders").await.unwrap().unwrap();
+    assert_eq!(
+        live,
+        (sha256_hex(&second), vec!["books:read".to_owned()]),
+        "a rotation and a scope change apply"
+    );
+    assert_eq!(store.service_accounts().await.unwrap().len(), 1, "still one account");
+
+    let short = provision("too short", &scopes).await.unwrap_err().to_string();
+    assert!(short.contains("at least 32"), "{short}");
+    let unknown = provision(&first, &["books:everything".to_owned()]).await.unwrap_err().to_string();
+    assert!(unknown.contains("no scope \"books:everything\""), "{unknown}");
+
+    store.revoke_service_account("svc-orders").await.unwrap().unwrap();
+    let revoked = provision(&first, &scopes).await.unwrap_err().to_string();
+    assert!(revoked.contains("was revoked"), "{revoked}");
+    assert!(store.live_service_account("svc-orders").await.unwrap().is_none(), "revoked stays revoked");
+}
+
 async fn migrated_before(
     db: &TestDatabase,
     backend: Backend,
