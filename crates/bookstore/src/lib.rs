@@ -235,17 +235,25 @@ impl App {
                 (mode, &config.process.registry_url, (entry.endpoint)(config).announce())
             {
                 let (endpoints, _) = bookstore_platform::etcd::parse_url(registry)?;
-                let registration = Registration {
-                    addr: advertised.map_or_else(|| bound.to_string(), str::to_owned),
-                    weight,
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                };
+                let advertised = advertised.map(str::to_owned);
                 let (name, instance) = (entry.name(), uuid::Uuid::now_v7().simple().to_string());
-                let (etcd, draining, stopping) = (Etcd::new(endpoints), process.draining(), tasks.stopping());
+                let (etcd, draining, stopping) =
+                    (Etcd::new(endpoints.clone()), process.draining(), tasks.stopping());
                 // Deregisters as soon as the process starts to stop (before its listeners
                 // drain), then waits for the rest of the background work to be told.
                 tasks.spawn("registration", async move {
-                    bookstore_platform::etcd::register(etcd, name, &instance, registration, draining).await;
+                    let addr = match advertised {
+                        Some(addr) => Some(addr),
+                        None => bookstore_platform::etcd::reachable_addr(&endpoints, bound, &draining)
+                            .await
+                            .map(|a| a.to_string()),
+                    };
+                    if let Some(addr) = addr {
+                        let version = env!("CARGO_PKG_VERSION").to_owned();
+                        let registration = Registration { addr, weight, version };
+                        bookstore_platform::etcd::register(etcd, name, &instance, registration, draining)
+                            .await;
+                    }
                     stopping.cancelled().await;
                 });
             }

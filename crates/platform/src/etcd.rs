@@ -245,6 +245,60 @@ pub struct Registration {
     pub version: String,
 }
 
+/// The address a replica bound to `bound` registers: `bound` itself, unless that is the
+/// unspecified address (`0.0.0.0:50051`, as in a container), which no peer can dial; then this
+/// host's address that packets to the registry leave from, with the bound port. A UDP socket
+/// "connected" to an endpoint asks the kernel for that route and sends nothing. Tried again
+/// each second until an endpoint resolves and routes; `None` if `stop` comes first.
+pub async fn reachable_addr(
+    endpoints: &[String],
+    bound: std::net::SocketAddr,
+    stop: &CancellationToken,
+) -> Option<std::net::SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return Some(bound);
+    }
+    let mut announced = false;
+    loop {
+        for endpoint in endpoints {
+            let Some((host, port)) = url::Url::parse(endpoint)
+                .ok()
+                .and_then(|u| Some((u.host_str()?.trim_matches(['[', ']']).to_owned(), u.port()?)))
+            else {
+                continue;
+            };
+            let Ok(targets) = tokio::net::lookup_host((host.as_str(), port)).await else { continue };
+            for target in targets {
+                let any: std::net::IpAddr = if target.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                let Ok(socket) = tokio::net::UdpSocket::bind((any, 0)).await else { continue };
+                if socket.connect(target).await.is_err() {
+                    continue;
+                }
+                if let Ok(local) = socket.local_addr()
+                    && !local.ip().is_unspecified()
+                {
+                    return Some(std::net::SocketAddr::new(local.ip(), bound.port()));
+                }
+            }
+        }
+        if !announced {
+            tracing::warn!(
+                ?endpoints,
+                "no route to the registry yet, so no address to register; trying again"
+            );
+            announced = true;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Keeps `service`'s instance `instance` registered until `stop`, then revokes its lease (which
 /// deletes the key). Survives etcd outages: registers again when etcd answers.
 pub async fn register(
@@ -418,6 +472,28 @@ mod tests {
         assert_eq!(parse_url("etcd://127.0.0.1:2379").unwrap().1, "");
         assert!(parse_url("etcd://127.0.0.1/books").is_err(), "a port is required");
         assert!(parse_url("http://127.0.0.1:2379/books").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_replica_bound_to_every_address_registers_the_one_it_reaches_the_registry_from() {
+        let stop = CancellationToken::new();
+        let bound: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let toward_loopback = ["http://localhost:2379".to_owned()];
+        let addr = reachable_addr(&toward_loopback, bound, &stop).await.unwrap();
+        assert!(addr.ip().is_loopback(), "a registry on this host is reached over the loopback: {addr}");
+        assert_eq!(addr.port(), 50051, "the bound port");
+
+        let specific: std::net::SocketAddr = "10.1.2.3:50051".parse().unwrap();
+        assert_eq!(
+            reachable_addr(&toward_loopback, specific, &stop).await,
+            Some(specific),
+            "a bound address is kept"
+        );
+
+        // No endpoint it can route to: it keeps trying until told to stop, and registers nothing.
+        let nowhere = ["http://registry-without-a-port".to_owned()];
+        stop.cancel();
+        assert_eq!(reachable_addr(&nowhere, bound, &stop).await, None);
     }
 
     #[test]
