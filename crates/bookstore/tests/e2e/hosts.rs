@@ -3,9 +3,18 @@
 //! run on their own host, find each other through etcd, and the test drives the shop from the
 //! bridge like a client from outside. Then one books host is killed, and the shop keeps selling.
 //!
-//! A PostgreSQL cluster and a RabbitMQ node of the test's own run on two more hosts, listening
-//! on their bridge addresses (the shared servers listen on loopback only): a database per
-//! service, the two books hosts sharing theirs, orders' events on the broker.
+//! A PostgreSQL cluster, a RabbitMQ node and a Redis server of the test's own run on two more
+//! hosts, listening on their bridge addresses (the shared servers listen on loopback only): a
+//! database per service, the two books hosts sharing theirs, orders' events on the broker.
+//!
+//! It is also the rehearsal of a deployment. Every bookstore process is configured only by the
+//! deployment's environment files (`deploy/env/`, which the compose stack and the Kubernetes
+//! manifests read too) and secret files under `/run/secrets`, and finds its peers by the names
+//! those files use (`etcd`, `postgres`, `rabbitmq`, `redis`, each host's `/etc/hosts`). It runs
+//! as the image runs it: a user other than root (65532) with no capabilities, on a read-only
+//! root filesystem where only `/tmp` and `/var/lib/bookstore` can be written (bubblewrap).
+//! The migrations and the service accounts are the deployment's jobs, run first; every
+//! process's probes are asked on its admin port.
 //!
 //! Needs root (to make namespaces and run PostgreSQL as its own user). In CI a failure to make
 //! them fails the test; elsewhere the test says SKIPPED and returns.
@@ -76,7 +85,22 @@ impl Hosts {
         format!("{}.{}", self.subnet, 10 + host)
     }
 
-    /// Runs `program args` on host `host`, its stdout piped.
+    /// Gives every host the same `/etc/hosts`: `ip netns exec` mounts `/etc/netns/<ns>/hosts`
+    /// over it, as a cluster's DNS would answer for its services.
+    fn name_hosts(&self, names: &[(&str, usize)]) {
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (name, host) in names {
+            text.push_str(&format!("{} {name}\n", self.addr(*host)));
+        }
+        for ns in &self.names {
+            let dir = format!("/etc/netns/{ns}");
+            std::fs::create_dir_all(&dir).expect("making a host's /etc");
+            std::fs::write(format!("{dir}/hosts"), &text).expect("writing a host's /etc/hosts");
+        }
+    }
+
+    /// Runs `program args` on host `host`; a bookstore's stdout is piped, a server's output
+    /// goes to its log.
     fn run(
         &mut self,
         host: usize,
@@ -98,7 +122,7 @@ impl Hosts {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         // The bookstore's output is read (for its addresses); a server's goes to its log file,
         // kept when the test fails.
-        let (stdout, stderr) = if program == BIN {
+        let (stdout, stderr) = if program == BIN || args.iter().any(|a| a == BIN) {
             (Stdio::piped(), Stdio::inherit())
         } else {
             let log = std::fs::File::create(self.log(label)).expect("creating a server's log");
@@ -112,6 +136,13 @@ impl Hosts {
     /// Where a server started by [`Hosts::run`] writes its output.
     fn log(&self, label: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("{}-{label}.log", self.prefix))
+    }
+
+    /// Waits for a job to finish.
+    fn wait(&mut self, label: &str) -> std::process::ExitStatus {
+        let (_, child) =
+            self.processes.iter_mut().find(|(l, _)| l == label).expect("a process of that label");
+        child.wait().expect("waiting for a job")
     }
 
     fn kill(&mut self, label: &str) {
@@ -139,6 +170,7 @@ impl Drop for Hosts {
         }
         for ns in &self.names {
             let _ = ip(&["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
         let _ = ip(&["link", "del", &format!("{}br", self.prefix)]);
     }
@@ -190,6 +222,21 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
             return;
         }
     };
+    let redis_server = match std::env::var("BOOKSTORE_TEST_REDIS_SERVER") {
+        Ok(path) if !path.is_empty() => path,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("BOOKSTORE_TEST_REDIS_SERVER is not set, and CI must run the hosts test")
+        }
+        _ => {
+            eprintln!("SKIPPED (hosts): BOOKSTORE_TEST_REDIS_SERVER is not set; this test did not run");
+            return;
+        }
+    };
+    let Ok(bwrap) = which("bwrap") else {
+        assert!(std::env::var_os("CI").is_none(), "no bwrap (bubblewrap), and CI must run the hosts test");
+        eprintln!("SKIPPED (hosts): no bwrap (Debian's bubblewrap) on the PATH; this test did not run");
+        return;
+    };
     let Some(pg_bin) = postgres_bin() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -212,6 +259,8 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     let dir = tempfile::tempdir().unwrap();
     let path = |p: &str| dir.path().join(p).display().to_string();
     let (etcd, users, books1, books2, orders, gateway, db, mq) = (0, 1, 2, 3, 4, 5, 6, 7);
+    // The names the deployment's files use for what it runs beside the shop.
+    hosts.name_hosts(&[("etcd", etcd), ("postgres", db), ("rabbitmq", mq), ("redis", mq)]);
 
     // A PostgreSQL cluster of the test's own on the db host (trust auth, no fsync: a test's).
     let pg_root = tempfile::tempdir().unwrap();
@@ -271,6 +320,13 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     })
     .await;
     hosts.run(mq, "rabbitmq", &rabbitmq_server, &[], &mq_env);
+    // Redis beside it: the gateways' shared rate-limit counts.
+    let args: Vec<String> = ["--bind", &mq_addr, "--port", "6379", "--save", "", "--appendonly", "no"]
+        .iter()
+        .chain(&["--protected-mode", "no"])
+        .map(|s| s.to_string())
+        .collect();
+    hosts.run(mq, "redis", &redis_server, &args, &[]);
 
     let etcd_addr = hosts.addr(etcd);
     let client = format!("http://{etcd_addr}:2379");
@@ -297,7 +353,6 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     .map(|s| s.to_string())
     .collect();
     hosts.run(etcd, "etcd", &etcd_bin, &args, &[]);
-    let registry = format!("etcd://{etcd_addr}:2379");
 
     // The servers answer across the bridge; a database per service.
     let pg = format!("postgres://postgres@{db_addr}:5432");
@@ -306,7 +361,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     })
     .await;
     let admin_pool = sqlx::PgPool::connect(&format!("{pg}/postgres")).await.unwrap();
-    for name in ["books", "users", "orders"] {
+    for name in SERVICES {
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.unwrap();
     }
     admin_pool.close().await;
@@ -314,69 +369,75 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
         tokio::net::TcpStream::connect((mq_addr.as_str(), 5672)).await.is_ok()
     })
     .await;
-    let amqp = format!("amqp://guest:guest@{mq_addr}:5672/%2f");
 
-    // A service on its host: `serve <service>` on its own address, registered in etcd.
-    let serve = |hosts: &Hosts, host: usize, service: &str, extra: &[&str]| -> Vec<String> {
-        let addr = hosts.addr(host);
-        let mut args: Vec<String> = vec!["serve".into(), service.into()];
-        if service != "gateway" {
-            args.extend([format!("--{service}-grpc"), format!("{addr}:50051")]);
-        }
-        args.extend([
-            "--admin-http".into(),
-            format!("{addr}:9180"),
-            "--registry-url".into(),
-            registry.clone(),
-            "--data-dir".into(),
-            path(&format!("data-{host}")),
-        ]);
-        for peer in ["books", "users", "orders"] {
-            args.extend([format!("--{peer}-url"), format!("{registry}/{peer}")]);
-        }
-        if service != "gateway" {
-            args.extend([format!("--{service}-database-url"), format!("{pg}/{service}")]);
-        }
-        args.extend(["--amqp-url".into(), amqp.clone()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+    // The deployment's secrets, as files; the URLs name the servers as the deployment does.
+    let secrets = tempfile::tempdir().unwrap();
+    let mut files = vec![
+        ("master-key", bookstore_platform::crypto::MasterKey::generate_base64()),
+        ("admin-password", PASSWORD.to_owned()),
+        ("amqp-url", "amqp://guest:guest@rabbitmq:5672/%2f".to_owned()),
+        ("redis-url", "redis://redis:6379".to_owned()),
+        ("orders-client-secret", "orders-secret-of-this-test-".repeat(2)),
+        ("recommendations-client-secret", "recommendations-secret-of-this-test".to_owned()),
+    ];
+    for name in SERVICES {
+        files.push((
+            leak(format!("{name}-database-url")),
+            format!("postgres://postgres@postgres:5432/{name}"),
+        ));
+    }
+    for (name, value) in &files {
+        std::fs::write(secrets.path().join(name), format!("{value}\n")).unwrap();
+    }
+    let secrets = secrets.path().display().to_string();
+    let sandbox = Sandbox { bwrap, secrets: secrets.clone() };
+
+    // The deployment's jobs first: every database migrated, then the service accounts.
+    let migrate = sandbox.command(&path("data-migrate"), &["migrate"]);
+    let env = deployment_env(&["common", "migrate"]);
+    let done = hosts.run(orders, "migrate", &migrate[0], &migrate[1..], &env).wait().unwrap();
+    assert!(done.success(), "the migrate job failed");
+    let provision = sandbox.command(&path("data-provision"), &["admin", "provision-service-accounts"]);
+    let child = hosts.run(orders, "provision", &provision[0], &provision[1..], &env);
+    let said = line_of(child, "orders: service account svc-orders ").await;
+    assert!(said.starts_with("created"), "the orders account was created: {said}");
+    assert!(hosts.wait("provision").success(), "the service-accounts job failed");
+
+    // A service on its host: `serve <service>` as the image runs it, from its files alone.
+    let serve = |hosts: &mut Hosts, host: usize, label: &str, service: &str, extra: &[&str]| {
+        let mut args = vec!["serve", service];
+        args.extend(extra);
+        let command = sandbox.command(&path(&format!("data-{label}")), &args);
+        let env = deployment_env(&["common", service]);
+        hosts.run(host, label, &command[0], &command[1..], &env);
     };
-    let key = bookstore_platform::crypto::MasterKey::generate_base64();
-    let users_env =
-        [("BOOKSTORE_MASTER_KEY", key.clone()), ("BOOKSTORE_ADMIN_PASSWORD", PASSWORD.to_owned())];
-    let args = serve(&hosts, users, "users", &[]);
-    let child = hosts.run(users, "users", BIN, &args, &users_env);
-    line_of(child, "users    gRPC on").await;
-    let args = serve(&hosts, books1, "books", &["--seed"]);
-    line_of(hosts.run(books1, "books1", BIN, &args, &[]), "books    gRPC on").await;
-    let args = serve(&hosts, books2, "books", &[]);
-    line_of(hosts.run(books2, "books2", BIN, &args, &[]), "books    gRPC on").await;
-    let http_addr = format!("{}:8080", hosts.addr(gateway));
-    let args = serve(&hosts, gateway, "gateway", &["--http", &http_addr]);
-    line_of(hosts.run(gateway, "gateway", BIN, &args, &[]), "gateway  http://").await;
-    let base = format!("http://{http_addr}");
+    serve(&mut hosts, users, "users", "users", &[]);
+    serve(&mut hosts, books1, "books1", "books", &["--seed"]);
+    serve(&mut hosts, books2, "books2", "books", &[]);
+    serve(&mut hosts, orders, "orders", "orders", &[]);
+    serve(&mut hosts, gateway, "gateway", "gateway", &[]);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Every process's probes, on its admin port, as the orchestrator asks them.
+    for host in [users, books1, books2, orders, gateway] {
+        let admin = format!("http://{}:9180", hosts.addr(host));
+        until(&format!("{} to be ready", names[host]), Duration::from_secs(90), || async {
+            http.get(format!("{admin}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        let live = http.get(format!("{admin}/healthz")).send().await.unwrap();
+        assert_eq!(live.status(), 200, "{} is live", names[host]);
+    }
+    let base = format!("http://{}:8080", hosts.addr(gateway));
 
     until("the gateway to reach books across hosts", Duration::from_secs(60), || async {
         http.get(format!("{base}/api/v1/books?limit=1")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
+    // Each replica registered the address it is reached at (bound to 0.0.0.0, it found its own).
+    let registered = registered_addrs(&etcd_addr, "books").await;
+    let want: Vec<String> = [books1, books2].iter().map(|h| format!("{}:50051", hosts.addr(*h))).collect();
+    assert_eq!(registered, want, "both books replicas registered by their own host's address");
     let admin = crate::login(&http, &base, "admin", PASSWORD).await;
-    let url = format!("{base}/api/v1/service-accounts");
-    let account = crate::post_json(
-        &http,
-        &url,
-        &admin,
-        &json!({"name": "orders", "scopes": ["books:read", "books:reserve"]}),
-    )
-    .await;
-    let orders_env = [
-        ("BOOKSTORE_ORDERS_CLIENT_ID", account["client_id"].as_str().unwrap().to_owned()),
-        ("BOOKSTORE_ORDERS_CLIENT_SECRET", account["client_secret"].as_str().unwrap().to_owned()),
-        ("BOOKSTORE_MASTER_KEY", key),
-    ];
-    let args = serve(&hosts, orders, "orders", &[]);
-    line_of(hosts.run(orders, "orders", BIN, &args, &orders_env), "orders   gRPC on").await;
 
     let page: Value =
         http.get(format!("{base}/api/v1/books?limit=5")).send().await.unwrap().json().await.unwrap();
@@ -394,7 +455,8 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
                 .unwrap_or(0)
         }
     };
-    // Orders finds books and users through etcd too; the first checkout may wait for it.
+    // Orders finds books and users through etcd too, and calls books as the provisioned
+    // account; the first checkout may wait for discovery.
     let started = Instant::now();
     loop {
         let status = checkout("first-order".into()).await;
@@ -420,4 +482,83 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
         }
     }
     assert_eq!(failed, 0, "{failed} of 200 reads failed after a books host died");
+}
+
+/// Every service with a database of its own.
+const SERVICES: [&str; 5] = ["books", "users", "orders", "fulfillment", "recommendations"];
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+fn which(program: &str) -> Result<String, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
+        .map(|p| p.display().to_string())
+        .ok_or(())
+}
+
+/// The variables of the deployment's environment files (`deploy/env/<name>.env`, later files
+/// winning), as the compose stack and the Kubernetes ConfigMaps set them. Two are this test's
+/// own: quieter logs, and no trace collector (there is none on these hosts).
+fn deployment_env(files: &[&str]) -> Vec<(&'static str, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/env");
+    let mut vars: Vec<(&'static str, String)> = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(dir.join(format!("{file}.env"))).expect("reading an env file");
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (key, value) =
+                line.split_once('=').unwrap_or_else(|| panic!("{file}.env: not KEY=VALUE: {line}"));
+            vars.retain(|(k, _)| *k != key);
+            vars.push((leak(key.to_owned()), value.to_owned()));
+        }
+    }
+    vars.retain(|(k, _)| *k != "BOOKSTORE_OTLP_ENDPOINT" && *k != "RUST_LOG");
+    vars.push(("RUST_LOG", "error".to_owned()));
+    vars
+}
+
+/// How the image runs the binary, with bubblewrap: user 65532 with no capabilities, the root
+/// filesystem read-only, a fresh `/tmp`, the data folder at `/var/lib/bookstore` and the
+/// secrets at `/run/secrets` (read-only).
+struct Sandbox {
+    bwrap: String,
+    secrets: String,
+}
+
+impl Sandbox {
+    fn command(&self, data: &str, args: &[&str]) -> Vec<String> {
+        std::fs::create_dir_all(data).expect("making a data folder");
+        let mut command: Vec<String> =
+            [&self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+                .iter()
+                .chain(&["--tmpfs", "/tmp", "--tmpfs", "/var/lib", "--bind", data, "/var/lib/bookstore"])
+                .chain(&["--tmpfs", "/run", "--ro-bind", &self.secrets, "/run/secrets"])
+                .chain(&["--unshare-user", "--uid", "65532", "--gid", "65532", "--cap-drop", "ALL"])
+                .chain(&["--die-with-parent", "--", BIN])
+                .map(|s| s.to_string())
+                .collect();
+        command.extend(args.iter().map(|s| s.to_string()));
+        command
+    }
+}
+
+/// The addresses registered under `service` in the etcd at `addr`, sorted.
+async fn registered_addrs(addr: &str, service: &str) -> Vec<String> {
+    let source =
+        bookstore_platform::discovery::Source::parse(&format!("etcd://{addr}:2379/{service}")).unwrap();
+    let (mut targets, _) = source.watch().await;
+    let mut addrs = Vec::new();
+    until("both books replicas registered", Duration::from_secs(30), || {
+        addrs = targets
+            .borrow_and_update()
+            .iter()
+            .map(|t| t.url.trim_start_matches("http://").to_owned())
+            .collect();
+        addrs.sort();
+        let n = addrs.len();
+        async move { n == 2 }
+    })
+    .await;
+    addrs
 }
