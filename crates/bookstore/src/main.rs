@@ -1,6 +1,7 @@
 //! `bookstore`: every service of the bookstore in one binary.
 #![forbid(unsafe_code)]
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,6 +77,16 @@ enum Command {
         #[command(flatten)]
         flags: Flags,
     },
+    /// Ask this process's admin listener (admin_http) whether it is ready, GET /readyz, or with
+    /// --live whether it is alive, GET /healthz; exit 0 when it answers 200. A container's health
+    /// check, for images with no shell or HTTP client.
+    Probe {
+        /// Ask /healthz (alive) instead of /readyz (ready for traffic).
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        flags: Flags,
+    },
     /// Key management.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -142,7 +153,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = cli.config.as_deref();
     // Serving processes trace (their settings are in the configuration); the rest only log.
-    if !matches!(cli.command, Command::Up { .. } | Command::Serve { .. }) {
+    if !matches!(cli.command, Command::Up { .. } | Command::Serve { .. } | Command::Probe { .. }) {
         bookstore_platform::telemetry::init_logging();
     }
     match cli.command {
@@ -171,6 +182,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { flags } => {
             let config = Config::load(file, &flags)?;
             say(format_args!("{}", config.to_redacted_toml()?.trim_end()));
+            Ok(())
+        }
+        Command::Probe { live, flags } => {
+            let config = Config::load(file, &flags)?;
+            let mut addr = config.process.admin_http;
+            // Bound to every address: ask over the loopback.
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+            }
+            let url = format!("http://{addr}{}", if live { "/healthz" } else { "/readyz" });
+            let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?;
+            let status = http.get(&url).send().await.with_context(|| format!("asking {url}"))?.status();
+            anyhow::ensure!(status == reqwest::StatusCode::OK, "{url} answered {status}");
             Ok(())
         }
         Command::Admin(AdminCommand::GenerateMasterKey) => {

@@ -131,6 +131,17 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
     let http = reqwest::Client::new();
     let ready = http.get(format!("http://{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // The container health check: `probe` asks the admin listener, as a bare image can.
+    let probe = |live: bool| {
+        let mut probe = bookstore();
+        probe.args(["probe", "--admin-http", &admin]);
+        if live {
+            probe.arg("--live");
+        }
+        probe.output().unwrap()
+    };
+    assert!(probe(false).status.success(), "probe: ready");
+    assert!(probe(true).status.success(), "probe --live: alive");
     let books: serde_json::Value =
         http.get(format!("http://{gateway}/api/v1/books")).send().await.unwrap().json().await.unwrap();
     assert!(books["total"].as_i64().unwrap() >= 50, "seeded: {books}");
@@ -146,6 +157,9 @@ async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
     assert!(killed.success());
     let status = exit_within(child, Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
+    let gone = probe(false);
+    assert!(!gone.status.success(), "probe fails once the process is gone");
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("/readyz"), "and says what it asked");
 }
 
 bookstore_platform::backend_tests!(processes_killed_at_every_crash_point_still_give_each_order_one_effect);
