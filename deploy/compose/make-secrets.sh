@@ -8,8 +8,8 @@
 #
 # The names are those of deploy/env/secrets.example.env, plus the stack's own postgres-password
 # (PostgreSQL's superuser) and grafana-admin-password. Passwords inside URLs are hex, so they need
-# no escaping; compose/postgres-init.sh and the rabbitmq and redis services read them back out of
-# the URLs.
+# no escaping; the PostgreSQL init script (deploy/k8s/overlays/dev/datastores/postgres-init.sh)
+# and the rabbitmq and redis services read them back out of the URLs.
 set -euo pipefail
 
 dir=${1:-"$(cd "$(dirname "$0")/.." && pwd)/secrets"}
