@@ -202,36 +202,9 @@ async fn line_of(child: &mut Child, prefix: &'static str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() {
-    let etcd_bin = match std::env::var("BOOKSTORE_TEST_ETCD") {
-        Ok(path) if !path.is_empty() => path,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("BOOKSTORE_TEST_ETCD is not set, and CI must run the hosts test")
-        }
-        _ => {
-            eprintln!("SKIPPED (hosts): BOOKSTORE_TEST_ETCD is not set; this test did not run");
-            return;
-        }
-    };
-    let rabbitmq_server = match std::env::var("BOOKSTORE_TEST_RABBITMQ_SERVER") {
-        Ok(path) if !path.is_empty() => path,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("BOOKSTORE_TEST_RABBITMQ_SERVER is not set, and CI must run the hosts test")
-        }
-        _ => {
-            eprintln!("SKIPPED (hosts): BOOKSTORE_TEST_RABBITMQ_SERVER is not set; this test did not run");
-            return;
-        }
-    };
-    let redis_server = match std::env::var("BOOKSTORE_TEST_REDIS_SERVER") {
-        Ok(path) if !path.is_empty() => path,
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("BOOKSTORE_TEST_REDIS_SERVER is not set, and CI must run the hosts test")
-        }
-        _ => {
-            eprintln!("SKIPPED (hosts): BOOKSTORE_TEST_REDIS_SERVER is not set; this test did not run");
-            return;
-        }
-    };
+    let Some(etcd_bin) = required("BOOKSTORE_TEST_ETCD") else { return };
+    let Some(rabbitmq_server) = required("BOOKSTORE_TEST_RABBITMQ_SERVER") else { return };
+    let Some(redis_server) = required("BOOKSTORE_TEST_REDIS_SERVER") else { return };
     let Ok(bwrap) = which("bwrap") else {
         assert!(std::env::var_os("CI").is_none(), "no bwrap (bubblewrap), and CI must run the hosts test");
         eprintln!("SKIPPED (hosts): no bwrap (Debian's bubblewrap) on the PATH; this test did not run");
@@ -482,6 +455,21 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
         }
     }
     assert_eq!(failed, 0, "{failed} of 200 reads failed after a books host died");
+}
+
+/// The executable of a server the test starts, named by `variable`. Unset, the test is
+/// skipped (and says so) outside CI; in CI it fails.
+fn required(variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(path) if !path.is_empty() => Some(path),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{variable} is not set, and CI must run the hosts test")
+        }
+        _ => {
+            eprintln!("SKIPPED (hosts): {variable} is not set; this test did not run");
+            None
+        }
+    }
 }
 
 /// Every service with a database of its own.
