@@ -189,7 +189,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut addr = config.process.admin_http;
             // Bound to every address: ask over the loopback.
             if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+                addr.set_ip(if addr.is_ipv4() {
+                    Ipv4Addr::LOCALHOST.into()
+                } else {
+                    Ipv6Addr::LOCALHOST.into()
+                });
             }
             let url = format!("http://{addr}{}", if live { "/healthz" } else { "/readyz" });
             let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?;
