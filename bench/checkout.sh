@@ -42,37 +42,7 @@ for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; s
 kill -0 "$server_pid" 2>/dev/null && curl -sf "http://$ADMIN/readyz" >/dev/null || { cat "$work/server.log"; exit 1; }
 
 echo "preparing: restocking the catalog, registering $CONNECTIONS customers..."
-python3 - "$HTTP" "$ADMIN_PASSWORD" "$CONNECTIONS" >"$work/checkout.lua" <<'PY'
-import json, sys, urllib.request
-base, admin_pw, n = f"http://{sys.argv[1]}", sys.argv[2], int(sys.argv[3])
-def call(method, path, body=None, token=None):
-    req = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body is not None else None)
-    req.add_header("content-type", "application/json")
-    if token: req.add_header("authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req) as r: return json.loads(r.read() or b"null")
-admin = call("POST", "/api/v1/auth/login", {"username": "admin", "password": admin_pw})["access_token"]
-ids = [b["id"] for b in call("GET", "/api/v1/books?limit=100")["items"]]
-for i in ids: call("POST", f"/api/v1/books/{i}/stock", {"delta": 1000000}, admin)
-tokens = []
-for k in range(n):
-    name = f"bench{k}"
-    call("POST", "/api/v1/auth/register", {"username": name, "email": f"{name}@example.com", "password": "velvet lantern orbit crumble", "full_name": name})
-    tokens.append(call("POST", "/api/v1/auth/login", {"username": name, "password": "velvet lantern orbit crumble"})["access_token"])
-print("ids = {" + ",".join(json.dumps(i) for i in ids) + "}")
-print("tokens = {" + ",".join(json.dumps(t) for t in tokens) + "}")
-print("""
-local counter = 0
-setup = function(thread) thread:set("offset", counter); counter = counter + 1 end
-local n = 0
-request = function()
-  n = n + 1
-  local token = tokens[((n * 2 + offset) % #tokens) + 1]
-  local body = '{"lines":[{"book_id":"' .. ids[math.random(#ids)] .. '","quantity":1}],' ..
-    '"shipping_address":{"name":"Bench Customer","line1":"1 Bench Street","city":"Benchtown","country":"DE"}}'
-  return wrk.format("POST", "/api/v1/orders", {["content-type"] = "application/json", ["authorization"] = "Bearer " .. token}, body)
-end
-""")
-PY
+python3 bench/customers.py "$HTTP" "$ADMIN_PASSWORD" "$CONNECTIONS" "$work"
 
 wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$work/checkout.lua" "http://$HTTP" >/dev/null
 echo "gateway: POST /api/v1/orders, $CONNECTIONS connections, ${DURATION}s"
