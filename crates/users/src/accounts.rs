@@ -200,6 +200,8 @@ pub enum Provisioned {
 }
 
 /// The shortest client secret a deployment may provision (`openssl rand -base64 32` gives 44).
+/// Secrets are stored as an unsalted SHA-256, which is sound only for random ones: a deployment
+/// generates them, never chooses them.
 pub const MIN_PROVISIONED_SECRET: usize = 32;
 
 /// Makes the service account `client_id` exist, live, with `secret` and exactly `scopes`: how
@@ -214,10 +216,10 @@ pub async fn provision_service_account(
     secret: &str,
     scopes: &[String],
 ) -> anyhow::Result<Provisioned> {
+    let length = secret.chars().count();
     anyhow::ensure!(
-        secret.len() >= MIN_PROVISIONED_SECRET,
-        "the secret of service account {client_id} is {} characters; at least {MIN_PROVISIONED_SECRET} are needed",
-        secret.len()
+        length >= MIN_PROVISIONED_SECRET,
+        "the secret of service account {client_id} is {length} characters; at least {MIN_PROVISIONED_SECRET} are needed"
     );
     let scopes = bookstore_platform::auth::parse_scopes(scopes)
         .map_err(|unknown| anyhow::anyhow!("service account {client_id}: no scope {unknown:?}"))?;
@@ -235,8 +237,10 @@ pub async fn provision_service_account(
             if same_secret && account.scopes == scopes {
                 return Ok(Provisioned::Unchanged);
             }
+            // Tokens granted a scope the account no longer has end now.
+            let narrowed = account.scopes.iter().any(|s| !scopes.contains(s));
             anyhow::ensure!(
-                store.reset_service_account(client_id, &hash, &scopes).await?,
+                store.reset_service_account(client_id, &hash, &scopes, narrowed).await?,
                 "service account {client_id} was revoked while it was being provisioned"
             );
             Ok(Provisioned::Updated)

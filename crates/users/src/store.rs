@@ -609,25 +609,35 @@ impl UserStore {
         rows.iter().map(StoredServiceAccount::from_row).collect()
     }
 
-    /// Sets a live account's secret and scopes at once (a deployment provisioning it); false
-    /// when there is no such live account.
+    /// Sets a live account's secret and scopes at once (a deployment provisioning it), and with
+    /// `revoke_tokens` ends the tokens it holds (scopes taken away must not outlive the change
+    /// in tokens issued before it); false when there is no such live account.
     #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "users store reset_service_account"))]
     pub async fn reset_service_account(
         &self,
         client_id: &str,
         secret_hash: &str,
         scopes: &[String],
+        revoke_tokens: bool,
     ) -> anyhow::Result<bool> {
+        let mut tx = self.db.begin_write().await.context("resetting a service account")?;
         let done = sqlx::query(
             "UPDATE service_accounts SET secret_hash = $2, scopes = $3 WHERE client_id = $1 AND revoked_at IS NULL",
         )
         .bind(client_id)
         .bind(secret_hash)
         .bind(scopes.join(" "))
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await
         .context("resetting a service account")?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if revoke_tokens {
+            self.revoke_tokens_in(&mut tx, client_id, &[]).await?;
+        }
+        tx.commit().await.context("resetting a service account")?;
+        Ok(true)
     }
 
     /// A new secret for a live account; `None` when there is no such account, or it is revoked.

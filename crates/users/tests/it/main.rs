@@ -247,7 +247,6 @@ async fn service_accounts_made_before_scopes_keep_what_they_could_do(backend: Ba
     assert_eq!(scopes("svc-new").await, ["books:read"], "a new one gets what it is granted");
 }
 
-/// `db` with users' migrations before `version` applied, as a database of an older release.
 async fn a_provisioned_service_account_is_created_once_follows_its_secret_and_stays_revoked(
     backend: Backend,
 ) {
@@ -265,6 +264,14 @@ async fn a_provisioned_service_account_is_created_once_follows_its_secret_and_st
         async move { provision_service_account(store, "svc-orders", &name, &secret, &scopes).await }
     };
 
+    // Revocations waiting in the outbox for the bus.
+    let revocations = || async {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(store.database().pool())
+            .await
+            .unwrap();
+        count
+    };
     assert_eq!(provision(&first, &scopes).await.unwrap(), Provisioned::Created);
     assert_eq!(provision(&first, &scopes).await.unwrap(), Provisioned::Unchanged, "again: nothing to do");
     let live = store.live_service_account("svc-orders").await.unwrap().unwrap();
@@ -278,6 +285,10 @@ async fn a_provisioned_service_account_is_created_once_follows_its_secret_and_st
         "a rotation and a scope change apply"
     );
     assert_eq!(store.service_accounts().await.unwrap().len(), 1, "still one account");
+    assert_eq!(revocations().await, 1, "a scope taken away ends the tokens that carried it");
+    let third = "c".repeat(40);
+    assert_eq!(provision(&third, &scopes).await.unwrap(), Provisioned::Updated);
+    assert_eq!(revocations().await, 1, "a rotation that widens nothing leaves tokens be");
 
     let short = provision("too short", &scopes).await.unwrap_err().to_string();
     assert!(short.contains("at least 32"), "{short}");
@@ -290,6 +301,7 @@ async fn a_provisioned_service_account_is_created_once_follows_its_secret_and_st
     assert!(store.live_service_account("svc-orders").await.unwrap().is_none(), "revoked stays revoked");
 }
 
+/// `db` with users' migrations before `version` applied, as a database of an older release.
 async fn migrated_before(
     db: &TestDatabase,
     backend: Backend,
