@@ -247,9 +247,10 @@ pub struct Registration {
 
 /// The address a replica bound to `bound` registers: `bound` itself, unless that is the
 /// unspecified address (`0.0.0.0:50051`, as in a container), which no peer can dial; then this
-/// host's address that packets to the registry leave from, with the bound port. A UDP socket
-/// "connected" to an endpoint asks the kernel for that route and sends nothing. Tried again
-/// each second until an endpoint resolves and routes; `None` if `stop` comes first.
+/// host's address, of the bound family, that packets to the registry leave from, with the
+/// bound port. A UDP socket "connected" to an endpoint asks the kernel for that route and sends
+/// nothing. Tried again each second until an endpoint resolves and routes; `None` if `stop`
+/// comes first.
 pub async fn reachable_addr(
     endpoints: &[String],
     bound: std::net::SocketAddr,
@@ -260,30 +261,12 @@ pub async fn reachable_addr(
     }
     let mut announced = false;
     loop {
-        for endpoint in endpoints {
-            let Some((host, port)) = url::Url::parse(endpoint)
-                .ok()
-                .and_then(|u| Some((u.host_str()?.trim_matches(['[', ']']).to_owned(), u.port()?)))
-            else {
-                continue;
-            };
-            let Ok(targets) = tokio::net::lookup_host((host.as_str(), port)).await else { continue };
-            for target in targets {
-                let any: std::net::IpAddr = if target.is_ipv4() {
-                    std::net::Ipv4Addr::UNSPECIFIED.into()
-                } else {
-                    std::net::Ipv6Addr::UNSPECIFIED.into()
-                };
-                let Ok(socket) = tokio::net::UdpSocket::bind((any, 0)).await else { continue };
-                if socket.connect(target).await.is_err() {
-                    continue;
-                }
-                if let Ok(local) = socket.local_addr()
-                    && !local.ip().is_unspecified()
-                {
-                    return Some(std::net::SocketAddr::new(local.ip(), bound.port()));
-                }
-            }
+        let found = tokio::select! {
+            () = stop.cancelled() => return None,
+            found = route_toward(endpoints, bound.is_ipv4()) => found,
+        };
+        if let Some(ip) = found {
+            return Some(std::net::SocketAddr::new(ip, bound.port()));
         }
         if !announced {
             tracing::warn!(
@@ -297,6 +280,39 @@ pub async fn reachable_addr(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// This host's address (IPv4 or IPv6, as asked) that packets to the first endpoint that
+/// resolves and routes leave from.
+async fn route_toward(endpoints: &[String], ipv4: bool) -> Option<std::net::IpAddr> {
+    for endpoint in endpoints {
+        let Some((host, port)) = url::Url::parse(endpoint)
+            .ok()
+            .and_then(|u| Some((u.host_str()?.trim_matches(['[', ']']).to_owned(), u.port()?)))
+        else {
+            continue;
+        };
+        let Ok(targets) = tokio::net::lookup_host((host.as_str(), port)).await else { continue };
+        // A listener on 0.0.0.0 takes IPv4 only: an IPv6 route would register an address
+        // nobody could reach it at (and the other way round).
+        for target in targets.filter(|t| t.is_ipv4() == ipv4) {
+            let any: std::net::IpAddr = if ipv4 {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            let Ok(socket) = tokio::net::UdpSocket::bind((any, 0)).await else { continue };
+            if socket.connect(target).await.is_err() {
+                continue;
+            }
+            if let Ok(local) = socket.local_addr()
+                && !local.ip().is_unspecified()
+            {
+                return Some(local.ip());
+            }
+        }
+    }
+    None
 }
 
 /// Keeps `service`'s instance `instance` registered until `stop`, then revokes its lease (which
@@ -478,10 +494,13 @@ mod tests {
     async fn a_replica_bound_to_every_address_registers_the_one_it_reaches_the_registry_from() {
         let stop = CancellationToken::new();
         let bound: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
-        let toward_loopback = ["http://localhost:2379".to_owned()];
+        let toward_loopback = ["http://127.0.0.1:2379".to_owned()];
         let addr = reachable_addr(&toward_loopback, bound, &stop).await.unwrap();
-        assert!(addr.ip().is_loopback(), "a registry on this host is reached over the loopback: {addr}");
-        assert_eq!(addr.port(), 50051, "the bound port");
+        assert_eq!(
+            addr,
+            "127.0.0.1:50051".parse().unwrap(),
+            "a registry on this host is reached over the loopback"
+        );
 
         let specific: std::net::SocketAddr = "10.1.2.3:50051".parse().unwrap();
         assert_eq!(
@@ -490,10 +509,17 @@ mod tests {
             "a bound address is kept"
         );
 
-        // No endpoint it can route to: it keeps trying until told to stop, and registers nothing.
-        let nowhere = ["http://registry-without-a-port".to_owned()];
+        // Only an IPv6 registry for an IPv4 listener: no address it could be reached at, so it
+        // keeps trying, and registers nothing once told to stop.
+        let only_v6 = ["http://[::1]:2379".to_owned()];
+        let trying = tokio::spawn({
+            let stop = stop.clone();
+            async move { reachable_addr(&only_v6, bound, &stop).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!trying.is_finished(), "still trying");
         stop.cancel();
-        assert_eq!(reachable_addr(&nowhere, bound, &stop).await, None);
+        assert_eq!(trying.await.unwrap(), None);
     }
 
     #[test]
