@@ -205,7 +205,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     let Some(etcd_bin) = required("BOOKSTORE_TEST_ETCD") else { return };
     let Some(rabbitmq_server) = required("BOOKSTORE_TEST_RABBITMQ_SERVER") else { return };
     let Some(redis_server) = required("BOOKSTORE_TEST_REDIS_SERVER") else { return };
-    let Ok(bwrap) = which("bwrap") else {
+    let Some(bwrap) = which("bwrap") else {
         assert!(std::env::var_os("CI").is_none(), "no bwrap (bubblewrap), and CI must run the hosts test");
         eprintln!("SKIPPED (hosts): no bwrap (Debian's bubblewrap) on the PATH; this test did not run");
         return;
@@ -359,9 +359,14 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
             format!("postgres://postgres@postgres:5432/{name}"),
         ));
     }
+    // Readable by the service's user only, as a Secret volume mounts them (0440, its group).
     for (name, value) in &files {
-        std::fs::write(secrets.path().join(name), format!("{value}\n")).unwrap();
+        let file = secrets.path().join(name);
+        std::fs::write(&file, format!("{value}\n")).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+        give_to_the_service_user(&file);
     }
+    give_to_the_service_user(secrets.path());
     let secrets = secrets.path().display().to_string();
     let sandbox = Sandbox { bwrap, secrets: secrets.clone() };
 
@@ -407,7 +412,7 @@ async fn the_shop_works_across_hosts_and_keeps_selling_when_a_books_host_dies() 
     })
     .await;
     // Each replica registered the address it is reached at (bound to 0.0.0.0, it found its own).
-    let registered = registered_addrs(&etcd_addr, "books").await;
+    let registered = registered_addrs(&etcd_addr, "books", 2).await;
     let want: Vec<String> = [books1, books2].iter().map(|h| format!("{}:50051", hosts.addr(*h))).collect();
     assert_eq!(registered, want, "both books replicas registered by their own host's address");
     let admin = crate::login(&http, &base, "admin", PASSWORD).await;
@@ -479,11 +484,10 @@ fn leak(text: String) -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
-fn which(program: &str) -> Result<String, ()> {
+fn which(program: &str) -> Option<String> {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
         .map(|p| p.display().to_string())
-        .ok_or(())
 }
 
 /// The variables of the deployment's environment files (`deploy/env/<name>.env`, later files
@@ -506,9 +510,21 @@ fn deployment_env(files: &[&str]) -> Vec<(&'static str, String)> {
     vars
 }
 
-/// How the image runs the binary, with bubblewrap: user 65532 with no capabilities, the root
-/// filesystem read-only, a fresh `/tmp`, the data folder at `/var/lib/bookstore` and the
-/// secrets at `/run/secrets` (read-only).
+/// The user the image runs as (distroless's `nonroot`).
+const SERVICE_USER: u32 = 65532;
+/// Where the image keeps the binary (deploy/Dockerfile).
+const IMAGE_BIN: &str = "/usr/local/bin/bookstore";
+
+fn give_to_the_service_user(path: &std::path::Path) {
+    std::os::unix::fs::chown(path, Some(SERVICE_USER), Some(SERVICE_USER))
+        .expect("giving a file to the service's user");
+}
+
+/// How the image runs the binary: as user 65532 (a real one: files are checked against it)
+/// with no capabilities and no way to gain any, on a read-only root filesystem with a fresh
+/// `/tmp`, its own data folder at `/var/lib/bookstore`, and the secrets at `/run/secrets`
+/// (read-only). bubblewrap, started as root, makes the mounts; setpriv, inside them, drops to
+/// the user before the binary starts.
 struct Sandbox {
     bwrap: String,
     secrets: String,
@@ -517,13 +533,19 @@ struct Sandbox {
 impl Sandbox {
     fn command(&self, data: &str, args: &[&str]) -> Vec<String> {
         std::fs::create_dir_all(data).expect("making a data folder");
+        give_to_the_service_user(std::path::Path::new(data));
+        let user = SERVICE_USER.to_string();
+        let (uid, gid) = (format!("--reuid={user}"), format!("--regid={user}"));
         let mut command: Vec<String> =
             [&self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
                 .iter()
-                .chain(&["--tmpfs", "/tmp", "--tmpfs", "/var/lib", "--bind", data, "/var/lib/bookstore"])
+                .chain(&["--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/var/lib"])
+                .chain(&["--bind", data, "/var/lib/bookstore"])
                 .chain(&["--tmpfs", "/run", "--ro-bind", &self.secrets, "/run/secrets"])
-                .chain(&["--unshare-user", "--uid", "65532", "--gid", "65532", "--cap-drop", "ALL"])
-                .chain(&["--die-with-parent", "--", BIN])
+                // Where the image has it (the build's own path may be under the fresh /tmp).
+                .chain(&["--tmpfs", "/usr/local/bin", "--ro-bind", BIN, IMAGE_BIN, "--die-with-parent", "--"])
+                .chain(&["setpriv", &uid, &gid, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+                .chain(&["--no-new-privs", "--", IMAGE_BIN])
                 .map(|s| s.to_string())
                 .collect();
         command.extend(args.iter().map(|s| s.to_string()));
@@ -531,13 +553,14 @@ impl Sandbox {
     }
 }
 
-/// The addresses registered under `service` in the etcd at `addr`, sorted.
-async fn registered_addrs(addr: &str, service: &str) -> Vec<String> {
+/// The addresses registered under `service` in the etcd at `addr`, sorted, once there are
+/// `count` of them.
+async fn registered_addrs(addr: &str, service: &str, count: usize) -> Vec<String> {
     let source =
         bookstore_platform::discovery::Source::parse(&format!("etcd://{addr}:2379/{service}")).unwrap();
     let (mut targets, _) = source.watch().await;
     let mut addrs = Vec::new();
-    until("both books replicas registered", Duration::from_secs(30), || {
+    until(&format!("{count} {service} replicas registered"), Duration::from_secs(30), || {
         addrs = targets
             .borrow_and_update()
             .iter()
@@ -545,7 +568,7 @@ async fn registered_addrs(addr: &str, service: &str) -> Vec<String> {
             .collect();
         addrs.sort();
         let n = addrs.len();
-        async move { n == 2 }
+        async move { n == count }
     })
     .await;
     addrs
