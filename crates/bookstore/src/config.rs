@@ -244,7 +244,8 @@ fn from_files() -> anyhow::Result<BTreeMap<&'static str, String>> {
             continue;
         }
         let variable = format!("BOOKSTORE_{}", own.to_uppercase());
-        let Some(file) = std::env::var_os(&variable) else { continue };
+        // Empty is unset, as for any variable.
+        let Some(file) = std::env::var_os(&variable).filter(|f| !f.is_empty()) else { continue };
         let direct = format!("BOOKSTORE_{}", key.flat.to_uppercase());
         anyhow::ensure!(
             std::env::var_os(&direct).is_none_or(|v| v.is_empty()),
@@ -620,6 +621,15 @@ mod tests {
                 "{err}"
             );
             jail.set_env("BOOKSTORE_ORDERS_CLIENT_SECRET", ""); // empty is unset
+            let c = Config::load(None, &Flags::default()).unwrap();
+            assert_eq!(
+                c.orders.client_secret.as_deref(),
+                Some("[not, a, list]"),
+                "an empty variable gives way"
+            );
+            jail.set_env("BOOKSTORE_ORDERS_CLIENT_SECRET_FILE", "");
+            let c = Config::load(None, &Flags::default()).unwrap();
+            assert_eq!(c.orders.client_secret.as_deref(), Some(""), "an empty file variable is unset too");
 
             jail.set_env("BOOKSTORE_ORDERS_DATABASE_URL_FILE", "missing");
             let err = format!("{:#}", Config::load(None, &Flags::default()).unwrap_err());

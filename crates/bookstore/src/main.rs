@@ -152,7 +152,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = cli.config.as_deref();
-    // Serving processes trace (their settings are in the configuration); the rest only log.
+    // Serving processes trace (their settings are in the configuration); the rest only log, but
+    // for probe, a health check run every few seconds, whose answer is its exit status.
     if !matches!(cli.command, Command::Up { .. } | Command::Serve { .. } | Command::Probe { .. }) {
         bookstore_platform::telemetry::init_logging();
     }
