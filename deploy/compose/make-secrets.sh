@@ -20,6 +20,8 @@ b64() { head -c "$1" /dev/urandom | base64 | tr -d '\n'; }
 
 umask 077
 mkdir -p "$dir"
+# Closed before any secret is written into it (a checkout made it 0755 for its README).
+chmod 0700 "$dir"
 
 # Writes the secret $1 with the value $2 unless it exists. The containers read these files as
 # their own users (65532 for the bookstore, postgres, rabbitmq, redis, grafana), not as the
@@ -48,4 +50,3 @@ put amqp-url "amqp://bookstore:$(hex 24)@rabbitmq:5672/%2f"
 put redis-url "redis://:$(hex 24)@redis:6379"
 put postgres-password "$(hex 24)"
 put grafana-admin-password "$(hex 16)"
-chmod 0700 "$dir"

@@ -30,9 +30,13 @@ bookstore_create_databases() {
       echo "${service}-database-url: the password must be letters, digits and - . _ ~ only" >&2
       return 1
     fi
-    # psql's own quoting (:"name" an identifier, :'value' a literal), not the shell's.
-    psql -v ON_ERROR_STOP=1 --no-psqlrc --username "${POSTGRES_USER:-postgres}" --dbname postgres \
-      -v role="$role" -v password="$password" -v database="$database" <<'SQL'
+    # psql's own quoting (:"name" an identifier, :'value' a literal), not the shell's. The
+    # password goes through the environment (\getenv), not psql's arguments, which any process
+    # on the host can read.
+    BOOKSTORE_ROLE_PASSWORD="$password" \
+      psql -v ON_ERROR_STOP=1 --no-psqlrc --username "${POSTGRES_USER:-postgres}" --dbname postgres \
+      -v role="$role" -v database="$database" <<'SQL'
+\getenv password BOOKSTORE_ROLE_PASSWORD
 CREATE ROLE :"role" LOGIN PASSWORD :'password';
 CREATE DATABASE :"database" OWNER :"role";
 REVOKE ALL ON DATABASE :"database" FROM PUBLIC;
