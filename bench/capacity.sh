@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # What each service costs per request, for the capacity model (README, "Capacity"): the shop
-# run as a deployment runs it, one `serve` process per service (gateway, books, users, orders),
-# on PostgreSQL with events on RabbitMQ, each process's CPU time read from /proc before and
-# after a load, and PostgreSQL's and RabbitMQ's too. Two loads, one after the other:
+# run as a deployment runs it, one `serve` process per service (all six), on PostgreSQL with
+# events on RabbitMQ, each process's CPU time read from /proc before and after a load, and
+# PostgreSQL's and RabbitMQ's too. Two departures from a deployment: peers are found by static
+# URLs rather than etcd (discovery is off the request path either way), and the gateway's rate
+# limit is off (one load generator would be throttled), so Redis is not on the path. Two
+# loads, one after the other:
 #   1. browse: GET /api/v1/books/{id} of random seeded books (wrk, closed loop)
 #   2. checkout: POST /api/v1/orders, one-line baskets, 64 customers' tokens
 # Prints, per load and process, CPU milliseconds per request and requests per second per core.
@@ -19,6 +22,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 ADMIN_PASSWORD="capacity admin passphrase of some length"
 ORDERS_SECRET=$(head -c 32 /dev/urandom | base64)
+RECOMMENDATIONS_SECRET=$(head -c 32 /dev/urandom | base64)
 B=${CARGO_TARGET_DIR:-target}/release/bookstore
 work=$(mktemp -d)
 pids=()
@@ -37,17 +41,23 @@ fresh_db() { psql "$PG_URL" -qc "drop database if exists $1 with (force)" -c "cr
 
 echo "building (release)..."
 cargo build --release --quiet -p bookstore
-for db in books users orders; do fresh_db "bookstore_capacity_$db"; done
+services="books users orders fulfillment recommendations"
+for db in $services; do fresh_db "bookstore_capacity_$db"; done
 
 # One process per service, each with its own ports, as separate hosts would run them.
 export BOOKSTORE_BOOKS_URL=http://127.0.0.1:16051 BOOKSTORE_USERS_URL=http://127.0.0.1:16052
-export BOOKSTORE_ORDERS_URL=http://127.0.0.1:16053 BOOKSTORE_AMQP_URL="$AMQP_URL"
+export BOOKSTORE_ORDERS_URL=http://127.0.0.1:16053 BOOKSTORE_FULFILLMENT_URL=http://127.0.0.1:16054
+export BOOKSTORE_RECOMMENDATIONS_URL=http://127.0.0.1:16055 BOOKSTORE_AMQP_URL="$AMQP_URL"
 export BOOKSTORE_AMQP_NAMESPACE="capacity-$$" BOOKSTORE_DATA_DIR="$work"
 export BOOKSTORE_BOOKS_DATABASE_URL=$(db_url bookstore_capacity_books)
 export BOOKSTORE_USERS_DATABASE_URL=$(db_url bookstore_capacity_users)
 export BOOKSTORE_ORDERS_DATABASE_URL=$(db_url bookstore_capacity_orders)
+export BOOKSTORE_FULFILLMENT_DATABASE_URL=$(db_url bookstore_capacity_fulfillment)
+export BOOKSTORE_RECOMMENDATIONS_DATABASE_URL=$(db_url bookstore_capacity_recommendations)
 export BOOKSTORE_MASTER_KEY=$($B admin generate-master-key)
 export BOOKSTORE_ORDERS_CLIENT_ID=svc-orders BOOKSTORE_ORDERS_CLIENT_SECRET="$ORDERS_SECRET"
+export BOOKSTORE_RECOMMENDATIONS_CLIENT_ID=svc-recommendations
+export BOOKSTORE_RECOMMENDATIONS_CLIENT_SECRET="$RECOMMENDATIONS_SECRET"
 export RUST_LOG=warn
 $B migrate >/dev/null
 $B admin provision-service-accounts >/dev/null
@@ -63,6 +73,8 @@ BOOKSTORE_ADMIN_PASSWORD="$ADMIN_PASSWORD" BOOKSTORE_REGISTRATIONS_PER_ADDRESS=0
   start users 127.0.0.1:16152 --users-grpc 127.0.0.1:16052
 start books 127.0.0.1:16151 --books-grpc 127.0.0.1:16051 --seed
 start orders 127.0.0.1:16153 --orders-grpc 127.0.0.1:16053
+start fulfillment 127.0.0.1:16154 --fulfillment-grpc 127.0.0.1:16054
+start recommendations 127.0.0.1:16155 --recommendations-grpc 127.0.0.1:16055
 start gateway 127.0.0.1:16150 --http 127.0.0.1:18095 --rate-limit-requests 0
 HTTP=127.0.0.1:18095
 
@@ -80,6 +92,8 @@ snapshot() {
   echo "books $(cpu_of_pid "$pid_books")"
   echo "users $(cpu_of_pid "$pid_users")"
   echo "orders $(cpu_of_pid "$pid_orders")"
+  echo "fulfillment $(cpu_of_pid "$pid_fulfillment")"
+  echo "recommendations $(cpu_of_pid "$pid_recommendations")"
   echo "postgresql $(cpu_of_program postgres)"
   echo "rabbitmq $(cpu_of_program beam.smp)"
 }
@@ -122,4 +136,4 @@ for name in browse:
     rate = lambda ms: f"{1000 / ms:11.0f}" if ms > 0.0005 else f"{'-':>11}"
     print(f"{name:<12} {b:14.3f} {rate(b)} {c:16.3f} {rate(c)}")
 PY
-for db in books users orders; do psql "$PG_URL" -qc "drop database if exists bookstore_capacity_$db with (force)"; done
+for db in $services; do psql "$PG_URL" -qc "drop database if exists bookstore_capacity_$db with (force)"; done
