@@ -16,6 +16,7 @@ backend_tests!(
     the_catalog_pages_list_search_and_show_books_without_javascript,
     text_from_the_catalog_is_shown_as_text_never_as_markup,
     a_customer_registers_signs_in_and_checks_out_once_however_often_the_form_is_sent,
+    a_cart_of_many_books_lists_every_one_in_the_order_they_were_added,
     a_checkout_the_api_refuses_shows_the_form_again_with_why,
     forms_without_this_browsers_csrf_token_or_from_another_site_are_refused,
     the_session_lives_in_http_only_cookies_renews_itself_and_ends_on_sign_out,
@@ -232,6 +233,34 @@ async fn a_customer_registers_signs_in_and_checks_out_once_however_often_the_for
     let orders = get_json(&sys.http, &sys.url("/api/v1/orders"), &token).await;
     assert_eq!(orders["total"], 1, "{orders}");
     assert_eq!(orders["items"][0]["lines"][0]["quantity"], 2);
+}
+
+async fn a_cart_of_many_books_lists_every_one_in_the_order_they_were_added(backend: Backend) {
+    let Some(sys) = System::start(backend, false).await else { return };
+    // More books than the page asks books for at once, added newest first (not the ids' order).
+    let mut ids = Vec::new();
+    for n in 0..11 {
+        let title = format!("Cart Volume {n:02}");
+        let book = post_json(&sys.http, &sys.url("/api/v1/books"), &sys.admin, &book_json(n, &title)).await;
+        ids.push((book["id"].as_str().unwrap().to_owned(), title));
+    }
+    ids.reverse();
+    let http = browser();
+    let (_, shown) = page(&http, &sys.url(&format!("/books/{}", ids[0].0))).await;
+    let csrf = field(&shown, "csrf");
+    for (id, _) in &ids {
+        let fields = [("csrf", csrf.as_str()), ("book_id", id), ("quantity", "1"), ("mode", "add")];
+        assert_eq!(submit(&http, &sys.url("/cart"), &fields).await.status(), StatusCode::SEE_OTHER);
+    }
+    let (status, cart) = page(&http, &sys.url("/cart")).await;
+    assert_eq!(status, StatusCode::OK);
+    let positions: Vec<usize> = ids
+        .iter()
+        .map(|(_, title)| {
+            cart.find(title.as_str()).unwrap_or_else(|| panic!("{title} missing from the cart"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in the order added: {positions:?}");
 }
 
 async fn a_checkout_the_api_refuses_shows_the_form_again_with_why(backend: Backend) {
