@@ -216,8 +216,8 @@ impl BookPatch {
     }
 }
 
-/// A book in the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A book in the catalog (serialized only for the shared read cache).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Book {
     pub id: String,
     pub isbn: String,

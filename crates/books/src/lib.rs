@@ -2,6 +2,7 @@
 //!
 //! - [`domain`]: types and rules (ISBN-13, money, paging, search queries); no I/O.
 //! - [`store`]: all of its SQL, on PostgreSQL or SQLite.
+//! - [`cache`]: the read cache of single books, in-process and optionally shared in Redis.
 //! - [`grpc`]: the tonic adapter (`bookstore.books.v1.BookService`).
 //! - [`seed`]: the starter catalog.
 //! - [`settings`]: its configuration section, `[books]`.
@@ -9,6 +10,7 @@
 //! [`build`] assembles the service from its [`Context`]: gRPC, gRPC health, the holds sweeper.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod domain;
 pub mod grpc;
 pub mod seed;
@@ -41,7 +43,14 @@ pub static SPEC: Spec =
 /// shelf. Reads are open to anyone; writes need a staff or admin token.
 pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let db = ctx.database()?;
-    let store = BookStore::new(db.clone()).with_cache(Duration::from_millis(settings.cache_ttl_ms), 100_000);
+    let mut cache =
+        cache::BookCache::none().with_local(Duration::from_millis(settings.cache_ttl_ms), 100_000);
+    if let Some(url) = &settings.redis_url {
+        let ttl = Duration::from_millis(settings.redis_cache_ttl_ms);
+        cache = cache.with_shared(cache::Shared::connect(url, &settings.redis_key_prefix, ttl).await?);
+    }
+    let store = BookStore::new(db.clone()).with_read_cache(cache);
+    ctx.tasks.spawn("books-cache-evictions", store.read_cache().listen(ctx.tasks.stopping()));
     if settings.seed.unwrap_or(ctx.mode == Mode::Up) {
         let added = seed::seed_if_empty(&store).await?;
         if added > 0 {

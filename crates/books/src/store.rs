@@ -1,12 +1,15 @@
 //! All of the books service's SQL, one place. Portable SQL on sqlx's `Any` driver; only the
 //! full-text search differs by backend (PostgreSQL `tsvector` vs SQLite FTS5).
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use bookstore_platform::clock::now_ms;
 use bookstore_platform::db::{Backend, Database, unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::cache::{BookCache, Lookup};
 use crate::domain::{
     Author, Book, BookPatch, NewBook, PageRequest, ReservationState, SearchQuery, Settlement,
 };
@@ -66,22 +69,13 @@ macro_rules! b_columns {
 
 /// The catalog's persistence, with an optional read-through cache of single books.
 ///
-/// The cache serves `get`, the path every product page and every checkout takes. Writes through
-/// this store evict the book at once; writes by another replica are seen within the TTL, which
-/// bounds how stale a cached book can be. Stock decisions never read the cache: they are
-/// conditional updates in the database.
-#[derive(Clone)]
+/// The cache ([`BookCache`]) serves `get`, the path every product page and every checkout takes.
+/// Every write through this store evicts what it changed once committed, in every tier. Stock
+/// decisions never read the cache: they are conditional updates in the database.
+#[derive(Clone, Debug)]
 pub struct BookStore {
     db: Database,
-    cache: Option<moka::sync::Cache<String, Book>>,
-    /// `cache_lookups_total{cache="book"}`, hits and misses, made once: `get` is the hot path.
-    lookups: [metrics::Counter; 2],
-}
-
-impl std::fmt::Debug for BookStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BookStore").field("db", &self.db).field("cached", &self.cache.is_some()).finish()
-    }
+    cache: Arc<BookCache>,
 }
 
 fn reservation_state(row: &AnyRow) -> Result<ReservationState, StoreError> {
@@ -116,23 +110,27 @@ fn books_from_rows(rows: &[AnyRow]) -> Result<Vec<Book>, StoreError> {
 
 impl BookStore {
     pub fn new(db: Database) -> Self {
-        let lookups = ["hit", "miss"].map(|result| {
-            metrics::counter!("cache_lookups_total", "service" => "books", "cache" => "book", "result" => result)
-        });
-        Self { db, cache: None, lookups }
+        Self { db, cache: Arc::new(BookCache::none()) }
     }
 
-    /// Caches up to `capacity` books for `ttl` each; a zero TTL turns the cache off.
-    pub fn with_cache(mut self, ttl: std::time::Duration, capacity: u64) -> Self {
-        self.cache = (!ttl.is_zero())
-            .then(|| moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build());
+    /// Caches up to `capacity` books for `ttl` each in this process; a zero TTL leaves it off.
+    pub fn with_cache(self, ttl: std::time::Duration, capacity: u64) -> Self {
+        self.with_read_cache(BookCache::none().with_local(ttl, capacity))
+    }
+
+    /// Reads through `cache` (both tiers, as the service builds it).
+    pub fn with_read_cache(mut self, cache: BookCache) -> Self {
+        self.cache = Arc::new(cache);
         self
     }
 
-    fn evict(&self, id: &str) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(id);
-        }
+    /// The read cache, for its eviction listener.
+    pub fn read_cache(&self) -> Arc<BookCache> {
+        self.cache.clone()
+    }
+
+    async fn evict(&self, id: &str) {
+        self.cache.evict([id]).await;
     }
 
     pub fn database(&self) -> &Database {
@@ -170,15 +168,17 @@ impl BookStore {
 
     #[tracing::instrument(level = "info", name = "store", skip_all, fields(otel.name = "books store get"))]
     pub async fn get(&self, id: &str) -> Result<Book, StoreError> {
-        let Some(cache) = &self.cache else { return self.get_uncached(id).await };
-        if let Some(book) = cache.get(id) {
-            self.lookups[0].increment(1);
-            return Ok(book);
+        if self.cache.is_off() {
+            return self.get_uncached(id).await;
         }
-        self.lookups[1].increment(1);
-        let book = self.get_uncached(id).await?;
-        cache.insert(book.id.clone(), book.clone());
-        Ok(book)
+        match self.cache.lookup(id).await {
+            Lookup::Hit(book) => Ok(book),
+            Lookup::Miss(ticket) => {
+                let book = self.get_uncached(id).await?;
+                self.cache.fill(&book, ticket).await;
+                Ok(book)
+            }
+        }
     }
 
     async fn get_uncached(&self, id: &str) -> Result<Book, StoreError> {
@@ -313,7 +313,7 @@ impl BookStore {
             .await
             .map_err(|e| map_isbn_conflict(e, isbn.as_deref().unwrap_or_default(), "updating a book"))?
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        self.evict(id);
+        self.evict(id).await;
         Ok(book_from_row(&row).context("decoding the updated book")?)
     }
 
@@ -324,7 +324,7 @@ impl BookStore {
             .execute(self.db.pool())
             .await
             .context("deleting a book")?;
-        self.evict(id);
+        self.evict(id).await;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(id.to_owned()));
         }
@@ -348,7 +348,7 @@ impl BookStore {
             .fetch_optional(self.db.pool())
             .await
             .context("adjusting stock")?;
-        self.evict(id);
+        self.evict(id).await;
         match row {
             Some(row) => Ok(book_from_row(&row).context("decoding the book")?),
             // Either the book is missing or the stock is short; tell which.
@@ -495,9 +495,7 @@ impl BookStore {
             return Err(StoreError::OutOfStock(failed));
         }
         tx.commit().await.context("committing a reservation")?;
-        for line in &reserved {
-            self.evict(&line.book_id);
-        }
+        self.cache.evict(reserved.iter().map(|line| line.book_id.as_str())).await;
         Ok((reserved, expires_at))
     }
 
@@ -565,9 +563,7 @@ impl BookStore {
             settled.push(book_id);
         }
         tx.commit().await.context("committing a settlement")?;
-        for book_id in &settled {
-            self.evict(book_id);
-        }
+        self.cache.evict(settled.iter().map(String::as_str)).await;
         Ok(target)
     }
 
@@ -635,9 +631,7 @@ impl BookStore {
             .context("confirming a book's units")?;
         }
         tx.commit().await.context("committing confirmations")?;
-        for book_id in units.keys() {
-            self.evict(book_id);
-        }
+        self.cache.evict(units.keys().map(String::as_str)).await;
         Ok(outcomes)
     }
 

@@ -1,6 +1,7 @@
 //! Integration tests of the books service: the store on each backend, and the gRPC server.
 //! SQLite always; PostgreSQL when `BOOKSTORE_TEST_POSTGRES_URL` is set (and always in CI).
 
+mod cache;
 mod grpc;
 mod reservations;
 mod store;
