@@ -139,10 +139,10 @@ impl BookCache {
 
     /// Keeps what the database answered, in each tier whose generation did not move.
     pub async fn fill(&self, book: &Book, ticket: Ticket) {
-        if let (Some(shared), Some(generation)) = (&self.shared, ticket.shared) {
-            if let Err(e) = shared.fill(book, &generation).await {
-                tracing::debug!(error = %e, "filling the shared book cache failed");
-            }
+        if let (Some(shared), Some(generation)) = (&self.shared, ticket.shared)
+            && let Err(e) = shared.fill(book, &generation).await
+        {
+            tracing::debug!(error = %e, "filling the shared book cache failed");
         }
         self.fill_local(book, ticket.local);
     }
@@ -159,13 +159,13 @@ impl BookCache {
     /// Evicts books after a committed write: here, in Redis, and (by message) in every replica.
     pub async fn evict<'a>(&self, ids: impl IntoIterator<Item = &'a str> + Clone) {
         self.evict_here(ids.clone());
-        if let Some(shared) = &self.shared {
-            if let Err(e) = shared.evict(ids).await {
-                tracing::warn!(
-                    error = %e,
-                    "evicting books from the shared cache failed; other replicas may serve them stale until the TTL"
-                );
-            }
+        if let Some(shared) = &self.shared
+            && let Err(e) = shared.evict(ids).await
+        {
+            tracing::warn!(
+                error = %e,
+                "evicting books from the shared cache failed; other replicas may serve them stale until the TTL"
+            );
         }
     }
 
@@ -281,14 +281,9 @@ impl Shared {
             .get(self.generation_key(id))
             .query_async(&mut connection)
             .await?;
-        let book = match value {
-            Some(json) => match serde_json::from_str::<Book>(&json) {
-                Ok(book) => Some(book),
-                // Written by another release, say: read the database and write it anew.
-                Err(_) => None,
-            },
-            None => None,
-        };
+        // One that does not decode (written by another release, say) is read from the database
+        // and written anew.
+        let book = value.and_then(|json| serde_json::from_str::<Book>(&json).ok());
         Ok((book, generation.unwrap_or_default()))
     }
 
