@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The instruction-count gate: what a book read and a checkout cost, counted in instructions by
 # callgrind (the same for the same binary and inputs, however busy the machine is), against the
-# counts recorded in bench/instructions.baseline. Fails when a path costs more than its baseline
-# by more than MARGIN percent (default 3).
+# counts recorded in bench/instructions.baseline. Fails when a read costs more than its baseline
+# by more than READ_MARGIN percent (default 3), a checkout by more than CHECKOUT_MARGIN (default
+# 20: a checkout's path still has work that a clock paces, so its count moves with how fast
+# the machine runs the workload; see bench/README.md).
 #
 #   .ci/instructions.sh             # check
 #   .ci/instructions.sh --record    # write the counts measured now as the new baseline
@@ -13,7 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MARGIN=${MARGIN:-3}
+READ_MARGIN=${READ_MARGIN:-3}
+CHECKOUT_MARGIN=${CHECKOUT_MARGIN:-20}
 READS=${READS:-1000}
 CHECKOUTS=${CHECKOUTS:-100}
 baseline=bench/instructions.baseline
@@ -49,7 +52,7 @@ fi
 
 failed=0
 check() {
-  local path=$1 measured=$2 recorded
+  local path=$1 measured=$2 MARGIN=$3 recorded
   recorded=$(awk -v p="$path" '$1 == p {print $2}' "$baseline")
   [ -n "$recorded" ] || { echo "no baseline for $path in $baseline"; failed=1; return; }
   local permille=$(( measured * 1000 / recorded ))
@@ -62,6 +65,6 @@ check() {
     echo "note: a $path now costs well under its baseline; record the gain (.ci/instructions.sh --record)."
   fi
 }
-check read "$read_cost"
-check checkout "$checkout_cost"
+check read "$read_cost" "$READ_MARGIN"
+check checkout "$checkout_cost" "$CHECKOUT_MARGIN"
 exit "$failed"
