@@ -185,47 +185,22 @@ impl BookCache {
         }
     }
 
-    /// Hears other replicas' evictions until `stop`; resubscribes with backoff, and clears the
-    /// in-process tier after each (re)subscription for what was published meanwhile.
+    /// Hears other replicas' evictions until `stop`; after each (re)subscription, clears the
+    /// in-process tier for what was published meanwhile.
     pub async fn listen(self: Arc<Self>, stop: CancellationToken) {
-        use futures::StreamExt;
         let Some(shared) = &self.shared else { return };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let subscribed = async {
-                let mut pubsub = shared.client.get_async_pubsub().await?;
-                pubsub.subscribe(&shared.channel).await?;
-                redis::RedisResult::Ok(pubsub)
-            };
-            match subscribed.await {
-                Ok(pubsub) => {
-                    backoff = Duration::from_millis(100);
-                    self.evict_all_here();
-                    let mut messages = pubsub.into_on_message();
-                    loop {
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            message = messages.next() => match message {
-                                Some(message) => match message.get_payload::<String>() {
-                                    Ok(ids) => self.evict_here(ids.split(',')),
-                                    Err(_) => self.evict_all_here(),
-                                },
-                                None => break,
-                            },
-                        }
-                    }
-                    tracing::warn!("the books cache's Redis subscription ended; subscribing again");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscribing to book evictions in Redis failed; retrying")
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        bookstore_platform::pubsub::listen(
+            &shared.client,
+            &shared.channel,
+            "book evictions",
+            &stop,
+            || self.evict_all_here(),
+            |ids| match ids {
+                Some(ids) => self.evict_here(ids.split(',')),
+                None => self.evict_all_here(),
+            },
+        )
+        .await;
     }
 }
 

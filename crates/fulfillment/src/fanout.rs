@@ -8,8 +8,6 @@
 //! looked at for the fan-out itself: Redis streams would keep a second copy of what the
 //! database already orders and keeps; a doorbell needs only pub/sub.)
 
-use std::time::Duration;
-
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
@@ -40,42 +38,17 @@ impl Fanout {
         }
     }
 
-    /// Rings `store` whenever any replica publishes, until `stop`; reconnects with backoff,
-    /// and rings once after each (re)connection for what was published meanwhile.
+    /// Rings `store` whenever any replica publishes, until `stop`; rings once after each
+    /// (re)subscription for what was published meanwhile.
     pub async fn listen(self: std::sync::Arc<Self>, store: TaskStore, stop: CancellationToken) {
-        use futures::StreamExt;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&self.channel).await?;
-                redis::RedisResult::Ok(pubsub)
-            };
-            match subscribed.await {
-                Ok(pubsub) => {
-                    backoff = Duration::from_millis(100);
-                    store.ring_here();
-                    let mut messages = pubsub.into_on_message();
-                    loop {
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            message = messages.next() => match message {
-                                Some(_) => store.ring_here(),
-                                None => break,
-                            },
-                        }
-                    }
-                    tracing::warn!("the Redis subscription ended; subscribing again");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscribing to queue changes in Redis failed; retrying")
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        bookstore_platform::pubsub::listen(
+            &self.client,
+            &self.channel,
+            "queue changes",
+            &stop,
+            || store.ring_here(),
+            |_| store.ring_here(),
+        )
+        .await;
     }
 }

@@ -19,6 +19,7 @@
 //!   or role change, a deleted account), known to every verifier through the bus.
 //! - [`basket`]: the rules of a basket, for the services that take one.
 //! - [`page`]: paging of listings, one rule for every service.
+//! - [`pubsub`]: a Redis pub/sub channel listened to for the life of the process.
 //! - [`text`]: one rule for free text (names, titles, addresses) and newtypes over it.
 //! - [`jwt_crypto`]: EdDSA for `jsonwebtoken`, without compiling RSA.
 //! - [`crypto`]: personal data encrypted at rest and in events: the master key, data keys,
@@ -44,6 +45,7 @@ pub mod events;
 pub mod grpc;
 pub mod jwt_crypto;
 pub mod page;
+pub mod pubsub;
 pub mod recent_traces;
 pub mod revocation;
 pub mod server;
