@@ -73,7 +73,7 @@ pub async fn handle(store: &TaskStore, events_key: &DataKey, event: Event) -> an
         // to do, and the inbox remembers it was seen.
         _ => None,
     };
-    tx.commit().await.context("committing an event's effect")?;
+    store.database().commit_events(tx).await.context("committing an event's effect")?;
     if let Some(change) = change {
         store.ring();
         tracing::info!(

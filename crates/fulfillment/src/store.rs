@@ -386,7 +386,7 @@ impl TaskStore {
         let kind = if next.open() { ChangeKind::Updated } else { ChangeKind::Removed };
         let change = self.finish(&mut tx, seq, id, kind).await?;
         publish_state(&mut tx, &change.task).await?;
-        tx.commit().await?;
+        self.db.commit_events(tx).await?;
         self.ring();
         Ok(change)
     }

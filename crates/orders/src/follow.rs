@@ -59,7 +59,7 @@ pub async fn handle(checkout: &Checkout, event: Event) -> anyhow::Result<()> {
             order.id
         );
     }
-    tx.commit().await.context("committing a task event's effect")?;
+    store.database().commit_events(tx).await.context("committing a task event's effect")?;
     if let Some(to) = next {
         tracing::info!(
             order = order.id,

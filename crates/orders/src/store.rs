@@ -176,7 +176,7 @@ impl OrderStore {
                 .await
                 .context("answering an idempotency key")?;
         }
-        tx.commit().await.context("committing an order")?;
+        self.db.commit_events(tx).await.context("committing an order")?;
         Ok(())
     }
 
@@ -292,7 +292,7 @@ impl OrderStore {
         if !Self::transition_in(&mut tx, id, from, to, "", event).await? {
             return Ok(false);
         }
-        tx.commit().await.context("committing a transition")?;
+        self.db.commit_events(tx).await.context("committing a transition")?;
         Ok(true)
     }
 

@@ -10,7 +10,7 @@
 //! sqlx keeps them visible as SQL; sea-orm would add a layer of entities that buys nothing here.
 
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -64,6 +64,9 @@ impl Default for PoolConfig {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    /// Rung by [`Database::commit_events`]: the outbox relay of this process wakes at once
+    /// instead of at its next poll.
+    events_committed: Arc<tokio::sync::Notify>,
 }
 
 impl Database {
@@ -104,7 +107,7 @@ impl Database {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, events_committed: Arc::default() })
     }
 
     /// Applies the migrations for this backend that are not applied yet.
@@ -146,6 +149,19 @@ impl Database {
             Backend::Postgres => self.pool.begin().await,
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
         }
+    }
+
+    /// Commits `tx`, which wrote events to the outbox, and wakes this process's relay for them.
+    pub async fn commit_events(&self, tx: sqlx::Transaction<'static, sqlx::Any>) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.events_committed.notify_one();
+        Ok(())
+    }
+
+    /// Returns once events were committed through [`Database::commit_events`] (at once if some
+    /// were since the last call).
+    pub(crate) async fn events_committed(&self) {
+        self.events_committed.notified().await;
     }
 
     /// A cheap round trip, for readiness checks.

@@ -321,7 +321,7 @@ impl UserStore {
         if done.rows_affected() == 1 {
             self.revoke_tokens_in(&mut tx, id, &[]).await?;
         }
-        tx.commit().await.context("deleting a user")?;
+        self.db.commit_events(tx).await.context("deleting a user")?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -491,7 +491,7 @@ impl UserStore {
         if !claimed {
             revoke_family_in(&mut tx, &family).await?;
             self.revoke_tokens_in(&mut tx, &user_id, std::slice::from_ref(&family)).await?;
-            tx.commit().await.context("revoking a reused session")?;
+            self.db.commit_events(tx).await.context("revoking a reused session")?;
             return Ok(Refresh::Reused { user_id, family });
         }
         if expires_at < now_ms() {
@@ -525,7 +525,7 @@ impl UserStore {
                 .context("reading a session")?;
             self.revoke_tokens_in(&mut tx, &user_id, &[family_id.to_owned()]).await?;
         }
-        tx.commit().await.context("committing a revocation")?;
+        self.db.commit_events(tx).await.context("committing a revocation")?;
         Ok(n)
     }
 
@@ -548,7 +548,7 @@ impl UserStore {
         if !live.is_empty() {
             self.revoke_tokens_in(&mut tx, user_id, &live).await?;
         }
-        tx.commit().await.context("ending a user's sessions")?;
+        self.db.commit_events(tx).await.context("ending a user's sessions")?;
         Ok(live.len() as u64)
     }
 
@@ -636,7 +636,7 @@ impl UserStore {
         if revoke_tokens {
             self.revoke_tokens_in(&mut tx, client_id, &[]).await?;
         }
-        tx.commit().await.context("resetting a service account")?;
+        self.db.commit_events(tx).await.context("resetting a service account")?;
         Ok(true)
     }
 
@@ -680,7 +680,7 @@ impl UserStore {
             // Its tokens end with it, not when they expire.
             self.revoke_tokens_in(&mut tx, client_id, &[]).await?;
         }
-        tx.commit().await.context("revoking a service account")?;
+        self.db.commit_events(tx).await.context("revoking a service account")?;
         self.service_account(client_id).await
     }
 

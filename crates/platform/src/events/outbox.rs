@@ -100,7 +100,9 @@ pub(crate) async fn relay_outbox(
     Ok(events.into_iter().map(|e| e.event_type).collect())
 }
 
-/// Runs [`relay_outbox`] until `shutdown`: at once after each full batch, else every `idle`.
+/// Runs [`relay_outbox`] until `shutdown`: at once after each full batch or when this process
+/// commits events ([`Database::commit_events`]), else every `idle` (for events whose writer
+/// stopped before its relay published them).
 /// `service` labels its metrics: `events_published_total` by type, and the outbox's backlog,
 /// `events_outbox_pending` and `events_outbox_oldest_age_seconds` (zero after a pass that
 /// emptied it; counted, at most every few seconds, while it is not).
@@ -147,6 +149,7 @@ pub async fn run_relay(
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = db.events_committed() => {}
             () = shutdown.cancelled() => return,
         }
     }

@@ -327,7 +327,25 @@ crate::backend_tests!(
     a_failing_event_is_retried_then_dead_lettered,
     a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect,
     every_subscriber_on_the_log_gets_its_types_and_catches_up_from_its_position,
+    events_committed_in_the_process_are_relayed_at_once_not_at_the_next_poll,
 );
+
+async fn events_committed_in_the_process_are_relayed_at_once_not_at_the_next_poll(backend: Backend) {
+    let Some((_t, bus, db)) = log(backend).await else { return };
+    db.migrate_all(&[&LOG_MIGRATIONS, &OUTBOX_MIGRATIONS]).await.unwrap();
+    let stop = CancellationToken::new();
+    // A poll an hour apart: only the wake-up on commit can relay within the test's time.
+    let relay =
+        tokio::spawn(run_relay("test", db.clone(), bus.clone(), Duration::from_secs(3600), stop.clone()));
+    for n in 0..3 {
+        let mut tx = db.begin_write().await.unwrap();
+        outbox::write(&mut tx, &[event(n)]).await.unwrap();
+        db.commit_events(tx).await.unwrap();
+        assert_eq!(collect(&bus, &format!("c{n}"), n + 1).await.len(), n + 1, "event {n} relayed");
+    }
+    stop.cancel();
+    relay.await.unwrap();
+}
 
 fn event(n: usize) -> Event {
     Event { id: format!("e{n}"), event_type: "Test".into(), body: vec![n as u8] }
