@@ -85,6 +85,22 @@ pub struct LoadArgs {
     pub hgrm: Option<PathBuf>,
 }
 
+impl LoadArgs {
+    /// A run of these settings at `rate` for `duration` after `warmup`, paced by a thread.
+    fn plan(&self, rate: Rate, duration: RunLength, warmup: Pause) -> Plan {
+        Plan {
+            rate,
+            duration,
+            warmup,
+            max_in_flight: self.max_in_flight,
+            timeout: self.timeout,
+            mix: self.mix.clone(),
+            seed: self.seed,
+            pacing: Pacing::Thread,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -203,16 +219,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             shop.token_lifetime.as_secs()
         );
     }
-    let plan = Plan {
-        rate: args.rate,
-        duration: args.duration,
-        warmup: args.warmup,
-        max_in_flight: args.load.max_in_flight,
-        timeout: args.load.timeout,
-        mix: args.load.mix.clone(),
-        seed: args.load.seed,
-        pacing: Pacing::Thread,
-    };
+    let plan = args.load.plan(args.rate, args.duration, args.warmup);
     eprintln!(
         "running {} for {:?} after a {:?} warm-up, mix {}",
         plan.rate,
@@ -307,16 +314,7 @@ async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
     let objective =
         Objective { p99: args.p99, scenarios: args.scenario.clone(), max_errors: args.max_errors };
     let held_to = args.scenario.as_ref().map_or_else(|| args.load.mix.to_string(), ToString::to_string);
-    let plan = Plan {
-        rate: args.from,
-        duration: args.step,
-        warmup: args.warmup,
-        max_in_flight: args.load.max_in_flight,
-        timeout: args.load.timeout,
-        mix: args.load.mix.clone(),
-        seed: args.load.seed,
-        pacing: Pacing::Thread,
-    };
+    let plan = args.load.plan(args.from, args.step, args.warmup);
     eprintln!(
         "searching for the highest rate with p99 ≤ {:?} and errors ≤ {} ({held_to}), from {}, {:?} steps",
         args.p99.get(),
