@@ -50,7 +50,10 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
         cache = cache.with_shared(cache::Shared::connect(url, &settings.redis_key_prefix, ttl).await?);
     }
     let store = BookStore::new(db.clone()).with_read_cache(cache);
-    ctx.tasks.spawn("books-cache-evictions", store.read_cache().listen(ctx.tasks.stopping()));
+    // Other replicas' evictions, when the cache is shared.
+    if settings.redis_url.is_some() {
+        ctx.tasks.spawn("books-cache-evictions", store.read_cache().listen(ctx.tasks.stopping()));
+    }
     if settings.seed.unwrap_or(ctx.mode == Mode::Up) {
         let added = seed::seed_if_empty(&store).await?;
         if added > 0 {
