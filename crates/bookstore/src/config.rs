@@ -44,6 +44,8 @@ bookstore_platform::settings! {
         amqp_namespace: String = "bookstore".to_owned(), flag amqp_namespace "NAME";
         /// Least time between JWKS refetches for unknown key ids, ms.
         jwks_refresh_ms: u64 = 60_000, flag jwks_refresh_ms "MS";
+        /// Call the services of this process in process, not through their sockets (false: always dial).
+        local_calls: bool = true, flag local_calls "BOOL";
         /// etcd (etcd://host:2379[,host:2379...]) where serve registers each of its services.
         registry_url: Option<String> = None, flag registry_url "URL";
         /// Mutual TLS between services: this process's certificate (PEM, for server and client auth).

@@ -25,6 +25,7 @@ use bookstore_platform::balance::{PeerChannel, ResilienceConfig};
 use bookstore_platform::db::{Database, Migrations, PoolConfig};
 use bookstore_platform::etcd::{Etcd, Registration};
 use bookstore_platform::events::{Bus, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
+use bookstore_platform::local::LocalServices;
 use bookstore_platform::service::{Built, Context, Endpoint, LocalTokens, Mode, Process, Spec, Tasks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -158,6 +159,16 @@ impl App {
             };
             peers.insert(entry.name(), url);
         }
+        // A peer served by this process is called in process, at the address it listens on.
+        let local = match config.process.local_calls {
+            true => LocalServices::new(
+                listeners
+                    .iter()
+                    .map(|l| l.local_addr().map(|a| format!("http://{a}")))
+                    .collect::<std::io::Result<Vec<_>>>()?,
+            ),
+            false => LocalServices::default(),
+        };
         let mutual = config.mutual_tls()?;
         let peer_tls = mutual.as_ref().map(|m| m.client.clone());
         let verifier = verifier(
@@ -170,6 +181,7 @@ impl App {
 
         let tasks = Tasks::new();
         let mut process = Process::new(tasks.clone());
+        process.call_in_process(local.clone());
         // Every process verifies tokens, so every process follows the revocations on the bus.
         let bus = open_bus(config, &mut process).await?;
         let (caught_up, following) =
@@ -216,6 +228,7 @@ impl App {
                 resilience: config.resilience(),
                 peer_tls: peer_tls.clone(),
                 board: process.board(),
+                local: local.clone(),
                 tasks: tasks.clone(),
             };
             let mut built =

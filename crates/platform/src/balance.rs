@@ -366,8 +366,20 @@ impl PeerChannel {
         config: ResilienceConfig,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<Self> {
+        Self::connect_via(caller, peer, url, config, tonic_connector(&config, tls)).await
+    }
+
+    /// As [`PeerChannel::connect`], with the transports made by `connector` (calls in process,
+    /// [`crate::local`]).
+    pub async fn connect_via(
+        caller: &'static str,
+        peer: &str,
+        url: &str,
+        config: ResilienceConfig,
+        connector: Connector,
+    ) -> anyhow::Result<Self> {
         let source = Source::parse(url).map_err(|e| anyhow::anyhow!("{peer}_url: {e:#}"))?;
-        Self::with_connector(caller, peer, source, config, tonic_connector(&config, tls)).await
+        Self::with_connector(caller, peer, source, config, connector).await
     }
 
     /// As [`PeerChannel::connect`], with the transports made by `connector`.

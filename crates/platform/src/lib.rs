@@ -21,6 +21,7 @@
 //! - [`page`]: paging of listings, one rule for every service.
 //! - [`pubsub`]: a Redis pub/sub channel listened to for the life of the process.
 //! - [`text`]: one rule for free text (names, titles, addresses) and newtypes over it.
+//! - [`local`]: calls between services of one process, straight into the callee's router.
 //! - [`jwt_crypto`]: EdDSA for `jsonwebtoken`, without compiling RSA.
 //! - [`crypto`]: personal data encrypted at rest and in events: the master key, data keys,
 //!   values bound to their row and column.
@@ -44,6 +45,7 @@ pub mod etcd;
 pub mod events;
 pub mod grpc;
 pub mod jwt_crypto;
+pub mod local;
 pub mod page;
 pub mod pubsub;
 pub mod recent_traces;

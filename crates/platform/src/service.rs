@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{TokenSource, Verifier};
-use crate::balance::{Board, PeerChannel, ResilienceConfig};
+use crate::balance::{Board, PeerChannel, ResilienceConfig, tonic_connector};
 use crate::db::{Database, Migrations};
 use crate::events::Bus;
+use crate::local::LocalServices;
 use crate::server::ReadinessCheck;
 
 /// What the process must know of a service before building it.
@@ -95,6 +96,9 @@ pub struct Context {
     pub peer_tls: Option<Arc<rustls::ClientConfig>>,
     /// The process's peer channels, shown on its status page.
     pub board: Board,
+    /// The services of this process, called in process rather than over a socket
+    /// ([`crate::local`]).
+    pub local: LocalServices,
     pub tasks: Tasks,
     /// The deployment's master key, when the service's [`Spec`] asked for it.
     pub master_key: Option<crate::crypto::MasterKey>,
@@ -248,8 +252,9 @@ impl Context {
     /// call capped at the request timeout.
     pub async fn channel(&self, peer: &str) -> anyhow::Result<PeerChannel> {
         let config = ResilienceConfig { call_timeout: self.request_timeout, ..self.resilience };
-        let tls = self.peer_tls.clone();
-        let channel = PeerChannel::connect(self.name, peer, self.peer_url(peer)?, config, tls).await?;
+        let connector = self.local.connector(tonic_connector(&config, self.peer_tls.clone()));
+        let channel =
+            PeerChannel::connect_via(self.name, peer, self.peer_url(peer)?, config, connector).await?;
         self.board.register(&channel);
         Ok(channel)
     }
@@ -393,6 +398,8 @@ pub struct Process {
     tasks: Tasks,
     databases: Vec<Database>,
     board: Board,
+    /// Where its services are offered to callers in the process ([`crate::local`]).
+    local: LocalServices,
 }
 
 impl Process {
@@ -406,7 +413,14 @@ impl Process {
             tasks,
             databases: Vec::new(),
             board: Board::default(),
+            local: LocalServices::default(),
         }
+    }
+
+    /// Offers each service served from now on to callers in this process, through `local`
+    /// ([`crate::local`]), until its listener has drained.
+    pub fn call_in_process(&mut self, local: LocalServices) {
+        self.local = local;
     }
 
     /// Cancelled when the process starts to stop (before its listeners drain).
@@ -448,6 +462,8 @@ impl Process {
         self.readiness.extend(built.readiness.into_iter().map(|check| (name, check)));
         self.on_scrape.extend(built.on_scrape);
         let stop = CancellationToken::new();
+        let url = format!("http://{}", listener.local_addr()?);
+        self.local.provide(&url, built.router.clone());
         let running = crate::server::serve_tls(name, listener, built.router, stop.clone(), built.tls)?;
         let addr = running.addr;
         self.servers.push((stop, running));
@@ -481,8 +497,10 @@ impl Process {
         let mut first_error = None;
         for (stop, running) in self.servers.into_iter().rev() {
             stop.cancel();
-            match running.task.await.context("server task panicked").and_then(|r| r.context("server failed"))
-            {
+            let drained = running.task.await;
+            // As its listener is closed to the other processes, it is to this one.
+            self.local.withdraw(&format!("http://{}", running.addr));
+            match drained.context("server task panicked").and_then(|r| r.context("server failed")) {
                 Ok(()) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);

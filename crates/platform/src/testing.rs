@@ -747,6 +747,7 @@ pub fn context(
         resilience: Default::default(),
         peer_tls: None,
         board: Default::default(),
+        local: Default::default(),
         tasks,
     }
 }
