@@ -81,7 +81,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
     let fulfillment = ctx.channel("fulfillment").await?;
     // Nor without recommendations: pages get the fallback.
     let recommendations = ctx.channel("recommendations").await?;
-    let state = AppState {
+    let state = Arc::new(Services {
         books: BookServiceClient::new(books.clone()),
         users: UserServiceClient::new(users.clone()),
         orders: OrderServiceClient::new(orders.clone()),
@@ -106,7 +106,7 @@ pub async fn build(ctx: Context, settings: Settings) -> anyhow::Result<Built> {
             settings.queue_sockets_per_user,
             config.cors_allowed_origins.clone(),
         )),
-    };
+    });
     let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
     let shared = proxy::Shared {
         limiter: Arc::new(
@@ -169,9 +169,12 @@ pub struct GatewayConfig {
     pub hsts_max_age_secs: u64,
 }
 
-/// Shared by every handler; cheap to clone (clients share their HTTP/2 connections).
-#[derive(Clone)]
-pub struct AppState {
+/// Shared by every handler, behind one `Arc`: handlers' extractors clone it on every request,
+/// and cloning the clients one by one (each with its own URI and channel) showed in profiles.
+pub type AppState = Arc<Services>;
+
+/// The clients of the services behind the gateway, and what the handlers share.
+pub struct Services {
     pub books: BookServiceClient<PeerChannel>,
     pub users: UserServiceClient<PeerChannel>,
     pub orders: OrderServiceClient<PeerChannel>,
@@ -200,7 +203,7 @@ pub struct Peers {
     pub recommendations: PeerChannel,
 }
 
-impl AppState {
+impl Services {
     /// A gRPC request for `message` that carries the deadline of a request starting now and
     /// the caller's token.
     pub fn request<T>(&self, message: T, auth: &auth::Auth) -> tonic::Request<T> {
