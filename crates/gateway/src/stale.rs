@@ -38,10 +38,18 @@ impl StaleCache {
     ) -> Result<Response, ApiError> {
         match answer {
             Ok(value) => {
-                if let Ok(bytes) = serde_json::to_vec(&value) {
-                    self.answers.insert(key, Bytes::from(bytes));
+                // Encoded once, for the answer and the memory. Most reads repeat the answer
+                // remembered: that one is kept rather than written again (a write costs the
+                // cache more than a look).
+                let bytes = match serde_json::to_vec(&value) {
+                    Ok(bytes) => Bytes::from(bytes),
+                    Err(_) => return Ok(Json(value).into_response()),
+                };
+                if self.answers.get(&key).as_ref() != Some(&bytes) {
+                    self.answers.insert(key, bytes.clone());
                 }
-                Ok(Json(value).into_response())
+                Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+                    .into_response())
             }
             Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) => {
                 match self.answers.get(&key) {
