@@ -7,6 +7,7 @@
 # and prints both rates and their ratio. Needs wrk, pgbench and a RabbitMQ at AMQP_URL.
 #
 #   bench/checkout.sh                       # defaults: 20 s each, 64 connections
+#   SERVE_FLAGS="--local-calls false" bench/checkout.sh   # services call each other over sockets
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ for db in books users orders; do fresh_db "bookstore_bench_$db"; done
 
 BOOKSTORE_MASTER_KEY=$(./target/release/bookstore admin generate-master-key) \
 BOOKSTORE_ADMIN_PASSWORD="$ADMIN_PASSWORD" BOOKSTORE_REGISTRATIONS_PER_ADDRESS=0 RUST_LOG=warn \
-  ./target/release/bookstore serve users books orders gateway --seed --amqp-url "$AMQP_URL" \
+  ./target/release/bookstore serve users books orders gateway --seed --amqp-url "$AMQP_URL" ${SERVE_FLAGS:-} \
   --books-database-url "$(db_url bookstore_bench_books)" --users-database-url "$(db_url bookstore_bench_users)" \
   --orders-database-url "$(db_url bookstore_bench_orders)" --data-dir "$work" --http "$HTTP" \
   --admin-http 127.0.0.1:15069 --books-grpc 127.0.0.1:15061 --users-grpc 127.0.0.1:15062 --orders-grpc 127.0.0.1:15063 --fulfillment-grpc 127.0.0.1:15064 --recommendations-grpc 127.0.0.1:15065 >"$work/server.log" 2>&1 &

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The shop's read path against the database's own ceiling, side by side in one run:
 #   1. GET /api/v1/books/{id} through the gateway (books on PostgreSQL, random ids, 64 connections),
-#      with books' in-process read cache, with no cache, with the cache shared in Redis alone, and
-#      with both tiers
+#      with books' in-process read cache (the gateway calling books in process, then over its
+#      socket), with no cache, with the cache shared in Redis alone, and with both tiers
 #   2. pgbench -S -M prepared -c 64 (select-only) against the same PostgreSQL server
 # and prints the rates and their ratios. Needs wrk, pgbench and a Redis at REDIS_URL.
 #
@@ -38,6 +38,8 @@ shared() { echo --books-redis-url "$REDIS_URL" --books-redis-key-prefix "bench-$
 echo "warming up and measuring..."
 gateway_run 1000 "read cache on, 1 s TTL"
 read -r cached_rps cached_rss <"$work/result"
+gateway_run 1000 "read cache on, the gateway calling books over its socket" --local-calls false
+read -r sockets_rps sockets_rss <"$work/result"
 gateway_run 0 "read cache off: every request reaches PostgreSQL"
 read -r uncached_rps uncached_rss <"$work/result"
 # shellcheck disable=SC2046
@@ -57,7 +59,8 @@ for db in bookstore_bench_books bookstore_bench_users bookstore_bench_orders boo
   psql "$PG_URL" -qc "drop database if exists $db with (force)"
 done
 
-python3 - "$pgbench_tps" "cache on (in-process)" "$cached_rps" "$cached_rss" "cache off" "$uncached_rps" "$uncached_rss" \
+python3 - "$pgbench_tps" "cache on (in-process)" "$cached_rps" "$cached_rss" \
+  "cache on, over sockets" "$sockets_rps" "$sockets_rss" "cache off" "$uncached_rps" "$uncached_rss" \
   "shared in Redis alone" "$shared_rps" "$shared_rss" "both tiers" "$both_rps" "$both_rss" <<'PY'
 import sys
 p = float(sys.argv[1])
