@@ -25,7 +25,7 @@ use bookstore_platform::balance::{PeerChannel, ResilienceConfig};
 use bookstore_platform::db::{Database, Migrations, PoolConfig};
 use bookstore_platform::etcd::{Etcd, Registration};
 use bookstore_platform::events::{Bus, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
-use bookstore_platform::local::LocalServices;
+use bookstore_platform::local::{self, LocalServices};
 use bookstore_platform::service::{Built, Context, Endpoint, LocalTokens, Mode, Process, Spec, Tasks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -154,7 +154,7 @@ impl App {
             let here = entries.iter().position(|e| e.name() == entry.name());
             let url = match (endpoint.url(), here) {
                 (Some(url), _) => url.to_owned(),
-                (None, Some(i)) => format!("http://{}", listeners[i].local_addr()?),
+                (None, Some(i)) => local::url_of(listeners[i].local_addr()?),
                 (None, None) => format!("http://{}", endpoint.listen()),
             };
             peers.insert(entry.name(), url);
@@ -162,10 +162,7 @@ impl App {
         // A peer served by this process is called in process, at the address it listens on.
         let local = match config.process.local_calls {
             true => LocalServices::new(
-                listeners
-                    .iter()
-                    .map(|l| l.local_addr().map(|a| format!("http://{a}")))
-                    .collect::<std::io::Result<Vec<_>>>()?,
+                listeners.iter().map(TcpListener::local_addr).collect::<std::io::Result<Vec<_>>>()?,
             ),
             false => LocalServices::default(),
         };

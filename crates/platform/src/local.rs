@@ -19,6 +19,7 @@
 //! which is all this needs.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::task::{Context as TaskContext, Poll};
 
@@ -51,30 +52,30 @@ impl std::fmt::Debug for LocalServices {
     }
 }
 
+/// The URL peers of this process call a service listening at `addr` by: the key of its slot.
+pub fn url_of(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
 impl LocalServices {
-    /// Slots for services that will listen at `urls`; none (calls always go over the network)
+    /// Slots for services that will listen at `addrs`; none (calls always go over the network)
     /// when the list is empty.
-    pub fn new(urls: impl IntoIterator<Item = String>) -> Self {
-        Self { slots: Arc::new(urls.into_iter().map(|url| (url, Arc::default())).collect()) }
+    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        Self { slots: Arc::new(addrs.into_iter().map(|addr| (url_of(addr), Arc::default())).collect()) }
     }
 
-    /// The service listening at `url` serves: calls to it go to `router` from now on.
-    pub fn provide(&self, url: &str, router: Router) {
-        if let Some(slot) = self.slots.get(url) {
+    /// The service listening at `addr` serves: calls to it go to `router` from now on.
+    pub fn provide(&self, addr: SocketAddr, router: Router) {
+        if let Some(slot) = self.slots.get(&url_of(addr)) {
             *slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(router);
         }
     }
 
-    /// The service listening at `url` has stopped serving: calls to it fail from now on.
-    pub fn withdraw(&self, url: &str) {
-        if let Some(slot) = self.slots.get(url) {
+    /// The service listening at `addr` has stopped serving: calls to it fail from now on.
+    pub fn withdraw(&self, addr: SocketAddr) {
+        if let Some(slot) = self.slots.get(&url_of(addr)) {
             slot.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         }
-    }
-
-    /// Whether calls to `url` stay in this process.
-    pub fn serves(&self, url: &str) -> bool {
-        self.slots.contains_key(url)
     }
 
     /// `connector`, except for targets this process serves itself, which it calls in process.
@@ -147,6 +148,11 @@ mod tests {
     use super::*;
     use axum::routing::post;
 
+    /// An address that may hold a slot; nothing listens there.
+    fn one() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
     fn request(path: &str) -> HttpRequest {
         http::Request::post(format!("http://127.0.0.1:1{path}"))
             .body(tonic::body::Body::new(axum::body::Body::from("ping")))
@@ -160,12 +166,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_to_a_url_this_process_serves_reaches_its_router_with_method_path_and_body() {
-        let services = LocalServices::new(["http://127.0.0.1:1".to_owned()]);
+        let services = LocalServices::new([one()]);
         let mut transport = transport(&services, "http://127.0.0.1:1").expect("served in process");
-        services.provide(
-            "http://127.0.0.1:1",
-            Router::new().route("/echo", post(|body: String| async move { body })),
-        );
+        services.provide(one(), Router::new().route("/echo", post(|body: String| async move { body })));
         let response = transport.ready().await.unwrap().call(request("/echo")).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(text(response).await, "ping");
@@ -173,14 +176,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_fails_before_the_service_serves_and_after_it_is_withdrawn() {
-        let services = LocalServices::new(["http://127.0.0.1:1".to_owned()]);
+        let services = LocalServices::new([one()]);
         let mut transport = transport(&services, "http://127.0.0.1:1").unwrap();
         let early = transport.ready().await.unwrap().call(request("/echo")).await;
         assert!(early.unwrap_err().to_string().contains("not serving"));
-        services.provide("http://127.0.0.1:1", Router::new().route("/echo", post(|| async { "late" })));
+        services.provide(one(), Router::new().route("/echo", post(|| async { "late" })));
         let response = transport.ready().await.unwrap().call(request("/echo")).await.unwrap();
         assert_eq!(text(response).await, "late");
-        services.withdraw("http://127.0.0.1:1");
+        services.withdraw(one());
         let after = transport.ready().await.unwrap().call(request("/echo")).await;
         assert!(after.unwrap_err().to_string().contains("not serving"));
     }
@@ -201,14 +204,12 @@ mod tests {
     #[tokio::test]
     async fn a_grpc_client_reaches_a_service_of_its_process_without_its_socket_and_dials_when_told_to() {
         // An address nothing listens on: a dialled call is refused.
-        let url = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            format!("http://{}", listener.local_addr().unwrap())
-        };
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let url = url_of(addr);
         let (_, health) = tonic_health::server::health_reporter();
         let router = tonic::service::Routes::new(health).into_axum_router();
-        let services = LocalServices::new([url.clone()]);
-        services.provide(&url, router);
+        let services = LocalServices::new([addr]);
+        services.provide(addr, router);
         check_health(&services, &url).await.expect("answered in process");
         let dialled = check_health(&LocalServices::default(), &url).await.unwrap_err();
         assert_eq!(dialled.code(), tonic::Code::Unavailable, "{dialled:?}");
@@ -216,21 +217,19 @@ mod tests {
 
     #[tokio::test]
     async fn withdrawing_a_service_lets_its_state_go() {
-        let services = LocalServices::new(["http://127.0.0.1:1".to_owned()]);
+        let services = LocalServices::new([one()]);
         let state = Arc::new(());
         let held = state.clone();
-        services
-            .provide("http://127.0.0.1:1", Router::new().route("/", post(move || async move { drop(held) })));
+        services.provide(one(), Router::new().route("/", post(move || async move { drop(held) })));
         assert_eq!(Arc::strong_count(&state), 2);
-        services.withdraw("http://127.0.0.1:1");
+        services.withdraw(one());
         assert_eq!(Arc::strong_count(&state), 1, "the router, and what it holds, is dropped");
     }
 
     #[tokio::test]
     async fn other_urls_are_dialled_by_the_connector_given() {
-        let services = LocalServices::new(["http://127.0.0.1:1".to_owned()]);
-        assert!(services.serves("http://127.0.0.1:1"));
-        assert!(!services.serves("http://127.0.0.1:2"));
+        let services = LocalServices::new([one()]);
+        assert!(transport(&services, &url_of(one())).is_some(), "its own address is served in process");
         assert!(transport(&services, "http://127.0.0.1:2").is_none(), "another URL must be dialled");
         assert!(transport(&LocalServices::default(), "http://127.0.0.1:1").is_none());
     }

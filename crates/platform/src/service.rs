@@ -462,8 +462,7 @@ impl Process {
         self.readiness.extend(built.readiness.into_iter().map(|check| (name, check)));
         self.on_scrape.extend(built.on_scrape);
         let stop = CancellationToken::new();
-        let url = format!("http://{}", listener.local_addr()?);
-        self.local.provide(&url, built.router.clone());
+        self.local.provide(listener.local_addr()?, built.router.clone());
         let running = crate::server::serve_tls(name, listener, built.router, stop.clone(), built.tls)?;
         let addr = running.addr;
         self.servers.push((stop, running));
@@ -499,7 +498,7 @@ impl Process {
             stop.cancel();
             let drained = running.task.await;
             // As its listener is closed to the other processes, it is to this one.
-            self.local.withdraw(&format!("http://{}", running.addr));
+            self.local.withdraw(running.addr);
             match drained.context("server task panicked").and_then(|r| r.context("server failed")) {
                 Ok(()) => {}
                 Err(e) => {
