@@ -4,10 +4,15 @@
 # whether it is ready, then left alone for SETTLE seconds before /proc is read. Prints VmRSS and
 # its parts: RssAnon (heap, stacks), RssFile (the executable's pages in use).
 #
-#   bench/idle-memory.sh                    # SETTLE=5 by default
+# Idle means after start-up's transient memory is given back: the password hasher's 19 MiB
+# (a dummy hash at start, the first admin's) is freed on a blocking-pool thread, and mimalloc
+# returns it to the kernel when that thread retires, 10 s after its last task. Read at 5 s,
+# `up` measured 52 or 36 MiB of heap from one run to the next; from 15 s on, 32-33 every time.
+#
+#   bench/idle-memory.sh                    # SETTLE=15 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETTLE=${SETTLE:-5}
+SETTLE=${SETTLE:-15}
 work=$(mktemp -d)
 trap '[ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 

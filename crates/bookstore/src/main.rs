@@ -16,6 +16,18 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process. mimalloc reserves its arenas a GiB at a
+/// time and asks the kernel for huge pages in them (as does every mapping where THP is set to
+/// `always`), so a few small allocations spread over a 2 MiB region made it resident whole:
+/// idle, `up` held 66 MiB of huge pages in 72 MiB of heap. A service this size gains nothing
+/// measurable from fewer TLB misses. The flag is the process's, whichever thread sets it.
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("warning: transparent huge pages stay on: {e}");
+    }
+}
+
 const SECRETS_HELP: &str = "\
 Secrets are read from the environment or the config file only, never from flags (flags show in
 process lists):
@@ -137,6 +149,7 @@ enum AdminCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    without_huge_pages();
     let _failpoints = bookstore_platform::arm_failpoints();
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
