@@ -321,7 +321,7 @@ pub fn router(
         .layer(axum::middleware::from_fn_with_state(verifier, auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(BODY_READ_TIMEOUT, security::body_deadline))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
-    let mut router = Router::new()
+    let router = Router::new()
         .merge(api)
         .merge(pages)
         .merge(
@@ -334,44 +334,33 @@ pub fn router(
         )
         .route("/api/asyncapi.json", get(openapi::asyncapi))
         .fallback(not_found);
-    router = with_request_metrics(router, SERVICE);
-    router = router
-        .layer(axum::middleware::from_fn_with_state(edge.permits, edge::shed_overload))
-        .layer(axum::middleware::from_fn(error::envelope))
-        .layer(axum::middleware::from_fn(security::no_store))
-        .layer(CompressionLayer::new())
+    let router = with_request_metrics(router, SERVICE);
+    // What needs no route wraps the routed router once, as one tower stack. `Router::layer`
+    // would wrap every route on its own, and each layer's call clones (and allocates) the
+    // chain of layers below it, so a request paid for this stack over and over.
+    let stack = tower::ServiceBuilder::new()
+        .option_layer(cors_layer(&config.cors_allowed_origins)?)
+        // CORS answers a preflight with an empty body of the inner's type: one of axum's.
+        .map_response(axum::response::IntoResponse::into_response)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let request_id =
                 request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
             // A log span only: the request's trace span is the metrics layer's, which knows the route.
             tracing::info_span!(target: "http", "http", method = %request.method(), path = %request.uri().path(), request_id)
         }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
-    if let Some(cors) = cors_layer(&config.cors_allowed_origins)? {
-        router = router.layer(cors);
-    }
+        .layer(CompressionLayer::new())
+        .layer(axum::middleware::from_fn(security::no_store))
+        .layer(axum::middleware::from_fn(error::envelope))
+        .layer(axum::middleware::from_fn_with_state(edge.permits, edge::shed_overload))
+        .service(router);
     // Beside the stack, not under it: each route does its own edge work.
-    let router = router.merge(edge.routes);
+    let router = Router::new().fallback_service(stack).merge(edge.routes);
     // Around both: limits, a request id safe to echo, and the security headers (which leave a
     // backend's own alone).
     let hsts = Arc::new(security::Hsts::new(config.hsts_max_age_secs, config.trusted_proxies.clone().into()));
-    Ok(router
-        .layer(axum::middleware::from_fn(security::enforce_limits))
-        .layer(axum::middleware::from_fn(security::keep_safe_request_id))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(security::CSP),
-        ))
-        .layer(axum::middleware::from_fn_with_state(hsts, security::strict_transport_security)))
+    Ok(router.layer(axum::middleware::from_fn_with_state(hsts, security::edge)))
 }
 
 /// No such route: the envelope for the API and its clients; a page for a person's browser
