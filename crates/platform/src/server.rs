@@ -97,12 +97,17 @@ pub async fn grpc_service_router(
 ) -> Router {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_service_status(health_name, tonic_health::ServingStatus::Serving).await;
-    let grpc = routes
-        .add_service(health_service)
-        .into_axum_router()
+    let grpc = routes.add_service(health_service).into_axum_router();
+    // Wrapped once, as one tower stack around the routed services: `Router::layer` would wrap
+    // each service on its own, and each layer's call clones (and allocates) the chain below it.
+    // gRPC's request metrics name the method from the path, so they need no matched route.
+    telemetry::metrics_handle();
+    let stack = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(service, telemetry::track_requests))
+        .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline))
         .layer(axum::middleware::from_fn_with_state((verifier, service), crate::auth::authenticate_grpc))
-        .layer(axum::middleware::from_fn(crate::grpc::enforce_grpc_deadline));
-    with_request_metrics(grpc, service)
+        .service(grpc);
+    Router::new().fallback_service(stack)
 }
 
 /// Adds the request metrics layer for `service` to a router.
