@@ -400,6 +400,8 @@ pub struct Process {
     board: Board,
     /// Where its services are offered to callers in the process ([`crate::local`]).
     local: LocalServices,
+    /// More routes for the admin listener, beside the operational endpoints.
+    admin_routes: axum::Router,
 }
 
 impl Process {
@@ -414,7 +416,13 @@ impl Process {
             databases: Vec::new(),
             board: Board::default(),
             local: LocalServices::default(),
+            admin_routes: axum::Router::new(),
         }
+    }
+
+    /// Serves `routes` on the admin listener too (added before [`Self::serve_admin`]).
+    pub fn admin_routes(&mut self, routes: axum::Router) {
+        self.admin_routes = std::mem::take(&mut self.admin_routes).merge(routes);
     }
 
     /// Offers each service served from now on to callers in this process, through `local`
@@ -480,7 +488,7 @@ impl Process {
             on_scrape: self.on_scrape.clone(),
             board: self.board.clone(),
         };
-        let router = crate::server::ops_router(ops);
+        let router = crate::server::ops_router(ops).merge(std::mem::take(&mut self.admin_routes));
         let stop = CancellationToken::new();
         let running = crate::server::serve("admin", listener, router, stop.clone())?;
         let addr = running.addr;

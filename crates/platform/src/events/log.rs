@@ -26,6 +26,9 @@ pub(crate) static LOG_MIGRATIONS: Migrations = Migrations {
 pub struct EventLog {
     pub(super) db: Database,
     pub(super) appended: Arc<Notify>,
+    /// Set when a replay is asked for in this process: its consumers look at once rather than
+    /// at their next second ([`super::dead`]).
+    pub(super) replay_asked: Arc<std::sync::atomic::AtomicBool>,
     /// Attempts per event before it goes to the dead letters.
     pub max_attempts: u32,
 }
@@ -33,7 +36,7 @@ pub struct EventLog {
 impl EventLog {
     pub async fn open(db: Database) -> anyhow::Result<Self> {
         db.migrate(&LOG_MIGRATIONS).await.context("event log migrations")?;
-        Ok(Self { db, appended: Arc::new(Notify::new()), max_attempts: 5 })
+        Ok(Self { db, appended: Arc::new(Notify::new()), replay_asked: Default::default(), max_attempts: 5 })
     }
 
     pub async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
@@ -108,7 +111,15 @@ impl EventLog {
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
         let wanted = |event: &Event| types.is_none_or(|types| types.contains(&event.event_type.as_str()));
+        // Replays an operator asked for come first ([`super::dead`]), looked for each second
+        // (another process may have asked) and at once when this one did.
+        let mut replays_seen: Option<tokio::time::Instant> = None;
         loop {
+            let asked_here = self.replay_asked.swap(false, std::sync::atomic::Ordering::SeqCst);
+            if asked_here || replays_seen.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                self.take_replays(consumer, &handler).await?;
+                replays_seen = Some(tokio::time::Instant::now());
+            }
             let after = self.position(consumer).await?;
             let query = sqlx::query(
                 "SELECT seq, id, event_type, body FROM event_log WHERE seq > $1 ORDER BY seq LIMIT 100",
@@ -125,37 +136,52 @@ impl EventLog {
                     self.advance(consumer, seq).await?;
                     continue;
                 }
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match handler(event.clone()).await {
-                        Ok(()) => {
-                            after_effect()?;
-                            break;
-                        }
-                        Err(e) if attempt >= self.max_attempts => {
-                            tracing::warn!(consumer, event = %event.id, error = %format!("{e:#}"), "event dead-lettered");
-                            sqlx::query(
-                                "INSERT INTO event_dead_letters (consumer, seq, id, error, created_at) \
-                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, seq) DO NOTHING",
-                            )
-                            .bind(consumer)
-                            .bind(seq)
-                            .bind(&event.id)
-                            .bind(format!("{e:#}"))
-                            .bind(now_ms())
-                            .execute(self.db.pool())
-                            .await
-                            .context("dead-lettering an event")?;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::debug!(consumer, event = %event.id, attempt, error = %format!("{e:#}"), "event failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                        }
-                    }
+                if let Err((attempts, error)) = self.attempt(consumer, &handler, &event).await? {
+                    tracing::warn!(consumer, event = %event.id, error = %error, "event dead-lettered");
+                    sqlx::query(
+                        "INSERT INTO event_dead_letters (consumer, seq, id, error, created_at, attempts) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, seq) DO NOTHING",
+                    )
+                    .bind(consumer)
+                    .bind(seq)
+                    .bind(&event.id)
+                    .bind(error)
+                    .bind(now_ms())
+                    .bind(i64::from(attempts))
+                    .execute(self.db.pool())
+                    .await
+                    .context("dead-lettering an event")?;
                 }
                 self.advance(consumer, seq).await?;
+            }
+        }
+    }
+
+    /// Gives `event` to `handler` until it succeeds, `max_attempts` times at most; `Err` with
+    /// the attempts made and the last error when it never did.
+    pub(super) async fn attempt<F, Fut>(
+        &self,
+        consumer: &str,
+        handler: &F,
+        event: &Event,
+    ) -> anyhow::Result<Result<(), (u32, String)>>
+    where
+        F: Fn(Event) -> Fut + Send + Sync,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match handler(event.clone()).await {
+                Ok(()) => {
+                    after_effect()?;
+                    return Ok(Ok(()));
+                }
+                Err(e) if attempt >= self.max_attempts => return Ok(Err((attempt, format!("{e:#}")))),
+                Err(e) => {
+                    tracing::debug!(consumer, event = %event.id, attempt, error = %format!("{e:#}"), "event failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
             }
         }
     }
@@ -184,25 +210,13 @@ impl EventLog {
 
     /// How many events `consumer` gave up on.
     pub(crate) async fn dead_letter_count(&self, consumer: &str) -> anyhow::Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_dead_letters WHERE consumer = $1")
-            .bind(consumer)
-            .fetch_one(self.db.pool())
-            .await
-            .context("counting dead letters")?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM event_dead_letters WHERE consumer = $1 AND discarded_at IS NULL",
+        )
+        .bind(consumer)
+        .fetch_one(self.db.pool())
+        .await
+        .context("counting dead letters")?;
         Ok(n.max(0) as u64)
-    }
-
-    /// Events a consumer gave up on: (event id, error).
-    #[cfg(test)]
-    pub(crate) async fn dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT id, error FROM event_dead_letters WHERE consumer = $1 ORDER BY seq")
-            .bind(consumer)
-            .fetch_all(self.db.pool())
-            .await
-            .context("reading dead letters")?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
     }
 }

@@ -9,12 +9,16 @@
 //!   database of its own, for `bookstore up`), or [`rabbit`], RabbitMQ ([`RabbitBus`]) for real
 //!   deployments, behind the same interface.
 //!
+//! An event a consumer fails `max_attempts` times is set aside as a dead letter, which an
+//! operator lists, replays or discards ([`dead`]).
+//!
 //! Besides those competing consumers (one queue per service), [`subscribe`] gives every
 //! replica every event of the types it names, from a position it chooses ([`Bus::subscribe`]).
 //!
 //! Platform owns the outbox and inbox tables: a service whose spec uses the bus gets
 //! [`OUTBOX_MIGRATIONS`] applied to its database with its own, instead of declaring them.
 
+pub mod dead;
 pub mod inbox;
 pub mod log;
 pub mod outbox;
@@ -26,6 +30,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub use dead::{DeadLetter, DeadLetterAdmin, DiscardReason, Which};
 pub use inbox::inbox_begin;
 pub use log::EventLog;
 pub use outbox::{OUTBOX_MIGRATIONS, run_relay};

@@ -214,12 +214,18 @@ impl RabbitBus {
         F: Fn(Event) -> Fut + Send + Sync,
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
-        use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-        let (conn, mut deliveries) = self
+        use lapin::options::{
+            BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
+        };
+        let (conn, deliveries) = self
             .within("starting to consume", async {
                 let (conn, channel) = self.open().await?;
                 let queue = self.declare_queues(&channel, consumer).await?;
                 channel.basic_qos(32, BasicQosOptions::default()).await.context("setting the prefetch")?;
+                // Where an event given up on goes, with its error, confirmed before it is
+                // acknowledged away.
+                let dead = conn.create_channel().await.context("opening a channel")?;
+                dead.confirm_select(ConfirmSelectOptions::default()).await.context("enabling confirms")?;
                 let deliveries = channel
                     .basic_consume(
                         queue.as_str().into(),
@@ -229,11 +235,13 @@ impl RabbitBus {
                     )
                     .await
                     .context("starting to consume")?;
-                Ok((conn, deliveries))
+                Ok((conn, (deliveries, dead)))
             })
             .await?;
+        let (mut deliveries, dead) = deliveries;
         while let Some(delivery) = next_delivery(&conn, &mut deliveries, shutdown).await? {
             let event = event_of(&delivery);
+            let id = event.id.clone();
             match handler(event).await {
                 Ok(()) => {
                     after_effect()?;
@@ -245,6 +253,41 @@ impl RabbitBus {
                     .await?;
                 }
                 Err(e) => {
+                    // The quorum queue counts the deliveries before this one.
+                    let before = delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| super::dead::header_number(h, "x-delivery-count"))
+                        .unwrap_or(0);
+                    let attempts = u32::try_from(before + 1).unwrap_or(u32::MAX);
+                    if attempts >= self.max_attempts {
+                        let error = format!("{e:#}");
+                        match self
+                            .within(
+                                "dead-lettering",
+                                self.set_aside(&dead, consumer, &delivery, &error, attempts),
+                            )
+                            .await
+                        {
+                            Ok(()) => {
+                                tracing::warn!(consumer, event = %id, error = %error, "event dead-lettered");
+                                self.within("acknowledging", async {
+                                    delivery
+                                        .acker
+                                        .ack(BasicAckOptions::default())
+                                        .await
+                                        .context("acknowledging")
+                                })
+                                .await?;
+                                continue;
+                            }
+                            // Returned instead: the broker's delivery limit sets it aside, without the error.
+                            Err(e) => {
+                                tracing::warn!(consumer, event = %id, error = %format!("{e:#}"), "could not dead-letter an event")
+                            }
+                        }
+                    }
                     tracing::debug!(consumer, error = %format!("{e:#}"), "event failed; the broker will redeliver");
                     self.within("rejecting", async {
                         delivery
@@ -397,12 +440,54 @@ pub(super) async fn next_delivery(
     }
 }
 
-/// The event a delivery carries.
+/// The event a delivery carries. Its type is the message's `type` property, set when it was
+/// published: a dead letter, or a replayed one, arrives with another routing key.
 pub(super) fn event_of(delivery: &lapin::message::Delivery) -> Event {
+    let event_type = match delivery.properties.kind() {
+        Some(kind) => kind.to_string(),
+        None => delivery.routing_key.to_string(),
+    };
     Event {
         id: delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
-        event_type: delivery.routing_key.to_string(),
+        event_type,
         body: delivery.data.clone(),
+    }
+}
+
+impl RabbitBus {
+    /// Puts `delivery` in `consumer`'s dead-letter queue, with `error` and `attempts` in its
+    /// headers, and waits for the broker's confirmation.
+    async fn set_aside(
+        &self,
+        channel: &lapin::Channel,
+        consumer: &str,
+        delivery: &lapin::message::Delivery,
+        error: &str,
+        attempts: u32,
+    ) -> anyhow::Result<()> {
+        use lapin::options::BasicPublishOptions;
+        let event = event_of(delivery);
+        let properties = delivery
+            .properties
+            .clone()
+            .with_type(event.event_type.as_str().into())
+            .with_headers(super::dead::dead_headers(error, attempts))
+            .with_delivery_mode(2);
+        let confirm = channel
+            .basic_publish(
+                self.dead_letter_exchange().as_str().into(),
+                consumer.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await
+            .context("dead-lettering")?;
+        anyhow::ensure!(
+            confirm.await.context("dead-lettering")?.is_ack(),
+            "the broker refused a dead letter"
+        );
+        Ok(())
     }
 }
 
@@ -424,28 +509,6 @@ impl RabbitBus {
 
 #[cfg(any(test, feature = "testing"))]
 impl RabbitBus {
-    /// Takes every message from `consumer`'s dead-letter queue; returns their event ids.
-    #[cfg(test)]
-    pub(crate) async fn drain_dead_letters(&self, consumer: &str) -> anyhow::Result<Vec<String>> {
-        use lapin::options::BasicGetOptions;
-        self.within("reading dead letters", async {
-            let (conn, channel) = self.open().await?;
-            let mut ids = Vec::new();
-            let queue = format!("{}.dead", self.queue(consumer));
-            while let Some(message) = channel
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .context("reading dead letters")?
-            {
-                let id = message.delivery.properties.message_id().as_ref().map(|s| s.to_string());
-                ids.push(id.unwrap_or_default());
-            }
-            conn.close(200, "done".into()).await.ok();
-            Ok(ids)
-        })
-        .await
-    }
-
     /// Removes the exchanges of this bus's namespace, the queues of `consumers` and the streams
     /// of `subscriptions` (a test that gave itself a namespace cleans up after itself, so the
     /// shared broker does not fill up).

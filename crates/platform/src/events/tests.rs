@@ -91,15 +91,12 @@ async fn rabbitmq_delivers_each_event_and_dead_letters_a_poison_one() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(bus.dead_letter_count(&consumer).await.unwrap(), 1, "one dead letter waits");
-    let mut dead = Vec::new();
-    for _ in 0..50 {
-        dead.extend(bus.drain_dead_letters(&consumer).await.unwrap());
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(dead, [format!("{consumer}-e1")], "the poison message is in the dead-letter queue");
+    let dead = bus.dead_letters(&consumer).await.unwrap();
+    assert_eq!(dead.len(), 1, "the poison message is in the dead-letter queue: {dead:?}");
+    assert_eq!(dead[0].event.id, format!("{consumer}-e1"));
+    assert_eq!(dead[0].event.event_type, consumer, "its type survives the dead-letter queue");
+    assert!(dead[0].error.contains("poison"), "the consumer's error is kept: {}", dead[0].error);
+    assert_eq!(dead[0].attempts, 3);
     bus.delete_queues(&consumer).await.unwrap();
 }
 
@@ -325,6 +322,7 @@ async fn each_event_once_across<D, Fut>(
 crate::backend_tests!(
     the_log_delivers_each_event_once_in_order_and_resumes_where_it_stopped,
     a_failing_event_is_retried_then_dead_lettered,
+    dead_letters_on_the_log_are_listed_replayed_with_one_effect_and_discarded_with_a_reason,
     a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect,
     every_subscriber_on_the_log_gets_its_types_and_catches_up_from_its_position,
     events_committed_in_the_process_are_relayed_at_once_not_at_the_next_poll,
@@ -422,8 +420,9 @@ async fn a_failing_event_is_retried_then_dead_lettered(backend: Backend) {
     let dead = log.dead_letters("c").await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(log.dead_letter_count("c").await.unwrap(), 1, "the operator's gauge counts it");
-    assert_eq!(dead[0].0, "e1");
-    assert!(dead[0].1.contains("poison"));
+    assert_eq!(dead[0].event.id, "e1");
+    assert!(dead[0].error.contains("poison"));
+    assert_eq!(dead[0].attempts, 3);
 }
 
 async fn a_relay_crash_and_a_consumer_crash_still_give_exactly_one_effect(backend: Backend) {
@@ -597,4 +596,159 @@ async fn every_subscriber_on_rabbitmq_gets_its_types_and_catches_up_from_its_pos
     let rabbit = Arc::new(RabbitBus::new(url).expect("a broker URL"));
     subscriptions_fan_out_and_catch_up(&Bus::Rabbit(rabbit.clone()), &name).await;
     rabbit.delete_stream(&name).await.unwrap();
+}
+
+async fn dead_letters_on_the_log_are_listed_replayed_with_one_effect_and_discarded_with_a_reason(
+    backend: Backend,
+) {
+    let Some((_t, _bus, db)) = log(backend).await else { return };
+    let mut log = EventLog::open(db).await.unwrap();
+    log.max_attempts = 3;
+    dead_letter_lifecycle(Bus::Log(log), "c").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_on_rabbitmq_are_listed_replayed_with_one_effect_and_discarded_with_a_reason() {
+    let Some((mut bus, consumer, _)) = rabbit() else { return };
+    bus.max_attempts = 3;
+    let bus = Arc::new(bus);
+    bus.declare(&consumer).await.unwrap();
+    dead_letter_lifecycle(Bus::Rabbit(bus.clone()), &consumer).await;
+    bus.delete_queues(&consumer).await.unwrap();
+}
+
+/// Waits (30 s at most) until `consumer`'s dead letters satisfy `done`; returns them.
+async fn dead_letters_until(
+    bus: &Bus,
+    consumer: &str,
+    what: &str,
+    done: impl Fn(&[DeadLetter]) -> bool,
+) -> Vec<DeadLetter> {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead = bus.dead_letters(consumer).await.unwrap();
+        if done(&dead) {
+            return dead;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "waited 30 s for {what}; dead letters: {dead:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three events die while a consumer (3 attempts each) is broken: one fails before its effect,
+/// one after it (as a crash before the acknowledgement would), one can never be handled. The
+/// operator sees each with its error, mends the consumer, replays the first two (one effect each:
+/// the inbox absorbs the second's repeat), replays the third into a second death, and discards
+/// it with a reason.
+async fn dead_letter_lifecycle(bus: Bus, consumer: &str) {
+    let test_db = TestDatabase::sqlite();
+    let db = Database::connect(&test_db.url, &Default::default()).await.unwrap();
+    for ddl in [
+        "CREATE TABLE inbox (consumer TEXT NOT NULL, event_id TEXT NOT NULL, processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id))",
+        "CREATE TABLE effects (event_id TEXT NOT NULL)",
+    ] {
+        sqlx::query(ddl).execute(db.pool()).await.unwrap();
+    }
+    let event = |payload: &[u8]| {
+        let mut e = enveloped(consumer, payload.to_vec(), 7);
+        e.event_type = consumer.to_owned();
+        e
+    };
+    let (before, after, never, fine) = (event(b"before"), event(b"after"), event(b"never"), event(b"fine"));
+    let ids = [&before, &after, &never].map(|e| e.id.clone());
+    bus.publish(&[before.clone(), after.clone(), never.clone(), fine.clone()]).await.unwrap();
+
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let stop = CancellationToken::new();
+    let consuming = {
+        let (bus, consumer, db, broken, stop) =
+            (bus.clone(), consumer.to_owned(), db.clone(), broken.clone(), stop.clone());
+        let [before, after, never] = ids.clone();
+        tokio::spawn(async move {
+            bus.consume(
+                &consumer,
+                move |e: Event| {
+                    let (db, broken) = (db.clone(), broken.load(Ordering::SeqCst));
+                    let (before, after, never) = (before.clone(), after.clone(), never.clone());
+                    async move {
+                        anyhow::ensure!(e.id != never, "cannot be handled");
+                        anyhow::ensure!(!(broken && e.id == before), "broken before the effect");
+                        if let Some(mut tx) = inbox_begin(&db, "effects", &e.id).await? {
+                            sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                                .bind(&e.id)
+                                .execute(&mut *tx)
+                                .await?;
+                            tx.commit().await?;
+                        }
+                        anyhow::ensure!(!(broken && e.id == after), "lost after the effect");
+                        Ok(())
+                    }
+                },
+                stop,
+            )
+            .await
+        })
+    };
+    let effects = |id: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM effects WHERE event_id = $1")
+                .bind(id)
+                .fetch_one(db.pool())
+                .await
+                .unwrap()
+        }
+    };
+
+    let dead = dead_letters_until(&bus, consumer, "three dead letters", |d| d.len() == 3).await;
+    let listed: Vec<&str> = dead.iter().map(|d| d.event.id.as_str()).collect();
+    assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>(), "listed oldest first");
+    assert!(dead.iter().all(|d| d.attempts == 3 && d.event.event_type == consumer), "{dead:?}");
+    assert!(dead[0].error.contains("broken before the effect"), "{}", dead[0].error);
+    assert!(dead[2].error.contains("cannot be handled"), "{}", dead[2].error);
+    let shown =
+        dead[0].to_json(|kind, payload| Some(format!("{kind}: {}", String::from_utf8_lossy(payload))));
+    assert_eq!(shown["envelope"]["schema_version"], 7, "{shown}");
+    assert_eq!(shown["envelope"]["payload"], format!("{consumer}: before"), "{shown}");
+    assert_eq!(shown["attempts"], 3);
+    assert_eq!(effects(fine.id.clone()).await, 1, "the others went on");
+    assert_eq!(bus.dead_letter_count(consumer).await.unwrap(), 3, "the gauge counts them");
+
+    broken.store(false, Ordering::SeqCst);
+    for id in &ids[..2] {
+        assert_eq!(bus.replay_dead_letters(consumer, Which::One(id)).await.unwrap(), vec![id.clone()]);
+    }
+    dead_letters_until(&bus, consumer, "the two replays", |d| d.len() == 1).await;
+    assert_eq!(effects(ids[0].clone()).await, 1, "a replay applies what never was");
+    assert_eq!(effects(ids[1].clone()).await, 1, "and changes nothing where the effect was applied");
+
+    assert_eq!(bus.replay_dead_letters(consumer, Which::All).await.unwrap(), [ids[2].clone()]);
+    let again = dead_letters_until(&bus, consumer, "the third to die again", |d| {
+        d.len() == 1 && !d[0].replay_pending
+    })
+    .await;
+    assert_eq!(again[0].attempts, 3, "tried again, as many times");
+
+    let reason = DiscardReason::parse("  cannot be handled by any release  ").unwrap();
+    let discarded = bus.discard_dead_letter(consumer, &ids[2], &reason).await.unwrap();
+    assert_eq!(discarded.map(|d| d.event.id), Some(ids[2].clone()));
+    assert!(bus.dead_letters(consumer).await.unwrap().is_empty(), "a discarded letter is not listed");
+    assert_eq!(bus.dead_letter_count(consumer).await.unwrap(), 0, "nor counted");
+    assert_eq!(bus.discard_dead_letter(consumer, &ids[2], &reason).await.unwrap(), None, "gone");
+    assert!(bus.replay_dead_letters(consumer, Which::All).await.unwrap().is_empty(), "nothing to replay");
+    assert_eq!(effects(ids[2].clone()).await, 0);
+
+    stop.cancel();
+    consuming.await.unwrap().unwrap();
+}
+
+#[test]
+fn a_discard_reason_is_one_to_five_hundred_characters_not_all_blank() {
+    assert_eq!(
+        DiscardReason::parse(" duplicate of an applied event ").unwrap().as_str(),
+        "duplicate of an applied event"
+    );
+    assert!(DiscardReason::parse("   ").is_err());
+    assert!(DiscardReason::parse(&"x".repeat(500)).is_ok());
+    assert!(DiscardReason::parse(&"x".repeat(501)).is_err());
 }
