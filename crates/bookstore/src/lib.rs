@@ -24,7 +24,7 @@ use bookstore_platform::auth::{JwksSource, Verifier};
 use bookstore_platform::balance::{PeerChannel, ResilienceConfig};
 use bookstore_platform::db::{Database, Migrations, PoolConfig};
 use bookstore_platform::etcd::{Etcd, Registration};
-use bookstore_platform::events::{Bus, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
+use bookstore_platform::events::{Bus, DeadLetterAdmin, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
 use bookstore_platform::local::{self, LocalServices};
 use bookstore_platform::service::{Built, Context, Endpoint, LocalTokens, Mode, Process, Spec, Tasks};
 use tokio::net::TcpListener;
@@ -105,6 +105,33 @@ pub const CONSUMERS: [&str; 3] = [
     bookstore_orders::follow::CONSUMER,
     bookstore_recommendations::events::CONSUMER,
 ];
+
+/// Which service each consumer of the bus belongs to: a process serves the dead letters of its
+/// own services' consumers on its admin listener.
+pub const CONSUMED_BY: [(&str, &str); 3] = [
+    (bookstore_fulfillment::events::CONSUMER, "fulfillment"),
+    (bookstore_orders::follow::CONSUMER, "orders"),
+    (bookstore_recommendations::events::CONSUMER, "recommendations"),
+];
+
+/// An event's payload for a person (a dead letter's, [`bookstore_platform::events::dead`]):
+/// the protobuf message of each type the services publish, as its fields. Personal data is not
+/// in events in the clear (a shipping address travels sealed).
+pub fn describe_payload(event_type: &str, payload: &[u8]) -> Option<String> {
+    use bookstore_api::{fulfillment::v1 as fulfillment, orders::v1 as orders, users::v1 as users};
+    use prost::Message;
+    fn shown<M: Message + Default + std::fmt::Debug>(payload: &[u8]) -> Option<String> {
+        Some(M::decode(payload).map_or_else(|e| format!("undecodable: {e}"), |m| format!("{m:?}")))
+    }
+    match event_type {
+        "OrderPlaced" => shown::<orders::OrderPlaced>(payload),
+        "OrderCancelled" => shown::<orders::OrderCancelled>(payload),
+        "OrderStatusChanged" => shown::<orders::OrderStatusChanged>(payload),
+        "TaskStateChanged" => shown::<fulfillment::TaskStateChanged>(payload),
+        "TokensRevoked" => shown::<users::TokensRevoked>(payload),
+        _ => None,
+    }
+}
 
 /// Every per-replica subscription among the services (each a stream of its own on RabbitMQ).
 pub const SUBSCRIPTIONS: [&str; 2] =
@@ -273,6 +300,16 @@ impl App {
         if !caught_up.wait(CATCH_UP).await {
             tracing::warn!("revocations not read back within {CATCH_UP:?}: not ready until they are");
         }
+        let consumers: Vec<&'static str> =
+            CONSUMED_BY.iter().filter(|(_, service)| chosen.contains(service)).map(|(c, _)| *c).collect();
+        if let (Some(bus), false) = (&bus, consumers.is_empty()) {
+            process.admin_routes(bookstore_platform::events::dead::admin_routes(DeadLetterAdmin {
+                bus: bus.clone(),
+                consumers,
+                verifier: verifier.clone(),
+                describe: describe_payload,
+            }));
+        }
         let admin = TcpListener::bind(config.process.admin_http)
             .await
             .with_context(|| format!("binding admin_http {}", config.process.admin_http))?;
@@ -306,18 +343,27 @@ impl App {
 
 /// The bus between services: RabbitMQ when `amqp_url` is set, else the embedded event log.
 async fn open_bus(config: &Config, process: &mut Process) -> anyhow::Result<Bus> {
+    let (bus, db) = bus(config).await?;
+    if let Some(db) = db {
+        process.own_database(db);
+    }
+    Ok(bus)
+}
+
+/// The deployment's bus, for an admin command (or a process): RabbitMQ when `amqp_url` is set,
+/// else the embedded event log, with its database to close.
+pub async fn bus(config: &Config) -> anyhow::Result<(Bus, Option<Database>)> {
     Ok(match &config.process.amqp_url {
         Some(url) => {
             let mut rabbit = RabbitBus::new(url.clone()).context("amqp_url")?;
             rabbit.namespace.clone_from(&config.process.amqp_namespace);
-            Bus::Rabbit(Arc::new(rabbit))
+            (Bus::Rabbit(Arc::new(rabbit)), None)
         }
         None => {
             let db = Database::connect(&config.event_log_url(), &PoolConfig::default())
                 .await
                 .context("event log")?;
-            process.own_database(db.clone());
-            Bus::Log(EventLog::open(db).await?)
+            (Bus::Log(EventLog::open(db.clone()).await?), Some(db))
         }
     })
 }

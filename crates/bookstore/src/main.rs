@@ -99,13 +99,12 @@ enum Command {
         #[command(flatten)]
         flags: Flags,
     },
-    /// Key management.
+    /// Keys, service accounts and dead letters.
     #[command(subcommand)]
     Admin(AdminCommand),
 }
 
-/// Every admin command manages a key; the names say which, as an operator would type them.
-#[allow(clippy::enum_variant_names)]
+/// What an operator does by hand; the names say it as an operator would type them.
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Print a new random master key (base64) to put in a secret store or file.
@@ -135,6 +134,10 @@ enum AdminCommand {
         #[command(flatten)]
         flags: Flags,
     },
+    /// Events a consumer gave up on: list, show, replay or discard them, on the deployment's
+    /// bus (the embedded log, or RabbitMQ with amqp_url).
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
     /// Write a development CA and a TLS certificate it signs (for localhost and the --host names)
     /// to try HTTPS: ca.pem, ca-key.pem, server.pem, server-key.pem. Not for production.
     DevCerts {
@@ -144,6 +147,54 @@ enum AdminCommand {
         /// Another name or address the certificate is for (repeatable).
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Every consumer's dead letters (or one's), oldest first.
+    List {
+        /// Only this consumer's.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bookstore::CONSUMERS))]
+        consumer: Option<String>,
+        #[command(flatten)]
+        flags: Flags,
+    },
+    /// One dead letter as JSON: its envelope decoded, the error, the attempts.
+    Show {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(bookstore::CONSUMERS))]
+        consumer: String,
+        /// The event's id.
+        id: String,
+        #[command(flatten)]
+        flags: Flags,
+    },
+    /// Send a dead letter (or all of a consumer's) back to its consumer. Its inbox keeps an
+    /// event it applied before from having a second effect; one that fails again is a dead
+    /// letter again.
+    Replay {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(bookstore::CONSUMERS))]
+        consumer: String,
+        /// The event's id.
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every dead letter of the consumer.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        flags: Flags,
+    },
+    /// Set a dead letter aside for good, for a reason (logged with the event).
+    Discard {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(bookstore::CONSUMERS))]
+        consumer: String,
+        /// The event's id.
+        id: String,
+        /// Why (1 to 500 characters).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        flags: Flags,
     },
 }
 
@@ -219,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             say(format_args!("{}", bookstore_platform::crypto::MasterKey::generate_base64()));
             Ok(())
         }
+        Command::Admin(AdminCommand::DeadLetters(command)) => dead_letters(file, command).await,
         Command::Admin(AdminCommand::DevCerts { out, hosts }) => {
             for path in bookstore_platform::tls::dev_certs(&out, &hosts)? {
                 say(format_args!("wrote {}", path.display()));
@@ -309,6 +361,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `bookstore admin dead-letters ...`: on the deployment's bus, as the admin listener does.
+async fn dead_letters(file: Option<&std::path::Path>, command: DeadLetterCommand) -> anyhow::Result<()> {
+    use bookstore_platform::events::{DiscardReason, Which};
+    let flags = match &command {
+        DeadLetterCommand::List { flags, .. }
+        | DeadLetterCommand::Show { flags, .. }
+        | DeadLetterCommand::Replay { flags, .. }
+        | DeadLetterCommand::Discard { flags, .. } => flags,
+    };
+    let config = Config::load(file, flags)?;
+    let (bus, db) = bookstore::bus(&config).await?;
+    let done = match command {
+        DeadLetterCommand::List { consumer, .. } => {
+            let consumers = match &consumer {
+                Some(one) => vec![one.as_str()],
+                None => bookstore::CONSUMERS.to_vec(),
+            };
+            for consumer in consumers {
+                let dead = bus.dead_letters(consumer).await?;
+                say(format_args!("{consumer}: {} dead letter(s)", dead.len()));
+                for d in dead {
+                    let pending = if d.replay_pending { "  (replay pending)" } else { "" };
+                    say(format_args!(
+                        "  {}  {}  {} attempt(s)  {}{pending}",
+                        d.event.id, d.event.event_type, d.attempts, d.error
+                    ));
+                }
+            }
+            Ok(())
+        }
+        DeadLetterCommand::Show { consumer, id, .. } => {
+            match bus.dead_letters(&consumer).await?.into_iter().find(|d| d.event.id == id) {
+                Some(dead) => {
+                    let json = dead.to_json(bookstore::describe_payload);
+                    say(format_args!("{}", serde_json::to_string_pretty(&json)?));
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!("{consumer} has no dead letter {id:?}")),
+            }
+        }
+        DeadLetterCommand::Replay { consumer, id, .. } => {
+            let which = id.as_deref().map_or(Which::All, Which::One);
+            let replayed = bus.replay_dead_letters(&consumer, which).await?;
+            if let (Some(id), true) = (&id, replayed.is_empty()) {
+                anyhow::bail!("{consumer} has no dead letter {id:?}");
+            }
+            for id in &replayed {
+                say(format_args!("{consumer}: {id} sent back"));
+            }
+            say(format_args!("{} replayed; `list` shows any that failed again", replayed.len()));
+            Ok(())
+        }
+        DeadLetterCommand::Discard { consumer, id, reason, .. } => {
+            let reason = DiscardReason::parse(&reason).map_err(|e| anyhow::anyhow!("--reason: {e}"))?;
+            match bus.discard_dead_letter(&consumer, &id, &reason).await? {
+                Some(_) => {
+                    say(format_args!("{consumer}: {id} discarded ({})", reason.as_str()));
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!("{consumer} has no dead letter {id:?}")),
+            }
+        }
+    };
+    if let Some(db) = db {
+        db.close().await;
+    }
+    done
 }
 
 /// The database of the service `name`, migrated, for admin commands that work on it directly.

@@ -4,6 +4,7 @@
 
 mod api;
 mod binary;
+mod dead_letters;
 mod edge;
 mod fulfillment;
 mod hosts;
