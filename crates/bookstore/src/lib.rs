@@ -8,6 +8,7 @@
 //! endpoints on one admin listener. The end-to-end tests start it on port 0.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod config;
 
 use std::collections::BTreeMap;

@@ -83,6 +83,24 @@ enum Command {
         #[command(flatten)]
         flags: Flags,
     },
+    /// Copy every service's database (and the embedded event log) to a new folder, with a
+    /// manifest sealed by the master key. The master key is not in it: keep it apart.
+    Backup {
+        /// The folder to write (new, or empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        flags: Flags,
+    },
+    /// Restore a backup into empty databases, after checking its manifest and every file;
+    /// then apply this release's migrations.
+    Restore {
+        /// The folder `backup` wrote.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[command(flatten)]
+        flags: Flags,
+    },
     /// Print the effective configuration (defaults, file, environment, flags) as a config
     /// file, with secrets redacted.
     Config {
@@ -240,6 +258,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { flags } => {
             let config = Config::load(file, &flags)?;
             for line in bookstore::migrate(&config).await? {
+                say(format_args!("{line}"));
+            }
+            Ok(())
+        }
+        Command::Backup { to, flags } => {
+            let config = Config::load(file, &flags)?;
+            let manifest = bookstore::backup::backup(&config, &to).await?;
+            for db in &manifest.databases {
+                say(format_args!(
+                    "{}: {} ({} bytes, migration {})",
+                    db.name, db.file, db.bytes, db.migration_level
+                ));
+            }
+            say(format_args!(
+                "backed up to {}; keep master key {} apart from it",
+                to.display(),
+                manifest.master_key_id
+            ));
+            Ok(())
+        }
+        Command::Restore { from, flags } => {
+            let config = Config::load(file, &flags)?;
+            for line in bookstore::backup::restore(&config, &from).await? {
                 say(format_args!("{line}"));
             }
             Ok(())

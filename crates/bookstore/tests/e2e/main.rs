@@ -3,6 +3,7 @@
 //! `BOOKSTORE_TEST_POSTGRES_URL` is set (always in CI).
 
 mod api;
+mod backup;
 mod binary;
 mod dead_letters;
 mod edge;

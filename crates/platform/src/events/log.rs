@@ -14,7 +14,7 @@ use crate::clock::now_ms;
 use crate::db::{Database, Migrations};
 
 /// The embedded log's schema.
-pub(crate) static LOG_MIGRATIONS: Migrations = Migrations {
+pub static LOG_MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("./migrations/postgres"),
     sqlite: sqlx::migrate!("./migrations/sqlite"),
 };
