@@ -59,7 +59,7 @@ const SEAL: &str = "manifest.seal";
 
 /// Every database of the deployment `config` describes: each service's that keeps data, and the
 /// event log when it is the bus; with its migrations.
-fn databases(config: &Config) -> Vec<(&'static str, String, Vec<&'static Migrations>)> {
+pub(crate) fn databases(config: &Config) -> Vec<(&'static str, String, Vec<&'static Migrations>)> {
     let mut all: Vec<_> = crate::SERVICES
         .iter()
         .filter(|e| !e.migrations().is_empty())

@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod move_data;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -101,6 +101,15 @@ enum Command {
         #[command(flatten)]
         flags: Flags,
     },
+    /// Copy every service's data from `up`'s SQLite files to the PostgreSQL databases this
+    /// configuration names, verified; again after `up` stops, to carry what changed meanwhile.
+    MoveData {
+        /// `up`'s data folder (its SQLite files and event log).
+        #[arg(long, value_name = "DIR")]
+        from_data_dir: PathBuf,
+        #[command(flatten)]
+        flags: Flags,
+    },
     /// Print the effective configuration (defaults, file, environment, flags) as a config
     /// file, with secrets redacted.
     Config {
@@ -281,6 +290,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore { from, flags } => {
             let config = Config::load(file, &flags)?;
             for line in bookstore::backup::restore(&config, &from).await? {
+                say(format_args!("{line}"));
+            }
+            Ok(())
+        }
+        Command::MoveData { from_data_dir, flags } => {
+            let to = Config::load(file, &flags)?;
+            let mut from = Config::default();
+            from.process.data_dir = from_data_dir;
+            for line in bookstore::move_data::move_data(&from, &to).await? {
                 say(format_args!("{line}"));
             }
             Ok(())

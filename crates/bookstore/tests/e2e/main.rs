@@ -10,6 +10,7 @@ mod edge;
 mod fulfillment;
 mod hosts;
 mod lifecycle;
+mod move_data;
 mod observability;
 mod orders;
 mod recommendations;
