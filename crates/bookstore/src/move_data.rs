@@ -209,12 +209,13 @@ fn bind<'q>(
     }
 }
 
-/// Writes `rows` into `table` in the target transaction: upserts by key (a table without a key
-/// is emptied and filled).
+/// Writes `rows` into `table` in the target transaction, but those `present` as they are:
+/// upserts by key (a table without a key is emptied and filled).
 async fn sync(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     table: &Table,
     rows: &Rows,
+    present: &BTreeSet<Vec<Value>>,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = table.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
     let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
@@ -235,7 +236,7 @@ async fn sync(
             format!("UPDATE SET {}", rest.join(", "))
         });
     }
-    for row in rows {
+    for row in rows.iter().filter(|row| !present.contains(*row)) {
         let mut query = sqlx::query(&sql);
         for (value, column) in row.iter().zip(&table.columns) {
             query = bind(query, value, column.kind);
@@ -245,14 +246,16 @@ async fn sync(
     Ok(())
 }
 
-/// Deletes the rows of `table` whose keys are not in `rows`.
+/// Deletes the rows of `table` whose keys are not in `rows`; the count, and the rows the
+/// target holds already (written again only if they changed: an append-only table refuses
+/// even an update to equal values).
 async fn prune(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     table: &Table,
     rows: &Rows,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, BTreeSet<Vec<Value>>)> {
     if table.key.is_empty() {
-        return Ok(0);
+        return Ok((0, BTreeSet::new()));
     }
     let wanted: BTreeSet<Vec<Value>> =
         rows.iter().map(|r| table.key.iter().map(|&i| r[i].clone()).collect()).collect();
@@ -265,9 +268,12 @@ async fn prune(
         .collect();
     let sql = format!("DELETE FROM \"{}\" WHERE {}", table.name, condition.join(" AND "));
     let mut deleted = 0;
+    let mut kept = BTreeSet::new();
     for row in present {
         let key: Vec<Value> = table.key.iter().map(|&i| row[i].clone()).collect();
-        if !wanted.contains(&key) {
+        if wanted.contains(&key) {
+            kept.insert(row);
+        } else {
             let mut query = sqlx::query(&sql);
             for (value, &i) in key.iter().zip(&table.key) {
                 query = bind(query, value, table.columns[i].kind);
@@ -275,7 +281,7 @@ async fn prune(
             deleted += query.execute(&mut **tx).await?.rows_affected();
         }
     }
-    Ok(deleted)
+    Ok((deleted, kept))
 }
 
 /// Refuses a move from the event log to RabbitMQ that would leave events behind: each consumer
@@ -340,11 +346,14 @@ pub async fn move_data(from: &Config, to: &Config) -> anyhow::Result<Vec<String>
         // under a new key does not collide with its old self on another unique column.
         let mut tx = target.begin_write().await?;
         let mut pruned = 0;
-        for (table, rows) in tables.iter().zip(&read_rows).rev() {
-            pruned += prune(&mut tx, table, rows).await?;
+        let mut present = vec![BTreeSet::new(); tables.len()];
+        for (i, (table, rows)) in tables.iter().zip(&read_rows).enumerate().rev() {
+            let (deleted, kept) = prune(&mut tx, table, rows).await?;
+            pruned += deleted;
+            present[i] = kept;
         }
-        for (table, rows) in tables.iter().zip(&read_rows) {
-            sync(&mut tx, table, rows).await?;
+        for ((table, rows), present) in tables.iter().zip(&read_rows).zip(&present) {
+            sync(&mut tx, table, rows, present).await?;
         }
         for table in &tables {
             for column in table.columns.iter().filter(|c| c.serial) {

@@ -6,6 +6,7 @@
 //! with Swagger UI at `/docs`.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod books;
 pub mod client;
@@ -309,12 +310,15 @@ pub fn router(
         .route("/api/v1/fulfillment/tasks/{id}/claim", post(fulfillment::claim_task))
         .route("/api/v1/fulfillment/tasks/{id}/advance", post(fulfillment::advance_task))
         .route("/api/v1/fulfillment/tasks/{id}/remove", post(fulfillment::remove_task))
+        .route("/api/v1/audit", get(audit::list))
         // After routing, so it knows the route; after the token check (a layer below), so it
         // knows the caller.
         .route_layer(axum::middleware::from_fn(scopes::require_scope))
         // Around it: an anonymous caller of a protected route is refused before anything (its
         // handler's extractors included) looks at what it sent.
         .route_layer(axum::middleware::from_fn(auth::require_signed_in))
+        // Around both: a refused attempt by staff, an admin or a service account is recorded too.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .with_state(state)
         // Counted after the token is checked, so a signed-in client counts as itself.
         .layer(axum::middleware::from_fn_with_state(edge.limiter.clone(), edge::rate_limit))

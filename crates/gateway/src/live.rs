@@ -146,6 +146,7 @@ pub async fn queue_socket(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     auth: Auth,
+    address: crate::audit::ClientAddress,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     use axum::http::header::{HOST, ORIGIN};
@@ -163,14 +164,14 @@ pub async fn queue_socket(
             return refusal.into_response();
         }
     }
-    upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| serve(state, socket, auth.0))
+    upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| serve(state, socket, auth.0, address.0))
 }
 
 fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
 }
 
-async fn serve(state: AppState, mut socket: WebSocket, known: Option<Caller>) {
+async fn serve(state: AppState, mut socket: WebSocket, known: Option<Caller>, address: String) {
     let (caller, last_seq) = match authenticate(&state, &mut socket, known).await {
         Ok(caller) => caller,
         Err(refusal) => {
@@ -185,7 +186,7 @@ async fn serve(state: AppState, mut socket: WebSocket, known: Option<Caller>) {
     let subject = caller.identity.subject.clone();
     let open = metrics::gauge!("websocket_connections", "service" => "gateway", "socket" => "queue");
     open.increment(1.0);
-    let outcome = stream(&state, socket, caller, last_seq).await;
+    let outcome = stream(&state, socket, caller, last_seq, &address).await;
     open.decrement(1.0);
     tracing::debug!(subject, ?outcome, "queue socket ended");
 }
@@ -236,6 +237,7 @@ async fn stream(
     socket: WebSocket,
     caller: Caller,
     last_seq: Option<i64>,
+    address: &str,
 ) -> anyhow::Result<()> {
     let until_expiry = until_expiry(&caller.identity);
     // The client's token goes with every call to fulfillment, as on the REST endpoints.
@@ -284,7 +286,7 @@ async fn stream(
                     Some(Ok(Message::Text(text))) => {
                         received.increment(1);
                         let span = bookstore_platform::trace::message_span("gateway", "queue");
-                        let answer = tracing::Instrument::instrument(act(state, auth, &text), span).await;
+                        let answer = tracing::Instrument::instrument(act(state, auth, &text, address), span).await;
                         Message::Text(answer.to_string().into())
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
@@ -326,13 +328,20 @@ fn queue_event(event: pb::QueueEvent) -> serde_json::Value {
     }
 }
 
-/// Carries out one client message; the ack or error to send back.
-async fn act(state: &AppState, auth: &Auth, text: &str) -> serde_json::Value {
+/// Carries out one client message, recorded in the audit trail; the ack or error to send back.
+async fn act(state: &AppState, auth: &Auth, text: &str, address: &str) -> serde_json::Value {
     let incoming = match serde_json::from_str::<Incoming>(text) {
         Ok(incoming) => incoming,
         Err(e) => {
             return json!({"type": "error", "code": "INVALID_ARGUMENT", "message": format!("unreadable message: {e}")});
         }
+    };
+    let (kind, task) = match &incoming {
+        Incoming::Auth { .. } => ("auth", String::new()),
+        Incoming::Move { task_id, .. } => ("move", task_id.clone()),
+        Incoming::Claim { task_id, .. } => ("claim", task_id.clone()),
+        Incoming::Advance { task_id, .. } => ("advance", task_id.clone()),
+        Incoming::Remove { task_id, .. } => ("remove", task_id.clone()),
     };
     let mut fulfillment = state.fulfillment.clone();
     let step = |task_id, version| state.request(pb::TaskRequest { task_id, version }, auth);
@@ -355,13 +364,23 @@ async fn act(state: &AppState, auth: &Auth, text: &str) -> serde_json::Value {
             (request_id, fulfillment.remove_task(state.request(message, auth)).await)
         }
     };
-    match answer {
-        Ok(change) => json!({"type": "ack", "request_id": request_id, "seq": change.into_inner().seq}),
+    let (status, reply) = match answer {
+        Ok(change) => (200, json!({"type": "ack", "request_id": request_id, "seq": change.into_inner().seq})),
         Err(status) => {
             let error = ApiError::from(status);
-            json!({"type": "error", "request_id": request_id, "code": error.code, "message": error.message})
+            let reply = json!({"type": "error", "request_id": request_id, "code": error.code, "message": error.message});
+            (error.status.as_u16(), reply)
         }
-    }
+    };
+    let entry = bookstore_api::users::v1::RecordAuditRequest {
+        action: format!("WS {kind}"),
+        target: format!("/api/v1/fulfillment/tasks/{task}"),
+        status: i32::from(status),
+        request_id: request_id.to_string(),
+        address: address.to_owned(),
+    };
+    crate::audit::write(state, auth, entry).await;
+    reply
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::{books, fulfillment, orders, recommendations, users};
+use crate::{audit, books, fulfillment, orders, recommendations, users};
 
 /// The AsyncAPI document, served at `/api/asyncapi.json`.
 pub const ASYNCAPI: &str = include_str!("../asyncapi.json");
@@ -266,9 +266,12 @@ impl Modify for RequestErrors {
         fulfillment::remove_task,
         recommendations::book_recommendations,
         recommendations::my_recommendations,
+        audit::list,
     ),
     components(schemas(
         ErrorBody,
+        audit::AuditEntry,
+        audit::AuditPage,
         crate::error::ErrorCode,
         orders::OrderStatus,
         books::Book,

@@ -470,6 +470,75 @@ impl UserService for UsersGrpc {
         Ok(Response::new(service_account_to_proto(&account)))
     }
 
+    async fn record_audit(
+        &self,
+        request: Request<pb::RecordAuditRequest>,
+    ) -> Result<Response<pb::RecordAuditResponse>, Status> {
+        // Who is the verified caller, never what the request says.
+        let who = require(&request, &[Role::Staff, Role::Admin, Role::Service])?.clone();
+        let req = request.into_inner();
+        let fits = |value: &str, max: usize| value.chars().count() <= max;
+        if req.action.is_empty()
+            || !fits(&req.action, 200)
+            || !fits(&req.target, 2000)
+            || !fits(&req.request_id, 200)
+            || !fits(&req.address, 100)
+            || !(100..=599).contains(&req.status)
+        {
+            return Err(Status::invalid_argument("an audit entry's fields are missing or too long"));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let address_sealed = self.users.keyring.data.encrypt(&id, "address", &req.address);
+        let roles: Vec<&str> = who.roles.iter().map(|r| r.as_str()).collect();
+        let row = crate::store::AuditRow {
+            id,
+            at_ms: now_ms(),
+            actor: who.subject,
+            roles: roles.join(" "),
+            action: req.action,
+            target: req.target,
+            status: i64::from(req.status),
+            request_id: req.request_id,
+            address_sealed,
+        };
+        self.users.store.record_audit(&row).await.map_err(internal)?;
+        Ok(Response::new(pb::RecordAuditResponse {}))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        require(&request, &[Role::Admin])?;
+        let req = request.into_inner();
+        if !(0..=1000).contains(&req.limit) || req.since_ms < 0 {
+            return Err(Status::invalid_argument("limit is 1 to 1000, and since is a time"));
+        }
+        let filter = crate::store::AuditFilter {
+            actor: Some(req.actor).filter(|a| !a.is_empty()),
+            action: Some(req.action).filter(|a| !a.is_empty()),
+            since_ms: req.since_ms,
+            limit: if req.limit == 0 { 100 } else { i64::from(req.limit) },
+        };
+        let rows = self.users.store.audit(&filter).await.map_err(internal)?;
+        let data = &self.users.keyring.data;
+        let entries = rows
+            .into_iter()
+            .map(|row| pb::AuditEntry {
+                address: data.decrypt(&row.id, "address", &row.address_sealed).unwrap_or_default(),
+                id: row.id,
+                at_ms: row.at_ms,
+                actor: row.actor,
+                roles: row.roles.split_whitespace().map(str::to_owned).collect(),
+                action: row.action,
+                target: row.target,
+                status: i32::try_from(row.status).unwrap_or(0),
+                request_id: row.request_id,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+
     async fn issue_service_token(
         &self,
         request: Request<pb::IssueServiceTokenRequest>,

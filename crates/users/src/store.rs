@@ -772,3 +772,82 @@ async fn revoke_family_in(
             .context("revoking a session")?;
     Ok(done.rows_affected())
 }
+
+/// An entry of the audit trail as stored: the client's address sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub id: String,
+    pub at_ms: i64,
+    pub actor: String,
+    /// Space-separated.
+    pub roles: String,
+    pub action: String,
+    pub target: String,
+    pub status: i64,
+    pub request_id: String,
+    pub address_sealed: Vec<u8>,
+}
+
+/// Which entries of the audit trail to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub since_ms: i64,
+    pub limit: i64,
+}
+
+impl UserStore {
+    /// Appends `row` to the audit trail (which refuses updates and deletes in the database).
+    pub async fn record_audit(&self, row: &AuditRow) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at_ms, actor, roles, action, target, status, request_id, address_sealed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&row.id)
+        .bind(row.at_ms)
+        .bind(&row.actor)
+        .bind(&row.roles)
+        .bind(&row.action)
+        .bind(&row.target)
+        .bind(row.status)
+        .bind(&row.request_id)
+        .bind(&row.address_sealed)
+        .execute(self.db.pool())
+        .await
+        .context("appending to the audit trail")?;
+        Ok(())
+    }
+
+    /// The audit trail, newest first.
+    pub async fn audit(&self, filter: &AuditFilter) -> anyhow::Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, actor, roles, action, target, status, request_id, address_sealed FROM audit_log \
+             WHERE ($1 = '' OR actor = $1) AND ($2 = '' OR action = $2) AND at_ms >= $3 \
+             ORDER BY at_ms DESC, id DESC LIMIT $4",
+        )
+        .bind(filter.actor.clone().unwrap_or_default())
+        .bind(filter.action.clone().unwrap_or_default())
+        .bind(filter.since_ms)
+        .bind(filter.limit)
+        .fetch_all(self.db.pool())
+        .await
+        .context("reading the audit trail")?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    roles: r.try_get(3)?,
+                    action: r.try_get(4)?,
+                    target: r.try_get(5)?,
+                    status: r.try_get(6)?,
+                    request_id: r.try_get(7)?,
+                    address_sealed: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("reading the audit trail")
+    }
+}

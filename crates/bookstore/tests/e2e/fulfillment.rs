@@ -25,18 +25,18 @@ backend_tests!(
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn socket(sys: &System) -> Socket {
+pub(crate) async fn socket(sys: &System) -> Socket {
     let url = format!("{}/api/v1/fulfillment/queue/ws", sys.base.replacen("http://", "ws://", 1));
     tokio_tungstenite::connect_async(url).await.expect("the socket opens").0
 }
 
-async fn send(socket: &mut Socket, message: Value) {
+pub(crate) async fn send(socket: &mut Socket, message: Value) {
     use futures::SinkExt;
     socket.send(tokio_tungstenite::tungstenite::Message::Text(message.to_string().into())).await.unwrap();
 }
 
 /// The next JSON message, or the close frame's code.
-async fn next(socket: &mut Socket) -> Result<Value, u16> {
+pub(crate) async fn next(socket: &mut Socket) -> Result<Value, u16> {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     loop {

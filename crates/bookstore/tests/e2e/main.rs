@@ -3,6 +3,7 @@
 //! `BOOKSTORE_TEST_POSTGRES_URL` is set (always in CI).
 
 mod api;
+mod audit;
 mod backup;
 mod binary;
 mod dead_letters;

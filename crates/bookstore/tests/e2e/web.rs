@@ -480,6 +480,14 @@ async fn staff_add_and_edit_books_and_adjust_stock_with_forms_that_customers_can
     assert_eq!(status, StatusCode::FORBIDDEN);
     let api = get_json(&sys.http, &sys.url(&format!("/api/v1/books/{id}")), &sys.admin).await;
     assert_eq!(api["stock"], 7, "unchanged");
+    // Staff's changes through the pages are in the audit trail; a customer's attempt is not.
+    let trail =
+        get_json(&sys.http, &sys.url("/api/v1/audit?action=POST%20/staff/books/%7Bid%7D/stock"), &sys.admin)
+            .await;
+    let entries = trail["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{trail}");
+    assert_eq!(entries[0]["target"], format!("/staff/books/{id}/stock"));
+    assert_eq!(entries[0]["status"], 303);
 }
 
 async fn an_admin_sets_roles_and_creates_rotates_and_revokes_service_accounts_with_forms(backend: Backend) {

@@ -75,6 +75,8 @@ pub fn router(state: AppState, verifier: Arc<Verifier>) -> Router {
         .route("/signin", get(account::sign_in_form).post(account::sign_in))
         .route("/register", get(account::register_form).post(account::register))
         .route("/signout", post(account::sign_out))
+        // Staff's and admins' changes through the pages are in the audit trail as through the API.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::record))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(web, session::sessions))
         // Every page carries its visitor's CSRF token, and some their orders: no cache keeps one.
