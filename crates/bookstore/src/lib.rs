@@ -305,11 +305,20 @@ impl App {
         let consumers: Vec<&'static str> =
             CONSUMED_BY.iter().filter(|(_, service)| chosen.contains(service)).map(|(c, _)| *c).collect();
         if let (Some(bus), false) = (&bus, consumers.is_empty()) {
+            let users = PeerChannel::connect(
+                "audit",
+                "users",
+                &peers["users"],
+                config.resilience(),
+                peer_tls.clone(),
+            )
+            .await?;
             process.admin_routes(bookstore_platform::events::dead::admin_routes(DeadLetterAdmin {
                 bus: bus.clone(),
                 consumers,
                 verifier: verifier.clone(),
                 describe: describe_payload,
+                audit: Some(audit_sink(users)),
             }));
         }
         let admin = TcpListener::bind(config.process.admin_http)
@@ -367,6 +376,28 @@ pub async fn bus(config: &Config) -> anyhow::Result<(Bus, Option<Database>)> {
                 .context("event log")?;
             (Bus::Log(EventLog::open(db.clone()).await?), Some(db))
         }
+    })
+}
+
+/// Writes an admin's action on the admin listener (a dead-letter replay or discard) to the audit
+/// trail the users service keeps, as the gateway does for the API's.
+fn audit_sink(users: PeerChannel) -> bookstore_platform::events::dead::AuditSink {
+    Arc::new(move |record| {
+        let users = users.clone();
+        Box::pin(async move {
+            let entry = bookstore_api::users::v1::RecordAuditRequest {
+                action: record.action,
+                target: record.target,
+                status: i32::from(record.status),
+                request_id: record.request_id,
+                address: record.address,
+            };
+            let mut request = tonic::Request::new(entry);
+            request.set_timeout(Duration::from_secs(5));
+            request.metadata_mut().insert("authorization", format!("Bearer {}", record.token).parse()?);
+            UserServiceClient::new(users).record_audit(request).await?;
+            Ok(())
+        })
     })
 }
 
@@ -430,4 +461,64 @@ pub async fn verifier(
         })
     });
     Ok(Arc::new(Verifier::new(source, min_refresh)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a migration may not do while the previous release still runs against the database:
+    /// drop or rename what it reads, or change a column's type under it.
+    fn contracts(sql: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for line in sql.lines() {
+            let code = line.split("--").next().unwrap_or_default().to_uppercase();
+            let words: Vec<&str> = code.split_whitespace().collect();
+            // `ALTER TABLE t DROP c` needs no COLUMN: any DROP or RENAME counts.
+            let dropped_or_renamed = words.iter().any(|w| matches!(*w, "DROP" | "RENAME"));
+            let retyped = words.contains(&"ALTER") && words.contains(&"TYPE");
+            if dropped_or_renamed || retyped {
+                found.push(line.trim().to_owned());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn migrations_only_expand_so_the_previous_release_runs_against_a_migrated_database() {
+        let mut sets: Vec<(&str, &Migrations)> =
+            SERVICES.iter().flat_map(|e| e.migrations().into_iter().map(move |m| (e.name(), m))).collect();
+        sets.push(("events", &bookstore_platform::events::log::LOG_MIGRATIONS));
+        let mut checked = 0;
+        for (service, set) in sets {
+            for migration in set.postgres.migrations.iter().chain(set.sqlite.migrations.iter()) {
+                checked += 1;
+                // A contraction is allowed once the release before it no longer reads what it
+                // removes; the migration says so on a line of its own.
+                if migration.sql.contains("-- contract:") {
+                    continue;
+                }
+                let found = contracts(&migration.sql);
+                assert!(
+                    found.is_empty(),
+                    "{service} migration {} ({}) contracts the schema: {found:?}; expand now, and \
+                     contract in a later release with a `-- contract: <why it is safe>` line",
+                    migration.version,
+                    migration.description
+                );
+            }
+        }
+        assert!(checked > 20, "every service's migrations were read ({checked})");
+    }
+
+    #[test]
+    fn a_contraction_is_found_in_any_of_its_spellings() {
+        assert_eq!(contracts("ALTER TABLE books DROP COLUMN isbn;").len(), 1);
+        assert_eq!(contracts("drop table books;").len(), 1);
+        assert_eq!(contracts("ALTER TABLE books DROP isbn;").len(), 1);
+        assert_eq!(contracts("ALTER TABLE books RENAME COLUMN a TO b;").len(), 1);
+        assert_eq!(contracts("ALTER TABLE books ALTER COLUMN stock TYPE TEXT;").len(), 1);
+        assert!(contracts("-- we never drop table books\nALTER TABLE books ADD COLUMN x TEXT;").is_empty());
+        assert!(contracts("CREATE TABLE drops (event_type TEXT NOT NULL);").is_empty());
+    }
 }

@@ -106,6 +106,20 @@ async fn admins_list_inspect_replay_and_discard_dead_letters_on_the_admin_listen
     .await;
     let (_, list) = dead_letters(&sys, &admin).await;
     assert!(of(&list, "fulfillment").is_empty(), "the discarded one stays discarded: {list}");
+
+    // Both are in the audit trail, as the admin's.
+    let trail = crate::get_json(&sys.http, &sys.url("/api/v1/audit"), &admin).await;
+    let me = crate::get_json(&sys.http, &sys.url("/api/v1/users/me"), &admin).await;
+    let entries = trail["items"].as_array().unwrap();
+    for (action, target) in [
+        ("POST /dead-letters/{consumer}/{id}/discard", format!("/dead-letters/fulfillment/{id}/discard")),
+        ("POST /dead-letters/{consumer}/replay", "/dead-letters/recommendations/replay".to_owned()),
+    ] {
+        let entry = entries.iter().find(|e| e["action"] == action && e["status"] == 200);
+        let entry = entry.unwrap_or_else(|| panic!("{action} is in the audit trail: {trail}"));
+        assert_eq!(entry["target"], target.as_str());
+        assert_eq!(entry["actor"], me["id"]);
+    }
 }
 
 async fn the_command_line_lists_and_discards_the_dead_letters_of_the_deployment(backend: Backend) {

@@ -465,13 +465,68 @@ impl RabbitBus {
 }
 
 /// What the admin routes need: the bus, the consumers of this process's services, a verifier
-/// for the operator's token, and how to show payloads.
+/// for the operator's token, how to show payloads, and where replays and discards are recorded.
 #[derive(Clone)]
 pub struct DeadLetterAdmin {
     pub bus: Bus,
     pub consumers: Vec<&'static str>,
     pub verifier: Arc<crate::auth::Verifier>,
     pub describe: Describe,
+    pub audit: Option<AuditSink>,
+}
+
+/// An admin's action on the admin listener, for the deployment's audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// The admin's token: the audit trail reads who from it.
+    pub token: String,
+    /// `METHOD /route/{template}`.
+    pub action: String,
+    pub target: String,
+    pub status: u16,
+    pub request_id: String,
+    pub address: String,
+}
+
+/// Appends an [`AuditRecord`] to the audit trail (the users service's).
+pub type AuditSink = Arc<
+    dyn Fn(AuditRecord) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Records a replay or a discard an admin asked for (a route layer: it knows the route). A
+/// call without a valid admin token changed nothing and is not recorded.
+async fn record(
+    State(admin): State<Arc<DeadLetterAdmin>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(sink) = admin.audit.clone() else { return next.run(request).await };
+    let token = crate::auth::bearer(request.headers()).map(str::to_owned);
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let action = format!("{} {}", request.method(), route.unwrap_or_default());
+    let target = request.uri().path().to_owned();
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    // The caller's request id, or an error's, or one of our own.
+    let asked = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let response = next.run(request).await;
+    let status = response.status();
+    if let (Some(token), false) = (token, matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN))
+    {
+        let answered =
+            response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let request_id = asked.or(answered).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let entry = AuditRecord { token, action, target, status: status.as_u16(), request_id, address };
+        if let Err(e) = sink(entry.clone()).await {
+            tracing::error!(action = entry.action, target = entry.target, status = entry.status, error = %format!("{e:#}"), "audit entry not recorded");
+        }
+    }
+    response
 }
 
 /// The dead letters of this process's consumers, for admins (a bearer token with the admin
@@ -482,15 +537,21 @@ pub struct DeadLetterAdmin {
 ///   or all of a consumer's, back to it;
 /// - `POST /dead-letters/{consumer}/{id}/discard` with `{"reason": "..."}`.
 ///
-/// Errors are in the API's envelope: `{"code", "message", "request_id"}`.
+/// Errors are in the API's envelope: `{"code", "message", "request_id"}`. Replays and discards
+/// are recorded in the audit trail ([`DeadLetterAdmin::audit`]) with the admin's token.
 pub fn admin_routes(admin: DeadLetterAdmin) -> Router {
-    Router::new()
-        .route("/dead-letters", get(list))
+    let admin = Arc::new(admin);
+    // Replays and discards go to the audit trail, when the process has one to write to.
+    let changes = Router::new()
         .route("/dead-letters/{consumer}/replay", post(replay_all))
-        .route("/dead-letters/{consumer}/{id}", get(show))
         .route("/dead-letters/{consumer}/{id}/replay", post(replay_one))
         .route("/dead-letters/{consumer}/{id}/discard", post(discard))
-        .with_state(Arc::new(admin))
+        .route_layer(axum::middleware::from_fn_with_state(admin.clone(), record));
+    Router::new()
+        .route("/dead-letters", get(list))
+        .route("/dead-letters/{consumer}/{id}", get(show))
+        .merge(changes)
+        .with_state(admin)
 }
 
 /// An error of the admin routes, in the API's envelope.
