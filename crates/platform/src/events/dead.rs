@@ -9,8 +9,9 @@
 //!   whose inbox makes a replay of an event already applied change nothing;
 //! - **discard** one with a reason ([`Bus::discard_dead_letter`]), logged with the event.
 //!
-//! On the embedded log a dead letter is a row; a replay marks it, and the consumer takes it on
-//! its next pass (within a second, from whichever process asked); a discarded row
+//! On the embedded log a dead letter is a row; a replay marks it and announces itself in the log
+//! ([`REPLAY_ASKED`]), and the consumer takes it when it reads that far, in whichever process it
+//! runs (or when it starts); a discarded row
 //! is kept with its reason and no longer listed. On RabbitMQ a dead letter is a message in the
 //! consumer's `<queue>.dead`: the consumer puts it there itself on the last attempt, with the
 //! error in its headers (the broker's delivery limit stays as the backstop for a consumer that
@@ -214,9 +215,19 @@ impl EventLog {
             .await
             .context("asking for a replay")?;
         }
+        if !ids.is_empty() {
+            // Announced in the log, which the consumer reads anyway: it takes the replays when
+            // it reaches this entry, in whichever process it runs.
+            sqlx::query("INSERT INTO event_log (id, event_type, body, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(REPLAY_ASKED)
+                .bind(consumer.as_bytes().to_vec())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .context("announcing a replay")?;
+        }
         tx.commit().await.context("asking for a replay")?;
-        // A consumer in this process looks at once; one in another, within a second.
-        self.replay_asked.store(true, std::sync::atomic::Ordering::SeqCst);
         self.appended.notify_waiters();
         Ok(ids)
     }
@@ -294,6 +305,10 @@ impl EventLog {
         Ok(())
     }
 }
+
+/// The event type of a log entry that tells a consumer (named in its body) to take the replays
+/// asked for it. Consumers pass it over; no handler ever sees one.
+pub const REPLAY_ASKED: &str = "bookstore.DeadLetterReplayAsked";
 
 /// Headers a dead letter carries on RabbitMQ.
 const ERROR_HEADER: &str = "x-bookstore-error";

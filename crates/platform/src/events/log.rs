@@ -26,9 +26,6 @@ pub static LOG_MIGRATIONS: Migrations = Migrations {
 pub struct EventLog {
     pub(super) db: Database,
     pub(super) appended: Arc<Notify>,
-    /// Set when a replay is asked for in this process: its consumers look at once rather than
-    /// at their next second ([`super::dead`]).
-    pub(super) replay_asked: Arc<std::sync::atomic::AtomicBool>,
     /// Attempts per event before it goes to the dead letters.
     pub max_attempts: u32,
 }
@@ -36,7 +33,7 @@ pub struct EventLog {
 impl EventLog {
     pub async fn open(db: Database) -> anyhow::Result<Self> {
         db.migrate(&LOG_MIGRATIONS).await.context("event log migrations")?;
-        Ok(Self { db, appended: Arc::new(Notify::new()), replay_asked: Default::default(), max_attempts: 5 })
+        Ok(Self { db, appended: Arc::new(Notify::new()), max_attempts: 5 })
     }
 
     pub async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
@@ -111,15 +108,10 @@ impl EventLog {
         Fut: Future<Output = anyhow::Result<()>> + Send,
     {
         let wanted = |event: &Event| types.is_none_or(|types| types.contains(&event.event_type.as_str()));
-        // Replays an operator asked for come first ([`super::dead`]), looked for each second
-        // (another process may have asked) and at once when this one did.
-        let mut replays_seen: Option<tokio::time::Instant> = None;
+        // Replays an operator asked for while no consumer ran; later ones are announced in the
+        // log itself ([`super::dead::REPLAY_ASKED`]), so nothing polls for them.
+        self.take_replays(consumer, &handler).await?;
         loop {
-            let asked_here = self.replay_asked.swap(false, std::sync::atomic::Ordering::SeqCst);
-            if asked_here || replays_seen.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                self.take_replays(consumer, &handler).await?;
-                replays_seen = Some(tokio::time::Instant::now());
-            }
             let after = self.position(consumer).await?;
             let query = sqlx::query(
                 "SELECT seq, id, event_type, body FROM event_log WHERE seq > $1 ORDER BY seq LIMIT 100",
@@ -132,6 +124,13 @@ impl EventLog {
                 }
                 let seq: i64 = row.try_get(0)?;
                 let event = Event { id: row.try_get(1)?, event_type: row.try_get(2)?, body: row.try_get(3)? };
+                if event.event_type == super::dead::REPLAY_ASKED {
+                    if event.body == consumer.as_bytes() {
+                        self.take_replays(consumer, &handler).await?;
+                    }
+                    self.advance(consumer, seq).await?;
+                    continue;
+                }
                 if !wanted(&event) {
                     self.advance(consumer, seq).await?;
                     continue;
