@@ -104,10 +104,6 @@ pub struct Context {
     pub master_key: Option<crate::crypto::MasterKey>,
 }
 
-/// How often a relay looks for events it was not woken for: those of a process that stopped
-/// between committing them and publishing them.
-const RELAY_POLL: Duration = Duration::from_secs(1);
-
 /// Mints a service-role token for the named service.
 /// Mints tokens in-process for a service (its name, its scopes, its audience).
 pub type LocalTokens = Arc<dyn Fn(&str, &[String], &[String]) -> TokenSource + Send + Sync>;
@@ -128,8 +124,9 @@ impl Context {
     /// `task` names the relay in the log.
     pub fn relay_outbox(&self, task: &'static str) -> anyhow::Result<()> {
         let (db, bus, stopping) = (self.database()?, self.bus()?, self.tasks.stopping());
-        // Woken by each commit of events in this process; the poll is for the others' leftovers.
-        let relay = crate::events::run_relay(self.name, db, bus, RELAY_POLL, stopping);
+        // Woken by each commit of events in this process; the poll ([`crate::clock::idle_poll`])
+        // is for events a process that stopped between committing and publishing left behind.
+        let relay = crate::events::run_relay(self.name, db, bus, crate::clock::idle_poll(), stopping);
         self.tasks.spawn(task, relay);
         Ok(())
     }

@@ -185,8 +185,9 @@ impl EventLog {
         }
     }
 
-    /// Runs `query` (a page of the log); when it finds nothing, waits for the next append (or a
-    /// second) and answers `Some(empty)`, so the caller reads again; `None` once `shutdown`.
+    /// Runs `query` (a page of the log); when it finds nothing, waits for the next append (or
+    /// [`crate::clock::idle_poll`], for another process's) and answers `Some(empty)`, so the
+    /// caller reads again; `None` once `shutdown`.
     pub(super) async fn read_or_wait<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -200,7 +201,7 @@ impl EventLog {
         if rows.is_empty() {
             tokio::select! {
                 () = appended => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(crate::clock::idle_poll()) => {}
                 () = shutdown.cancelled() => return Ok(None),
             }
         }
