@@ -30,6 +30,18 @@ async fn publish_undecodable(sys: &System) -> String {
     id
 }
 
+/// Publishes an event neither consumer of its type can handle and waits until both set it
+/// aside; its id.
+async fn both_give_up_on_one(sys: &System) -> String {
+    let id = publish_undecodable(sys).await;
+    until("both consumers to give up on the event", std::time::Duration::from_secs(60), || async {
+        let (_, list) = dead_letters(sys, &sys.admin).await;
+        of(&list, "fulfillment").len() == 1 && of(&list, "recommendations").len() == 1
+    })
+    .await;
+    id
+}
+
 async fn dead_letters(sys: &System, token: &str) -> (StatusCode, Value) {
     let answer =
         sys.http.get(format!("{}/dead-letters", sys.admin_base)).bearer_auth(token).send().await.unwrap();
@@ -44,13 +56,7 @@ fn of<'a>(list: &'a Value, consumer: &str) -> &'a Vec<Value> {
 
 async fn admins_list_inspect_replay_and_discard_dead_letters_on_the_admin_listener(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
-    let id = publish_undecodable(&sys).await;
-    let admin = sys.admin.clone();
-    until("both consumers to give up on the event", std::time::Duration::from_secs(60), || async {
-        let (_, list) = dead_letters(&sys, &admin).await;
-        of(&list, "fulfillment").len() == 1 && of(&list, "recommendations").len() == 1
-    })
-    .await;
+    let (id, admin) = (both_give_up_on_one(&sys).await, sys.admin.clone());
 
     // Admins alone.
     let anonymous = sys.http.get(format!("{}/dead-letters", sys.admin_base)).send().await.unwrap();
@@ -124,13 +130,7 @@ async fn admins_list_inspect_replay_and_discard_dead_letters_on_the_admin_listen
 
 async fn the_command_line_lists_and_discards_the_dead_letters_of_the_deployment(backend: Backend) {
     let Some(sys) = System::start(backend, false).await else { return };
-    let id = publish_undecodable(&sys).await;
-    let admin = sys.admin.clone();
-    until("both consumers to give up on the event", std::time::Duration::from_secs(60), || async {
-        let (_, list) = dead_letters(&sys, &admin).await;
-        of(&list, "fulfillment").len() == 1 && of(&list, "recommendations").len() == 1
-    })
-    .await;
+    let (id, admin) = (both_give_up_on_one(&sys).await, sys.admin.clone());
     // The deployment's bus, as its operator names it.
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bookstore"));

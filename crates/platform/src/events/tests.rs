@@ -224,6 +224,19 @@ fn a_broker_url_keeps_its_tls_files_out_of_the_amqp_url_and_refuses_what_would_n
     }
 }
 
+/// A database of a consumer's own: its inbox, and a table of the effects it applied.
+async fn effects_database() -> (TestDatabase, Database) {
+    let test_db = TestDatabase::sqlite();
+    let db = Database::connect(&test_db.url, &Default::default()).await.unwrap();
+    for ddl in [
+        "CREATE TABLE inbox (consumer TEXT NOT NULL, event_id TEXT NOT NULL, processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id))",
+        "CREATE TABLE effects (event_id TEXT NOT NULL)",
+    ] {
+        sqlx::query(ddl).execute(db.pool()).await.unwrap();
+    }
+    (test_db, db)
+}
+
 /// Publishes 30 events, starts consuming them with an inbox, runs `disrupt` once 10 were
 /// handled, publishes 30 more (retrying while the broker is away), and checks that each of
 /// the 60 had exactly one effect.
@@ -240,14 +253,7 @@ async fn each_event_once_across<D, Fut>(
     let publisher = Bus::Rabbit(Arc::new(publisher));
     consumer_bus.declare(consumer).await.unwrap();
 
-    let test_db = TestDatabase::sqlite();
-    let db = Database::connect(&test_db.url, &Default::default()).await.unwrap();
-    for ddl in [
-        "CREATE TABLE inbox (consumer TEXT NOT NULL, event_id TEXT NOT NULL, processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id))",
-        "CREATE TABLE effects (event_id TEXT NOT NULL)",
-    ] {
-        sqlx::query(ddl).execute(db.pool()).await.unwrap();
-    }
+    let (_test_db, db) = effects_database().await;
     let events: Vec<Event> = (0..60)
         .map(|n| Event { id: format!("{consumer}-{n}"), event_type: consumer.to_owned(), body: vec![] })
         .collect();
@@ -641,14 +647,7 @@ async fn dead_letters_until(
 /// the inbox absorbs the second's repeat), replays the third into a second death, and discards
 /// it with a reason.
 async fn dead_letter_lifecycle(bus: Bus, consumer: &str) {
-    let test_db = TestDatabase::sqlite();
-    let db = Database::connect(&test_db.url, &Default::default()).await.unwrap();
-    for ddl in [
-        "CREATE TABLE inbox (consumer TEXT NOT NULL, event_id TEXT NOT NULL, processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id))",
-        "CREATE TABLE effects (event_id TEXT NOT NULL)",
-    ] {
-        sqlx::query(ddl).execute(db.pool()).await.unwrap();
-    }
+    let (_test_db, db) = effects_database().await;
     let event = |payload: &[u8]| {
         let mut e = enveloped(consumer, payload.to_vec(), 7);
         e.event_type = consumer.to_owned();
