@@ -658,16 +658,18 @@ async fn dead_letter_lifecycle(bus: Bus, consumer: &str) {
     bus.publish(&[before.clone(), after.clone(), never.clone(), fine.clone()]).await.unwrap();
 
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // The events the handler finished with success, each time it did.
+    let handled = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = CancellationToken::new();
     let consuming = {
-        let (bus, consumer, db, broken, stop) =
-            (bus.clone(), consumer.to_owned(), db.clone(), broken.clone(), stop.clone());
+        let (bus, consumer, db, broken, stop, handled) =
+            (bus.clone(), consumer.to_owned(), db.clone(), broken.clone(), stop.clone(), handled.clone());
         let [before, after, never] = ids.clone();
         tokio::spawn(async move {
             bus.consume(
                 &consumer,
                 move |e: Event| {
-                    let (db, broken) = (db.clone(), broken.load(Ordering::SeqCst));
+                    let (db, broken, handled) = (db.clone(), broken.load(Ordering::SeqCst), handled.clone());
                     let (before, after, never) = (before.clone(), after.clone(), never.clone());
                     async move {
                         anyhow::ensure!(e.id != never, "cannot be handled");
@@ -680,6 +682,7 @@ async fn dead_letter_lifecycle(bus: Bus, consumer: &str) {
                             tx.commit().await?;
                         }
                         anyhow::ensure!(!(broken && e.id == after), "lost after the effect");
+                        handled.lock().unwrap().push(e.id);
                         Ok(())
                     }
                 },
@@ -710,6 +713,18 @@ async fn dead_letter_lifecycle(bus: Bus, consumer: &str) {
     assert_eq!(shown["envelope"]["schema_version"], 7, "{shown}");
     assert_eq!(shown["envelope"]["payload"], format!("{consumer}: before"), "{shown}");
     assert_eq!(shown["attempts"], 3);
+    // The consumer went on past them (the event after the last dead one may still be in hand).
+    let handled_once = |id: String| {
+        let handled = handled.clone();
+        async move {
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !handled.lock().unwrap().contains(&id) {
+                assert!(tokio::time::Instant::now() < give_up, "{id} was never handled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    handled_once(fine.id.clone()).await;
     assert_eq!(effects(fine.id.clone()).await, 1, "the others went on");
     assert_eq!(bus.dead_letter_count(consumer).await.unwrap(), 3, "the gauge counts them");
 
@@ -718,6 +733,9 @@ async fn dead_letter_lifecycle(bus: Bus, consumer: &str) {
         assert_eq!(bus.replay_dead_letters(consumer, Which::One(id)).await.unwrap(), vec![id.clone()]);
     }
     dead_letters_until(&bus, consumer, "the two replays", |d| d.len() == 1).await;
+    // On RabbitMQ a replayed letter leaves the dead-letter queue before its consumer takes it.
+    handled_once(ids[0].clone()).await;
+    handled_once(ids[1].clone()).await;
     assert_eq!(effects(ids[0].clone()).await, 1, "a replay applies what never was");
     assert_eq!(effects(ids[1].clone()).await, 1, "and changes nothing where the effect was applied");
 
