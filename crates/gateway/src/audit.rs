@@ -28,12 +28,14 @@ use crate::error::{ApiError, ErrorBody, Json, Query};
 /// Records the request in the audit trail when it is a change by staff, an admin or a service
 /// account (a route layer: it knows the matched route).
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let caller = request.extensions().get::<Caller>().cloned();
-    let audited = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        && caller.as_ref().is_some_and(|c| c.identity.has_any(&[Role::Staff, Role::Admin, Role::Service]));
-    if !audited {
+    // Reads are never audited: decide on the method before touching the caller.
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(request).await;
     }
+    let caller = match request.extensions().get::<Caller>() {
+        Some(c) if c.identity.has_any(&[Role::Staff, Role::Admin, Role::Service]) => Some(c.clone()),
+        _ => return next.run(request).await,
+    };
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let action = format!("{} {route}", request.method());
     let target = request.uri().path().to_owned();
