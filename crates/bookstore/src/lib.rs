@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use bookstore_api::users::v1::GetJwksRequest;
 use bookstore_api::users::v1::user_service_client::UserServiceClient;
 use bookstore_platform::auth::{JwksSource, Verifier};
-use bookstore_platform::balance::{PeerChannel, ResilienceConfig};
+use bookstore_platform::balance::PeerChannel;
 use bookstore_platform::db::{Database, Migrations, PoolConfig};
 use bookstore_platform::etcd::{Etcd, Registration};
 use bookstore_platform::events::{Bus, DeadLetterAdmin, EventLog, OUTBOX_MIGRATIONS, RabbitBus};
@@ -101,12 +101,17 @@ pub static SERVICES: [Entry; 6] = [
     },
 ];
 
-/// Every consumer of the bus among the services (each a queue of its own on RabbitMQ).
-pub const CONSUMERS: [&str; 3] = [
-    bookstore_fulfillment::events::CONSUMER,
-    bookstore_orders::follow::CONSUMER,
-    bookstore_recommendations::events::CONSUMER,
-];
+/// Every consumer of the bus among the services (each a queue of its own on RabbitMQ), in the
+/// order of [`CONSUMED_BY`].
+pub const CONSUMERS: [&str; CONSUMED_BY.len()] = {
+    let mut names = [""; CONSUMED_BY.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = CONSUMED_BY[i].0;
+        i += 1;
+    }
+    names
+};
 
 /// Which service each consumer of the bus belongs to: a process serves the dead letters of its
 /// own services' consumers on its admin listener.
@@ -197,13 +202,11 @@ impl App {
         };
         let mutual = config.mutual_tls()?;
         let peer_tls = mutual.as_ref().map(|m| m.client.clone());
-        let verifier = verifier(
-            &peers["users"],
-            Duration::from_millis(config.process.jwks_refresh_ms),
-            config.resilience(),
-            peer_tls.clone(),
-        )
-        .await?;
+        // One channel to users serves both the token keys and the audit trail.
+        let users =
+            PeerChannel::connect("process", "users", &peers["users"], config.resilience(), peer_tls.clone())
+                .await?;
+        let verifier = verifier(users.clone(), Duration::from_millis(config.process.jwks_refresh_ms));
 
         let tasks = Tasks::new();
         let mut process = Process::new(tasks.clone());
@@ -305,14 +308,6 @@ impl App {
         let consumers: Vec<&'static str> =
             CONSUMED_BY.iter().filter(|(_, service)| chosen.contains(service)).map(|(c, _)| *c).collect();
         if let (Some(bus), false) = (&bus, consumers.is_empty()) {
-            let users = PeerChannel::connect(
-                "audit",
-                "users",
-                &peers["users"],
-                config.resilience(),
-                peer_tls.clone(),
-            )
-            .await?;
             process.admin_routes(bookstore_platform::events::dead::admin_routes(DeadLetterAdmin {
                 bus: bus.clone(),
                 consumers,
@@ -443,14 +438,8 @@ pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
-/// A token verifier whose keys come from the users service at `users_url`.
-pub async fn verifier(
-    users_url: &str,
-    min_refresh: Duration,
-    resilience: ResilienceConfig,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> anyhow::Result<Arc<Verifier>> {
-    let channel = PeerChannel::connect("auth", "users", users_url, resilience, tls).await?;
+/// A token verifier whose keys come from the users service over `channel`.
+pub fn verifier(channel: PeerChannel, min_refresh: Duration) -> Arc<Verifier> {
     let source: JwksSource = Arc::new(move || {
         let mut client = UserServiceClient::new(channel.clone());
         Box::pin(async move {
@@ -460,7 +449,7 @@ pub async fn verifier(
             Ok(serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&json)?)
         })
     });
-    Ok(Arc::new(Verifier::new(source, min_refresh)))
+    Arc::new(Verifier::new(source, min_refresh))
 }
 
 #[cfg(test)]
