@@ -21,6 +21,7 @@ mod sessions;
 mod third_party;
 mod tls;
 mod traces;
+mod upgrade;
 mod users;
 mod web;
 
@@ -136,8 +137,21 @@ impl Drop for System {
         }
         // The test's own exchanges and queues on the shared broker go with it.
         let Some(url) = self.config.process.amqp_url.clone() else { return };
-        let mut rabbit = bookstore_platform::events::RabbitBus::new(url).expect("a broker URL");
-        rabbit.namespace.clone_from(&self.config.process.amqp_namespace);
+        drop(RabbitNamespace { url, namespace: self.config.process.amqp_namespace.clone() });
+    }
+}
+
+/// A test's own exchanges and queues on the shared broker (`amqp_namespace`), deleted when
+/// dropped, once the test's consumers have stopped.
+pub struct RabbitNamespace {
+    pub url: String,
+    pub namespace: String,
+}
+
+impl Drop for RabbitNamespace {
+    fn drop(&mut self) {
+        let mut rabbit = bookstore_platform::events::RabbitBus::new(self.url.clone()).expect("a broker URL");
+        rabbit.namespace.clone_from(&self.namespace);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             if let Err(e) =

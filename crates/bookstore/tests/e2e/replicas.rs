@@ -89,7 +89,12 @@ async fn start_books(database_url: &str, users_url: &str, grpc: &str, seed: bool
 
 /// Calls `books` has answered (`grpc_server_requests_total`), from its `/metrics`.
 async fn served(http: &reqwest::Client, replica: &Replica) -> f64 {
-    let Ok(response) = http.get(format!("http://{}/metrics", replica.admin)).send().await else { return 0.0 };
+    books_calls(http, &replica.admin).await
+}
+
+/// Calls `books` has answered in the process whose admin listener is `admin`.
+pub async fn books_calls(http: &reqwest::Client, admin: &str) -> f64 {
+    let Ok(response) = http.get(format!("http://{admin}/metrics")).send().await else { return 0.0 };
     let text = response.text().await.unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("grpc_server_requests_total{") && l.contains("service=\"books\""))
@@ -383,38 +388,8 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
                 for n in (w..checkouts).step_by(6) {
                     started.fetch_add(1, Ordering::Relaxed);
                     let key = format!("checkout-{n}");
-                    let mut attempts = 0;
-                    loop {
-                        attempts += 1;
-                        assert!(attempts <= 20, "checkout {n} never got an answer");
-                        let answer = http
-                            .post(format!("{base}/api/v1/orders"))
-                            .bearer_auth(&admin)
-                            .header("idempotency-key", &key)
-                            .json(&json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": crate::shipping_address()}))
-                            .send()
-                            .await;
-                        let Ok(answer) = answer else { continue };
-                        let status = answer.status().as_u16();
-                        let body: Value = answer.json().await.unwrap_or(Value::Null);
-                        match status {
-                            201 | 200 => {
-                                placed
-                                    .lock()
-                                    .unwrap()
-                                    .push((key.clone(), body["id"].as_str().unwrap().to_owned()));
-                                break;
-                            }
-                            // Another attempt with this key is still running: ask again.
-                            409 if body["code"] == "ABORTED"
-                                || body["message"].as_str().is_some_and(|m| m.contains("in progress")) =>
-                            {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            s if s >= 500 => tokio::time::sleep(Duration::from_millis(100)).await,
-                            other => panic!("checkout {n}: unexpected {other}: {body}"),
-                        }
-                    }
+                    let id = checkout(&http, &base, &admin, &book, &key).await;
+                    placed.lock().unwrap().push((key, id));
                 }
             })
         })
@@ -460,6 +435,37 @@ async fn a_books_replica_killed_during_checkouts_loses_no_order_and_duplicates_n
     assert_eq!(b["stock"].as_i64().unwrap() + b["sold"].as_i64().unwrap(), 1000);
     shop.shutdown_token().cancel();
     drop(first);
+}
+
+/// One checkout of `book` with idempotency key `key`, asked again with the same key until it is
+/// answered, as a careful client does: after a 5xx or a dropped connection, and while another
+/// attempt with the key is still running. Returns the order's id; panics on any other answer.
+pub async fn checkout(http: &reqwest::Client, base: &str, token: &str, book: &str, key: &str) -> String {
+    use serde_json::{Value, json};
+    for _ in 0..40 {
+        let answer = http
+            .post(format!("{base}/api/v1/orders"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&json!({"lines": [{"book_id": book, "quantity": 1}], "shipping_address": crate::shipping_address()}))
+            .send()
+            .await;
+        let Ok(answer) = answer else { continue };
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        match status {
+            201 | 200 => return body["id"].as_str().unwrap().to_owned(),
+            // Another attempt with this key is still running: ask again.
+            409 if body["code"] == "ABORTED"
+                || body["message"].as_str().is_some_and(|m| m.contains("in progress")) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            s if s >= 500 => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("checkout {key}: unexpected {other}: {body}"),
+        }
+    }
+    panic!("checkout {key} never got an answer")
 }
 
 /// A TCP proxy to `upstream` that holds each chunk the upstream sends for `delay` before
