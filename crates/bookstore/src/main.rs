@@ -432,6 +432,20 @@ async fn dead_letters(file: Option<&std::path::Path>, command: DeadLetterCommand
         | DeadLetterCommand::Discard { flags, .. } => flags,
     };
     let config = Config::load(file, flags)?;
+    // Replays and discards go in the audit trail, as the admin listener's do; an action that
+    // cannot be recorded is not taken.
+    let users = match &command {
+        DeadLetterCommand::Replay { .. } | DeadLetterCommand::Discard { .. } => Some(
+            open_users(&config)
+                .await
+                .context("opening the audit trail (the users database); nothing was changed")?,
+        ),
+        DeadLetterCommand::List { .. } | DeadLetterCommand::Show { .. } => None,
+    };
+    let audit = |action: &'static str, target: String| {
+        let users = users.as_ref().expect("opened for every command that changes something");
+        audit_command(users, action, target)
+    };
     let (bus, db) = bookstore::bus(&config).await?;
     let done = match command {
         DeadLetterCommand::List { consumer, .. } => {
@@ -468,6 +482,11 @@ async fn dead_letters(file: Option<&std::path::Path>, command: DeadLetterCommand
             if let (Some(id), true) = (&id, replayed.is_empty()) {
                 anyhow::bail!("{consumer} has no dead letter {id:?}");
             }
+            let target = match &id {
+                Some(id) => format!("/dead-letters/{consumer}/{id}/replay"),
+                None => format!("/dead-letters/{consumer}/replay"),
+            };
+            audit("CLI dead-letters replay", target).await?;
             for id in &replayed {
                 say(format_args!("{consumer}: {id} sent back"));
             }
@@ -478,6 +497,8 @@ async fn dead_letters(file: Option<&std::path::Path>, command: DeadLetterCommand
             let reason = DiscardReason::parse(&reason).map_err(|e| anyhow::anyhow!("--reason: {e}"))?;
             match bus.discard_dead_letter(&consumer, &id, &reason).await? {
                 Some(_) => {
+                    audit("CLI dead-letters discard", format!("/dead-letters/{consumer}/{id}/discard"))
+                        .await?;
                     say(format_args!("{consumer}: {id} discarded ({})", reason.as_str()));
                     Ok(())
                 }
@@ -489,6 +510,24 @@ async fn dead_letters(file: Option<&std::path::Path>, command: DeadLetterCommand
         db.close().await;
     }
     done
+}
+
+/// Records an operator's command in the audit trail: the actor is the operating-system account
+/// that ran it (`cli:<name>`, role `operator`), from this machine (`local`).
+async fn audit_command(users: &bookstore_users::Users, action: &str, target: String) -> anyhow::Result<()> {
+    let login =
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let entry = bookstore_api::users::v1::RecordAuditRequest {
+        action: action.to_owned(),
+        target: target.clone(),
+        status: 200,
+        request_id: uuid::Uuid::now_v7().to_string(),
+        address: "local".to_owned(),
+    };
+    users
+        .record_audit(format!("cli:{login}"), "operator".to_owned(), entry)
+        .await
+        .with_context(|| format!("done, but not recorded in the audit trail: {action} {target}"))
 }
 
 /// The database of the service `name`, migrated, for admin commands that work on it directly.

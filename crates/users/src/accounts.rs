@@ -70,6 +70,30 @@ impl Users {
         })
     }
 
+    /// Appends `entry`, done by `actor` holding `roles` (space-separated), to the audit trail:
+    /// its client address sealed under the data key, bound to the entry's id.
+    pub async fn record_audit(
+        &self,
+        actor: String,
+        roles: String,
+        entry: bookstore_api::users::v1::RecordAuditRequest,
+    ) -> anyhow::Result<()> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let address_sealed = self.keyring.data.encrypt(&id, "address", &entry.address);
+        let row = crate::store::AuditRow {
+            id,
+            at_ms: now_ms(),
+            actor,
+            roles,
+            action: entry.action,
+            target: entry.target,
+            status: i64::from(entry.status),
+            request_id: entry.request_id,
+            address_sealed,
+        };
+        self.store.record_audit(&row).await
+    }
+
     /// The row of `user`, personal data encrypted under the current data key and bound to the
     /// row's id.
     pub fn encrypt(&self, user: &User, password_hash: String) -> UserRow {

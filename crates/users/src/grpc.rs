@@ -487,21 +487,8 @@ impl UserService for UsersGrpc {
         {
             return Err(Status::invalid_argument("an audit entry's fields are missing or too long"));
         }
-        let id = uuid::Uuid::now_v7().to_string();
-        let address_sealed = self.users.keyring.data.encrypt(&id, "address", &req.address);
         let roles: Vec<&str> = who.roles.iter().map(|r| r.as_str()).collect();
-        let row = crate::store::AuditRow {
-            id,
-            at_ms: now_ms(),
-            actor: who.subject,
-            roles: roles.join(" "),
-            action: req.action,
-            target: req.target,
-            status: i64::from(req.status),
-            request_id: req.request_id,
-            address_sealed,
-        };
-        self.users.store.record_audit(&row).await.map_err(internal)?;
+        self.users.record_audit(who.subject, roles.join(" "), req).await.map_err(internal)?;
         Ok(Response::new(pb::RecordAuditResponse {}))
     }
 

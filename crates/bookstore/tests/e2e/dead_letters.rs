@@ -141,6 +141,10 @@ async fn the_command_line_lists_and_discards_the_dead_letters_of_the_deployment(
         }
         cmd.args(["admin", "dead-letters"]).args(args);
         cmd.arg("--data-dir").arg(&sys.config.process.data_dir);
+        // Replays and discards are recorded in the users database's audit trail.
+        cmd.args(["--users-database-url", sys.config.users.database_url.as_deref().unwrap()]);
+        cmd.env("BOOKSTORE_MASTER_KEY", sys.config.process.master_key.as_deref().unwrap());
+        cmd.env("USER", "operator-ada");
         if let Some(url) = &sys.config.process.amqp_url {
             cmd.args(["--amqp-url", url, "--amqp-namespace", &sys.config.process.amqp_namespace]);
         }
@@ -170,4 +174,12 @@ async fn the_command_line_lists_and_discards_the_dead_letters_of_the_deployment(
     let (_, list) = dead_letters(&sys, &admin).await;
     assert!(of(&list, "recommendations").is_empty(), "{list}");
     assert_eq!(of(&list, "fulfillment").len(), 1, "{list}");
+
+    // The discard is in the audit trail as the operator's, and the refused one is not.
+    let trail = crate::get_json(&sys.http, &sys.url("/api/v1/audit?actor=cli:operator-ada"), &admin).await;
+    let entries = trail["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{trail}");
+    assert_eq!(entries[0]["action"], "CLI dead-letters discard");
+    assert_eq!(entries[0]["target"], format!("/dead-letters/recommendations/{id}/discard"));
+    assert_eq!(entries[0]["roles"], json!(["operator"]), "{trail}");
 }
