@@ -7,15 +7,7 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_bookstore");
 
 fn bookstore() -> Command {
-    let mut cmd = Command::new(BIN);
-    // The test's own environment must not configure the child.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("BOOKSTORE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd
+    crate::clean_command(BIN, "warn")
 }
 
 #[test]

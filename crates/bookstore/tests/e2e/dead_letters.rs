@@ -133,12 +133,7 @@ async fn the_command_line_lists_and_discards_the_dead_letters_of_the_deployment(
     let (id, admin) = (both_give_up_on_one(&sys).await, sys.admin.clone());
     // The deployment's bus, as its operator names it.
     let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bookstore"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("BOOKSTORE_") {
-                cmd.env_remove(key);
-            }
-        }
+        let mut cmd = crate::clean_command(env!("CARGO_BIN_EXE_bookstore"), "warn");
         cmd.args(["admin", "dead-letters"]).args(args);
         cmd.arg("--data-dir").arg(&sys.config.process.data_dir);
         // Replays and discards are recorded in the users database's audit trail.
@@ -148,7 +143,7 @@ async fn the_command_line_lists_and_discards_the_dead_letters_of_the_deployment(
         if let Some(url) = &sys.config.process.amqp_url {
             cmd.args(["--amqp-url", url, "--amqp-namespace", &sys.config.process.amqp_namespace]);
         }
-        let out = cmd.env("RUST_LOG", "warn").output().unwrap();
+        let out = cmd.output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

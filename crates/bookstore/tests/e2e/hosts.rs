@@ -109,14 +109,9 @@ impl Hosts {
         args: &[String],
         env: &[(&str, String)],
     ) -> &mut Child {
-        let mut command = Command::new("ip");
+        let mut command = crate::clean_command("ip", "error");
         command.args(["netns", "exec", &self.names[host], program]).args(args);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("BOOKSTORE_") {
-                command.env_remove(key);
-            }
-        }
-        command.env("RUST_LOG", "error").envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         // A group of its own, so a kill reaches what the program starts (postgres under
         // runuser, the Erlang VM under rabbitmq-server).
         std::os::unix::process::CommandExt::process_group(&mut command, 0);

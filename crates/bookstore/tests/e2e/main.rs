@@ -164,6 +164,80 @@ impl Drop for RabbitNamespace {
     }
 }
 
+/// `program` with none of the test's own `BOOKSTORE_*` variables (they must not configure a
+/// child), logging at `log` level.
+pub fn clean_command(program: &str, log: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BOOKSTORE_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("RUST_LOG", log);
+    command
+}
+
+/// A child process, killed when dropped.
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// Kills it outright (SIGKILL), like a crashed host, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Stops it the way an orchestrator does (SIGTERM), and waits for it to exit.
+    pub fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawns `command` (a `bookstore serve`), waits until it has printed a line starting with each
+/// of `prefixes` (such as `"admin    http://"`), and returns it with the first word after each,
+/// in order; the rest of its output is read and dropped. Panics when it stops before that.
+pub async fn spawn_listening(
+    mut command: std::process::Command,
+    prefixes: &[&str],
+) -> (Running, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child =
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::inherit()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let prefixes: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            for (prefix, slot) in prefixes.iter().zip(found.iter_mut()) {
+                if let Some(rest) = line.strip_prefix(prefix.as_str()) {
+                    *slot = rest.split_whitespace().next().map(str::to_owned);
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        prefixes
+            .iter()
+            .zip(found)
+            .map(|(prefix, f)| f.unwrap_or_else(|| panic!("the process stopped before printing {prefix:?}")))
+            .collect()
+    })
+    .await
+    .unwrap();
+    (Running(child), found)
+}
+
 /// An HTTP client that trusts the CA in `ca_pem` alone.
 pub fn https_client(ca_pem: &std::path::Path) -> reqwest::Client {
     let tls = bookstore_platform::tls::client_trusting(ca_pem).unwrap();

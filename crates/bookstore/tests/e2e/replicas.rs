@@ -2,8 +2,6 @@
 //! gateway that knows both from a static list. One is killed (SIGKILL, no goodbye) during steady
 //! reads, then started again on its address.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_bookstore");
 
 /// A books process; killed when dropped.
 struct Replica {
-    child: Child,
+    process: crate::Running,
     grpc: String,
     admin: String,
 }
@@ -27,64 +25,32 @@ struct Replica {
 impl Replica {
     /// Kills it outright (SIGKILL), like a crashed host, and waits for it to be gone.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Stops it the way an orchestrator does (SIGTERM), and waits for it to exit.
     fn terminate(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.terminate();
     }
 }
 
 /// Starts `bookstore serve books` (with `extra` flags) on `grpc` (`127.0.0.1:0` for any port) over `database_url`.
 async fn start_books(database_url: &str, users_url: &str, grpc: &str, seed: bool, extra: &[&str]) -> Replica {
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("BOOKSTORE_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("RUST_LOG", "error")
-        .args(["serve", "books", "--books-grpc", grpc, "--admin-http", "127.0.0.1:0"])
-        .args(["--books-database-url", database_url, "--users-url", users_url]);
+    let mut command = crate::clean_command(BIN, "error");
+    command.args(["serve", "books", "--books-grpc", grpc, "--admin-http", "127.0.0.1:0"]).args([
+        "--books-database-url",
+        database_url,
+        "--users-url",
+        users_url,
+    ]);
     if seed {
         command.arg("--seed");
     }
     command.args(extra);
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (grpc, admin) = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut grpc, mut admin) = (None, None);
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            let word = |rest: &str| rest.split_whitespace().next().map(str::to_owned);
-            if let Some(rest) = line.strip_prefix("books    gRPC on http://") {
-                grpc = word(rest);
-            }
-            if let Some(rest) = line.strip_prefix("admin    http://") {
-                admin = word(rest);
-            }
-            if grpc.is_some() && admin.is_some() {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        (grpc.expect("serve prints the books address"), admin.expect("serve prints the admin address"))
-    })
-    .await
-    .unwrap();
-    Replica { child, grpc, admin }
+    let (process, found) =
+        crate::spawn_listening(command, &["books    gRPC on http://", "admin    http://"]).await;
+    let [grpc, admin] = <[String; 2]>::try_from(found).unwrap();
+    Replica { process, grpc, admin }
 }
 
 /// Calls `books` has answered (`grpc_server_requests_total`), from its `/metrics`.

@@ -18,8 +18,7 @@
 //! adds up, and every order has exactly one fulfillment task.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -35,7 +34,7 @@ const NEW: &str = env!("CARGO_BIN_EXE_bookstore");
 
 /// A `bookstore serve` process of either release; killed when dropped.
 struct Served {
-    child: Child,
+    process: crate::Running,
     admin: String,
     gateway: Option<String>,
 }
@@ -44,56 +43,20 @@ impl Served {
     /// Starts `binary serve <services>` with the test's configuration file and `flags`, and
     /// waits until it prints where it listens.
     async fn start(binary: &str, config: &std::path::Path, services: &[&str], flags: &[&str]) -> Self {
-        let mut command = Command::new(binary);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("BOOKSTORE_") {
-                command.env_remove(key);
-            }
+        let mut command = crate::clean_command(binary, "error");
+        command.arg("serve").args(services).arg("--config").arg(config).args(flags);
+        let mut wanted = vec!["admin    http://"];
+        if services.contains(&"gateway") {
+            wanted.push("gateway  http://");
         }
-        command.env("RUST_LOG", "error").arg("serve").args(services).arg("--config").arg(config).args(flags);
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let wants_gateway = services.contains(&"gateway");
-        let (admin, gateway) = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let (mut admin, mut gateway) = (None, None);
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                let word = |rest: &str| rest.split_whitespace().next().map(str::to_owned);
-                if let Some(rest) = line.strip_prefix("admin    http://") {
-                    admin = word(rest);
-                }
-                if let Some(rest) = line.strip_prefix("gateway  http://") {
-                    gateway = word(rest).map(|a| format!("http://{a}"));
-                }
-                if admin.is_some() && (gateway.is_some() || !wants_gateway) {
-                    break;
-                }
-            }
-            std::thread::spawn(move || lines.for_each(drop));
-            (admin, gateway)
-        })
-        .await
-        .unwrap();
-        let admin = admin.unwrap_or_else(|| panic!("{binary} serve {services:?} did not start"));
-        Self { child, admin, gateway }
+        let (process, found) = crate::spawn_listening(command, &wanted).await;
+        let admin = found[0].clone();
+        let gateway = found.get(1).map(|a| format!("http://{a}"));
+        Self { process, admin, gateway }
     }
 
     fn gateway(&self) -> &str {
         self.gateway.as_deref().expect("a process serving the gateway")
-    }
-
-    /// Stops it the way an orchestrator does (SIGTERM), and waits for it to exit.
-    fn terminate(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -232,7 +195,7 @@ async fn the_previous_release_and_this_one_run_side_by_side_and_a_rolling_upgrad
             started.load(Ordering::Relaxed) >= before + 10
         })
         .await;
-        replica.terminate();
+        replica.process.terminate();
         *replica = Served::start(NEW, &config, &["books"], &books_flags).await;
         let admin_addr = replica.admin.clone();
         until("this tree's books replica to take checkouts", Duration::from_secs(60), || async {
