@@ -113,13 +113,26 @@ pub const CONSUMERS: [&str; CONSUMED_BY.len()] = {
     names
 };
 
-/// Which service each consumer of the bus belongs to: a process serves the dead letters of its
-/// own services' consumers on its admin listener.
-pub const CONSUMED_BY: [(&str, &str); 3] = [
-    (bookstore_fulfillment::events::CONSUMER, "fulfillment"),
-    (bookstore_orders::follow::CONSUMER, "orders"),
-    (bookstore_recommendations::events::CONSUMER, "recommendations"),
+/// Each consumer of the bus, the service it belongs to, and the event types it takes: a process
+/// serves the dead letters of its own services' consumers on its admin listener, and on
+/// RabbitMQ declares their queues before it starts.
+pub const CONSUMED_BY: [(&str, &str, &[&str]); 3] = [
+    (bookstore_fulfillment::events::CONSUMER, "fulfillment", &bookstore_fulfillment::events::TYPES),
+    (bookstore_orders::follow::CONSUMER, "orders", &bookstore_orders::follow::TYPES),
+    (
+        bookstore_recommendations::events::CONSUMER,
+        "recommendations",
+        &bookstore_recommendations::events::TYPES,
+    ),
 ];
+
+/// Declares the queues of the consumers in `consumers` (with their types) on the bus, all at
+/// once, so that nothing published before a consumer first connects is dropped.
+pub async fn declare_consumers(bus: &Bus, consumers: &[(&str, &str, &[&str])]) -> anyhow::Result<()> {
+    let declared = consumers.iter().map(|(consumer, _, types)| bus.declare_consumer(consumer, types));
+    futures::future::try_join_all(declared).await?;
+    Ok(())
+}
 
 /// An event's payload for a person (a dead letter's, [`bookstore_platform::events::dead`]):
 /// the protobuf message of each type the services publish, as its fields. Personal data is not
@@ -213,6 +226,18 @@ impl App {
         process.call_in_process(local.clone());
         // Every process verifies tokens, so every process follows the revocations on the bus.
         let bus = open_bus(config, &mut process).await?;
+        // This process's consumers' queues exist before it is started: what any process
+        // publishes from now on is kept for them. With the broker away, the consumers declare
+        // them when they connect.
+        let ours: Vec<_> =
+            CONSUMED_BY.iter().filter(|(_, service, _)| chosen.contains(service)).copied().collect();
+        match tokio::time::timeout(Duration::from_secs(5), declare_consumers(&bus, &ours)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "consumers' queues not declared at start")
+            }
+            Err(_) => tracing::warn!("consumers' queues not declared within 5 s of the start"),
+        }
         let (caught_up, following) =
             bookstore_platform::revocation::follow(bus.clone(), verifier.clone(), tasks.stopping());
         tasks.spawn("revocations", following);
@@ -305,8 +330,7 @@ impl App {
         if !caught_up.wait(CATCH_UP).await {
             tracing::warn!("revocations not read back within {CATCH_UP:?}: not ready until they are");
         }
-        let consumers: Vec<&'static str> =
-            CONSUMED_BY.iter().filter(|(_, service)| chosen.contains(service)).map(|(c, _)| *c).collect();
+        let consumers: Vec<&'static str> = ours.iter().map(|(c, ..)| *c).collect();
         if let (Some(bus), false) = (&bus, consumers.is_empty()) {
             process.admin_routes(bookstore_platform::events::dead::admin_routes(DeadLetterAdmin {
                 bus: bus.clone(),
@@ -428,7 +452,16 @@ pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
         connect(&url, config, &sets, entry.name()).await?.close().await;
         done.push(format!("{}: migrations applied to {}", entry.name(), config::redact_url(&url)));
     }
-    if config.process.amqp_url.is_none() {
+    if config.process.amqp_url.is_some() {
+        // Every consumer's queue, before any service publishes (a deployment runs this first).
+        let (bus, _) = bus(config).await?;
+        declare_consumers(&bus, &CONSUMED_BY).await.context("declaring the consumers' queues on RabbitMQ")?;
+        done.push(format!(
+            "RabbitMQ: the queues of {} declared (namespace {})",
+            CONSUMERS.join(", "),
+            config.process.amqp_namespace
+        ));
+    } else {
         let url = config.event_log_url();
         let db = Database::connect(&url, &PoolConfig::default()).await.context("event log")?;
         EventLog::open(db.clone()).await?;

@@ -66,6 +66,64 @@ fn migrate_creates_the_schema_and_exits() {
     assert!(dir.path().join("orders.db").exists());
 }
 
+/// On RabbitMQ, an event published to a type no queue is bound to is dropped by the broker. The
+/// deployment's `migrate` job declares every consumer's queue, so an event published before any
+/// consumer has ever run is kept for each consumer of its type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_declares_every_consumers_queue_so_an_event_published_first_is_kept() {
+    use bookstore_platform::db::Backend;
+    use bookstore_platform::events::{Bus, Event, RabbitBus};
+    use bookstore_platform::testing::{TestDatabase, amqp_url_or_skip};
+    use tokio_util::sync::CancellationToken;
+
+    let Some(amqp) = amqp_url_or_skip() else { return };
+    let namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let _cleanup = crate::RabbitNamespace { url: amqp.clone(), namespace: namespace.clone() };
+    let mut command = bookstore();
+    command.args(["migrate", "--amqp-url", &amqp, "--amqp-namespace", &namespace]);
+    let mut databases = Vec::new();
+    for service in ["books", "users", "orders", "fulfillment", "recommendations"] {
+        let Some(db) = TestDatabase::new(Backend::Postgres).await else { return };
+        command.arg(format!("--{service}-database-url")).arg(&db.url);
+        databases.push(db);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("RabbitMQ: the queues of"));
+
+    let mut rabbit = RabbitBus::new(amqp).unwrap();
+    rabbit.namespace.clone_from(&namespace);
+    let bus = Bus::Rabbit(std::sync::Arc::new(rabbit));
+    let event = Event { id: "published-first".into(), event_type: "OrderPlaced".into(), body: b"-".to_vec() };
+    bus.publish(&[event]).await.unwrap();
+    for (consumer, _, types) in bookstore::CONSUMED_BY.iter().filter(|(_, _, t)| t.contains(&"OrderPlaced")) {
+        let (got, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let consuming = {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            tokio::spawn(async move {
+                bus.consume_types(
+                    consumer,
+                    types,
+                    move |e| {
+                        let got = got.clone();
+                        async move {
+                            got.send(e.id).unwrap();
+                            Ok(())
+                        }
+                    },
+                    stop,
+                )
+                .await
+            })
+        };
+        let id = tokio::time::timeout(std::time::Duration::from_secs(30), received.recv()).await;
+        assert_eq!(id.ok().flatten().as_deref(), Some("published-first"), "{consumer} kept the event");
+        stop.cancel();
+        consuming.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn up_serves_the_seeded_shop_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

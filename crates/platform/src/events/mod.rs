@@ -132,6 +132,17 @@ impl Bus {
         }
     }
 
+    /// Makes sure events of `types` are kept for `consumer` from now on, before it first
+    /// consumes (on RabbitMQ: declares its queue, bound to those types; the log keeps
+    /// everything). An event published to RabbitMQ before any queue is bound to its type is
+    /// dropped by the broker, so this runs before publishers start.
+    pub async fn declare_consumer(&self, consumer: &str, types: &[&str]) -> anyhow::Result<()> {
+        match self {
+            Bus::Log(_) => Ok(()),
+            Bus::Rabbit(rabbit) => rabbit.narrowed(types).declare(consumer).await,
+        }
+    }
+
     /// How many events `consumer` gave up on and left in its dead letters.
     pub async fn dead_letter_count(&self, consumer: &str) -> anyhow::Result<u64> {
         match self {
