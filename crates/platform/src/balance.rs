@@ -176,15 +176,24 @@ pub struct EndpointStatus {
     pub healthy: bool,
     pub in_flight: u32,
     pub latency_ms: f64,
+    /// The replica is a service of this process, called in process (no socket, no TLS).
+    pub in_process: bool,
 }
 
 /// The peer channels of one process, for its status page (`/status` on the admin listener).
 #[derive(Clone, Default)]
 pub struct Board {
     channels: Arc<Mutex<Vec<std::sync::Weak<Shared>>>>,
+    /// The services this process calls in process.
+    local: Arc<std::sync::RwLock<crate::local::LocalServices>>,
 }
 
 impl Board {
+    /// The services this process calls in process, from now on.
+    pub fn call_in_process(&self, local: crate::local::LocalServices) {
+        *self.local.write().unwrap_or_else(std::sync::PoisonError::into_inner) = local;
+    }
+
     pub fn register(&self, channel: &PeerChannel) {
         let mut channels = self.channels.lock().expect("board lock");
         channels.retain(|c| c.strong_count() > 0);
@@ -193,17 +202,18 @@ impl Board {
 
     /// Every live channel: who calls, which peer, and its replicas.
     pub fn snapshot(&self) -> Vec<PeerStatus> {
+        let local = self.local.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let channels = self.channels.lock().expect("board lock");
         channels
             .iter()
             .filter_map(std::sync::Weak::upgrade)
             .map(|shared| {
                 let channel = PeerChannel { shared };
-                PeerStatus {
-                    service: channel.shared.caller,
-                    peer: channel.shared.peer.clone(),
-                    endpoints: channel.status(),
+                let mut endpoints = channel.status();
+                for endpoint in &mut endpoints {
+                    endpoint.in_process = local.serves(&endpoint.url);
                 }
+                PeerStatus { service: channel.shared.caller, peer: channel.shared.peer.clone(), endpoints }
             })
             .collect()
     }
@@ -460,6 +470,7 @@ impl PeerChannel {
                     healthy: health.failed_checks < UNHEALTHY_AFTER,
                     in_flight: m.in_flight.load(Ordering::Relaxed),
                     latency_ms: health.rtt_now(now) * 1000.0,
+                    in_process: false,
                 }
             })
             .collect()

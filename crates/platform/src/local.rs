@@ -78,6 +78,11 @@ impl LocalServices {
         }
     }
 
+    /// Whether calls to `url` stay in this process.
+    pub fn serves(&self, url: &str) -> bool {
+        self.slots.contains_key(url)
+    }
+
     /// `connector`, except for targets this process serves itself, which it calls in process.
     pub fn connector(&self, connector: Connector) -> Connector {
         if self.slots.is_empty() {

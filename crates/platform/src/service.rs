@@ -425,6 +425,7 @@ impl Process {
     /// Offers each service served from now on to callers in this process, through `local`
     /// ([`crate::local`]), until its listener has drained.
     pub fn call_in_process(&mut self, local: LocalServices) {
+        self.board.call_in_process(local.clone());
         self.local = local;
     }
 

@@ -379,3 +379,37 @@ async fn two_gateways_sharing_redis_share_each_clients_count(backend_: DbBackend
     assert_eq!(statuses, [200, 200, 200, 429], "four requests in all, across both gateways");
     second.shutdown_token().cancel();
 }
+
+backend_tests!(status_says_which_replicas_are_called_in_process);
+
+/// `/status` marks a replica that is a service of the same process (called in process, no
+/// socket), and only such a one: with in-process calls off, every peer is dialled.
+async fn status_says_which_replicas_are_called_in_process(backend: DbBackend) {
+    for local_calls in [true, false] {
+        let Some(system) = System::start_with(backend, false, |c| c.process.local_calls = local_calls).await
+        else {
+            return;
+        };
+        let status: serde_json::Value = system
+            .http
+            .get(format!("{}/status", system.admin_base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let peers = status["peers"].as_array().unwrap();
+        let books = peers.iter().find(|p| p["service"] == "gateway" && p["peer"] == "books");
+        let books = books.unwrap_or_else(|| panic!("the gateway's books client is listed: {status}"));
+        assert!(!books["endpoints"].as_array().unwrap().is_empty(), "{status}");
+        for peer in peers {
+            for endpoint in peer["endpoints"].as_array().unwrap() {
+                assert_eq!(
+                    endpoint["in_process"], local_calls,
+                    "{endpoint} with local_calls = {local_calls}"
+                );
+            }
+        }
+    }
+}
